@@ -1,0 +1,23 @@
+"""One exception type for every failure a user can cause or fix.
+
+The CLI turns an `E4EError` into one line on stderr and a non-zero exit (no traceback
+unless `E4E_DEBUG=1`). Library code raises it with a message that says what went wrong
+and, where possible, what to do about it.
+"""
+
+
+class E4EError(Exception):
+    """A user-facing error: `str(err)` is one line that explains the problem."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class MissingWeightsError(E4EError):
+    """A weights file is not present; the message names the download to run."""
+
+    exit_code = 2

@@ -1,0 +1,66 @@
+"""Atomic file writes: a reader never sees a half-written file under its final name.
+
+Everything the tool writes goes to a temporary name in the destination folder first and
+is renamed into place only when complete, so Ctrl-C or a crash leaves either the old file
+or the new one, never a truncated one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+from .errors import E4EError
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create `path` (and parents) or fail with a one-line reason."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise E4EError(f"output path {p} is a file, not a folder")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise E4EError(f"cannot create folder {p}: {exc.strerror or exc}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise E4EError(f"folder {p} is not writable")
+    return p
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside `path`; rename it to `path` only if the block succeeds."""
+    dest = Path(path)
+    ensure_dir(dest.parent if str(dest.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise E4EError(f"cannot write in {dest.parent}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[IO], None], mode: str = "wb") -> Path:
+    """Call `writer(fh)` on a temporary file and rename it to `path` when it returns."""
+    with atomic_open(path, mode) as fh:
+        writer(fh)
+    return Path(path)
+
+
+def atomic_save_image(image, path: str | os.PathLike, **save_kwargs) -> Path:
+    """Save a PIL image atomically; the format follows the suffix of `path`."""
+    dest = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".gif": "GIF", ".webp": "WEBP"}.get(
+        dest.suffix.lower(), "PNG"
+    )
+    return atomic_write(dest, lambda fh: image.save(fh, format=fmt, **save_kwargs))
