@@ -1,0 +1,63 @@
+"""Shared test helpers: where the parity fixtures live and how to drive the installed CLI."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PARITY = Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
+
+
+def parity_available() -> bool:
+    return (PARITY / "SPEC.md").is_file() and (PARITY / "make_checkpoint.py").is_file()
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    if not parity_available():
+        pytest.skip(f"parity fixtures not available ({PARITY} is absent)")
+    return PARITY
+
+
+def e4e_executable() -> str:
+    """The installed console script (tests drive the real CLI, as a user would)."""
+    cand = Path(sys.executable).parent / "e4e"
+    if cand.exists():
+        return str(cand)
+    found = shutil.which("e4e")
+    if not found:
+        pytest.skip("the e4e console script is not installed (run `make install`)")
+    return found
+
+
+def run_e4e(*args, cwd=None, env=None, timeout=600, input=None) -> subprocess.CompletedProcess:
+    """Run `e4e ARGS...` and return the completed process (text mode, never raises)."""
+    full_env = dict(os.environ)
+    full_env.pop("E4E_DEBUG", None)
+    full_env.setdefault("E4E_NO_PROGRESS", "1")
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [e4e_executable(), *map(str, args)],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    """A failed command printed a short reason (no traceback) that mentions `needles`."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "Traceback" not in err and "Traceback" not in proc.stdout, err
+    for needle in needles:
+        assert needle.lower() in (err + proc.stdout).lower(), (needle, err, proc.stdout)
