@@ -1,0 +1,241 @@
+"""The Python API: `E4E.from_checkpoint(path)` with `encode`, `decode` and image helpers.
+
+    model = E4E.from_checkpoint("weights/e4e_ffhq_encode.pt", device="auto")
+    codes = model.encode([pil_image])          # [B, n_styles, 512], latent_avg included
+    images = model.decode(codes)               # [B, 3, H, W] in about [-1, 1]
+    model.to_pil(images)[0].save("out.png")
+
+`delta_scale` moves a code between pure W (0: w0 on every layer, the most editable) and
+e4e's W+ code (1); values above 1 exaggerate the per-layer deltas.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
+from .errors import E4EError
+from .networks import Encoder4Editing, Generator
+
+PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+              "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu; an unavailable explicit choice is an E4EError."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise E4EError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise E4EError("--device mps was asked for, but Apple's MPS backend is not available (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise E4EError(f"unknown device {name!r} (use auto, cpu, cuda or mps)") from None
+
+
+def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if precision is None or precision == "auto":
+        return torch.float32
+    if isinstance(precision, torch.dtype):
+        return precision
+    try:
+        return PRECISIONS[str(precision).lower()]
+    except KeyError:
+        raise E4EError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)") from None
+
+
+@dataclass
+class EncoderOutput:
+    """w0 [B,D], deltas [B,n-1,D] and latent_avg [n,D]: codes = latent_avg + w0 + scale * deltas."""
+
+    w0: torch.Tensor
+    deltas: torch.Tensor
+    latent_avg: torch.Tensor
+
+    def codes(self, delta_scale: float = 1.0) -> torch.Tensor:
+        b, d = self.w0.shape
+        deltas = torch.cat([self.deltas.new_zeros(b, 1, d), self.deltas], dim=1)  # layer 0 has none
+        return self.w0[:, None, :] + float(delta_scale) * deltas + self.latent_avg[None]
+
+
+class E4E:
+    """An e4e encoder and its StyleGAN2 generator, loaded from one checkpoint."""
+
+    def __init__(self, encoder: Encoder4Editing, generator: Generator, latent_avg: torch.Tensor, info: CheckpointInfo,
+                 *, device: torch.device, impl: str = "fast", precision: torch.dtype = torch.float32, path: str | None = None):
+        self.encoder = encoder.eval()
+        self.generator = generator.eval()
+        self.latent_avg = latent_avg  # [n,D]
+        self.info = info
+        self.device = device
+        self.impl = impl
+        self.precision = precision
+        self.path = path
+
+    # ---- construction ---------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", impl: str = "fast",
+                        precision: str | torch.dtype | None = None, mmap: bool = True) -> "E4E":
+        """Load a released (or synthetic, same format) e4e checkpoint without copying its weights."""
+        ckpt = read_checkpoint(path, mmap=mmap)
+        info = infer_info(ckpt, path=path)
+        enc_sd, dec_sd = split_state_dict(ckpt["state_dict"])
+        with torch.device("meta"):
+            encoder = Encoder4Editing(n_styles=info.n_styles)
+            generator = Generator(info.size)
+        load_into(encoder, enc_sd, prefix="encoder.", path=path)
+        load_into(generator, dec_sd, prefix="decoder.", path=path)
+        dev = resolve_device(device)
+        encoder.to(dev)
+        generator.to(dev)
+        latent_avg = cls._latent_avg(ckpt, info, generator, path)
+        if not info.start_from_latent_avg:
+            latent_avg = torch.zeros_like(latent_avg)
+        return cls(encoder, generator, latent_avg.to(dev), info, device=dev, impl=impl,
+                   precision=resolve_precision(precision, dev), path=str(path))
+
+    @staticmethod
+    def _latent_avg(ckpt, info: CheckpointInfo, generator: Generator, path) -> torch.Tensor:
+        avg = ckpt.get("latent_avg")
+        if avg is None:
+            # e.g. a checkpoint trained without start_from_latent_avg: use the mapping network's mean
+            return generator.mean_latent(10_000, seed=0).to(torch.float32)[None].repeat(info.n_styles, 1)
+        if not isinstance(avg, torch.Tensor):
+            raise E4EError(f"checkpoint {path}: latent_avg is a {type(avg).__name__}, not a tensor")
+        avg = avg.detach().to("cpu", torch.float32)
+        if avg.ndim == 1:
+            avg = avg[None]
+        if avg.ndim == 3 and avg.shape[0] == 1:
+            avg = avg[0]
+        if avg.ndim != 2 or avg.shape[-1] != generator.style_dim or avg.shape[0] not in (1, info.n_styles):
+            raise E4EError(f"checkpoint {path}: latent_avg has shape {tuple(avg.shape)}, expected [{info.n_styles},512]")
+        return avg.expand(info.n_styles, -1).clone()
+
+    # ---- facts ------------------------------------------------------------------------
+
+    @property
+    def n_styles(self) -> int:
+        return self.info.n_styles
+
+    @property
+    def size(self) -> int:
+        return self.info.size
+
+    @property
+    def domain(self) -> str:
+        return self.info.domain
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """Encoder input (height, width): 256x256, cars 192x256."""
+        return (192, 256) if self.domain == "cars" else (256, 256)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """Decoded image (height, width) after the domain's crop (cars: 384x512)."""
+        return (self.size * 3 // 4, self.size) if self.domain == "cars" else (self.size, self.size)
+
+    # ---- images -----------------------------------------------------------------------
+
+    def preprocess(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> encoder input [B,3,H,W]: bilinear resize, (pixel/255 - 0.5)/0.5."""
+        if isinstance(images, Image.Image):
+            images = [images]
+        h, w = self.input_size
+        arrs = []
+        for im in images:
+            im = im.convert("RGB")
+            if im.size != (w, h):
+                im = im.resize((w, h), Image.BILINEAR)
+            arrs.append(np.asarray(im, dtype=np.uint8))
+        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255.0
+        return ((x - 0.5) / 0.5).contiguous()
+
+    @staticmethod
+    def to_uint8(images: torch.Tensor) -> np.ndarray:
+        """[B,3,H,W] in [-1,1] -> uint8 [B,H,W,3] with clip((x+1)/2, 0, 1) * 255."""
+        x = ((images.detach().float().cpu() + 1) / 2).clamp(0, 1) * 255
+        return x.round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    def to_pil(self, images: torch.Tensor) -> list[Image.Image]:
+        return [Image.fromarray(a) for a in self.to_uint8(images)]
+
+    # ---- inference --------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_parts(self, images) -> EncoderOutput:
+        """Run the encoder: w0 and the per-layer deltas kept apart (see `EncoderOutput`)."""
+        x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        h, w = self.input_size
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise E4EError(f"encoder input must be [B,3,H,W], got {tuple(x.shape)}")
+        if tuple(x.shape[-2:]) != (h, w):
+            raise E4EError(f"encoder input must be {h}x{w} for the {self.domain} checkpoint, got {x.shape[-2]}x{x.shape[-1]}")
+        w0, deltas = self.encoder(x.to(self.device, torch.float32))
+        return EncoderOutput(w0=w0, deltas=deltas, latent_avg=self.latent_avg)
+
+    def encode(self, images, *, delta_scale: float = 1.0) -> torch.Tensor:
+        """Images (PIL list or preprocessed [B,3,H,W]) -> codes [B,n_styles,512], latent_avg included."""
+        return self.encode_parts(images).codes(delta_scale)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor, *, noise: str = "fixed", seed: int | None = None, crop: bool = True,
+               impl: str | None = None, precision: str | torch.dtype | None = None) -> torch.Tensor:
+        """codes [B,n,512] (or [n,512]) -> images [B,3,H,W], float32, cropped for cars.
+
+        noise: "fixed" uses the checkpoint's noise buffers (deterministic, as the reference
+        inverts and edits); "random" draws new noise (from `seed` when given).
+        """
+        codes = torch.as_tensor(codes)
+        if codes.ndim == 2:
+            codes = codes[None]
+        if codes.ndim != 3 or tuple(codes.shape[1:]) != (self.n_styles, self.generator.style_dim):
+            raise E4EError(f"latent has shape {tuple(codes.shape)}; this checkpoint needs [{self.n_styles},512] per image")
+        if not torch.isfinite(codes).all():
+            raise E4EError("latent holds NaN or infinite values")
+        codes = codes.to(self.device, torch.float32)
+        if noise == "fixed":
+            nz = None
+        elif noise == "random":
+            gen = torch.Generator().manual_seed(seed) if seed is not None else None
+            nz = self.generator.random_noise(codes.shape[0], gen)
+        else:
+            raise E4EError(f"unknown noise mode {noise!r} (fixed or random)")
+        dtype = resolve_precision(precision, self.device) if precision is not None else self.precision
+        img = self.generator.synthesize(codes, noise=nz, impl=impl or self.impl, dtype=dtype if dtype != torch.float32 else None)
+        if crop and self.domain == "cars":
+            img = img[:, :, 64:448, :]
+        return img.float()
+
+    def invert(self, images, *, delta_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode then decode: (codes [B,n,512], images [B,3,H,W])."""
+        codes = self.encode(images, delta_scale=delta_scale)
+        return codes, self.decode(codes)
+
+    @torch.inference_mode()
+    def sample_w(self, n: int, *, seed: int = 0) -> torch.Tensor:
+        """n W vectors from the mapping network: [n,512]."""
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.generator.style_dim, generator=gen).to(self.device)
+        return self.generator.mapping(z)
+
+
+def pool256(images: torch.Tensor) -> torch.Tensor:
+    """adaptive_avg_pool2d to 256x256, as the reference's face_pool (and the fixtures)."""
+    return F.adaptive_avg_pool2d(images, (256, 256))
