@@ -147,7 +147,8 @@ def _modconv_fast(x, weight, styles, demodulate, up, blur_kernel):
     else:
         out = F.conv2d(x, w, padding=k // 2)
     if demodulate:
-        d = demod_coefficients(weight.float(), styles.float())  # [B,O], in float32
+        acc = torch.float64 if weight.dtype == torch.float64 else torch.float32  # never below float32
+        d = demod_coefficients(weight.to(acc), styles.to(acc))  # [B,O]
         out = out * d.reshape(b, -1, 1, 1).to(out.dtype)
     if up:
         out = _blur_fast(out, blur_kernel)
