@@ -44,30 +44,21 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import click
-
+    """Run the CLI; returns the exit code. Usage errors are Typer's (exit 2)."""
     _register()
     debug = os.environ.get("E4E_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="e4e")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except E4EError as exc:
         if debug:
             raise
         typer.echo(f"e4e: error: {exc}", err=True)
         return exc.exit_code
-    except click.exceptions.Abort:
-        typer.echo("e4e: interrupted", err=True)
-        return 130
     except KeyboardInterrupt:
         typer.echo("e4e: interrupted", err=True)
         return 130
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:  # a bug: still one line, with a hint to get the traceback
         if debug:
             raise
