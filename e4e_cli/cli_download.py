@@ -1,0 +1,114 @@
+"""`e4e download-weights`: fetch (or import) the weights into the weights folder, verified.
+
+Heavy imports (requests, tqdm, rich) happen inside the command so `e4e --help` stays fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import E4EError
+
+_NAMES_HELP = "ffhq, cars, horse, church, directions, landmarks, all (default: ffhq + directions)"
+
+
+def _where(weights_dir: Optional[Path]) -> str:
+    """Why the weights folder is where it is (shown to the user)."""
+    from . import downloads
+
+    if weights_dir is not None:
+        env = os.environ.get("E4E_WEIGHTS_DIR", "").strip()
+        if env and Path(env).expanduser() == weights_dir.expanduser():
+            return "from E4E_WEIGHTS_DIR"
+        return "from --weights-dir"
+    if downloads._source_checkout_weights() is not None:
+        return "the source checkout's weights/ folder"
+    return "the user cache folder; set E4E_WEIGHTS_DIR or --weights-dir to change it"
+
+
+def _print_table(names: Optional[List[str]], folder: Path, verify: bool, where: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import downloads
+
+    wanted = set(downloads.expand_names(names)) if names else None
+    rows = [r for r in downloads.list_assets(folder, verify=verify) if wanted is None or r.name in wanted]
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=f"weights in {folder} ({where})", title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("state", overflow="fold")
+    table.add_column("path", overflow="fold")
+    table.add_column("description", overflow="fold")
+    for r in rows:
+        style = "green" if r.present else ("yellow" if r.state.startswith("missing") else "red")
+        table.add_row(r.name, r.filename, downloads.human_size(r.size), f"[{style}]{r.state}[/]", str(r.path),
+                      r.description)
+    console.print(table)
+    missing = [r for r in rows if not r.present]
+    if missing:
+        console.print(f"{len(missing)} of {len(rows)} missing: run `e4e download-weights NAME...` to fetch them")
+
+
+def download_weights_command(
+    names: Optional[List[str]] = typer.Argument(None, help=_NAMES_HELP, show_default=False),
+    list_: bool = typer.Option(
+        False, "--list", help="Print a table of every asset (present, missing, size, path) and download nothing."
+    ),
+    weights_dir: Optional[Path] = typer.Option(
+        None, "--weights-dir", envvar="E4E_WEIGHTS_DIR",
+        help="Folder for the weights (default: weights/ of a source checkout, else ~/.cache/e4e).",
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check the SHA-256 of files already present (re-download on mismatch)."
+    ),
+    base_url: Optional[str] = typer.Option(
+        None, "--base-url", help="Fetch URL/<file name> for every asset instead of the built-in sources (a mirror)."
+    ),
+    from_: Optional[Path] = typer.Option(
+        None, "--from", help="Import the files from this local folder after checking their SHA-256."
+    ),
+) -> None:
+    """Download the e4e checkpoints, edit directions and face landmarks, verified by SHA-256.
+
+    Downloads resume after a dropped connection and fall back to other sources; nothing
+    lands under its final name before its size and hash are checked.
+    """
+    from . import downloads
+
+    names = list(names or [])
+    asset_names = downloads.expand_names(names)  # unknown names fail before anything else
+    folder = downloads.resolve_weights_dir(weights_dir)
+    where = _where(weights_dir)
+
+    if list_:
+        _print_table(names, folder, verify, where)
+        return
+
+    if base_url is not None:
+        base_url = base_url.strip()
+        if not base_url.lower().startswith(("http://", "https://")):
+            raise E4EError(f"--base-url must start with http:// or https:// (got {base_url!r})")
+    if from_ is not None and not from_.expanduser().is_dir():
+        raise E4EError(f"--from folder {from_} does not exist")
+
+    def log(message: str) -> None:
+        typer.echo(message, err=True)
+
+    results = downloads.download_assets(
+        asset_names, weights_dir=folder, base_url=base_url, from_dir=from_, verify=verify, log=log,
+    )
+    width = max((len(r.filename) for r in results), default=0)
+    for r in results:
+        if r.ok:
+            status = "verified" if r.source == "verified" else r.status
+            typer.echo(f"{r.filename:<{width}}  {status:<10}  {r.path}")
+    done = sum(r.ok for r in results)
+    typer.echo(f"{done} of {len(results)} files in {folder} ({where})")
+    downloads.raise_on_failures(results)
