@@ -115,8 +115,12 @@ def edit_command(
         if r.status == "failed":
             _err(f"{r.input}: {r.error}")
     ok = [r for r in results if r.status == "ok"]
+    skipped = [r for r in results if r.status == "skipped"]
     n_files = sum(len(r.files) for r in ok)
-    typer.echo(f"{len(ok)} source(s) edited with {direction}: {n_files} files in {out}/")
+    msg = f"{len(ok)} source(s) edited with {direction}: {n_files} files in {out}/"
+    if skipped:
+        msg += f"; {len(skipped)} already done (use --overwrite to redo)"
+    typer.echo(msg)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
 

@@ -563,12 +563,32 @@ def run_edit(job: EditJob) -> list[ItemResult]:
 
     names = unique_stems([Path(s.name) for s in sources])
     for src, name in _progress(list(zip(sources, names)), len(sources), "editing"):
+        done = _finished_edit_files(name, direction, strengths, job, out)
+        if done is not None:
+            results.append(ItemResult(src.origin, "skipped", outdir=str(out), files=done))
+            continue
         try:
             files = _edit_one(src, name, model, direction, strengths, job, out)
             results.append(ItemResult(src.origin, "ok", outdir=str(out), files=files))
         except E4EError as exc:
             results.append(ItemResult(src.origin, "failed", error=str(exc)))
     return results
+
+
+def _finished_edit_files(name: str, direction: Direction, strengths: list, job: EditJob, out: Path) -> Optional[dict]:
+    """The outputs of this edit if every one of them is already there (and not --overwrite), else None."""
+    if job.overwrite or job.paste_back or job.delta_scale is not None:
+        return None
+    label = slug(direction.label)
+    paths = []
+    for s in strengths:
+        base = f"{name}_{label}_{fmt_strength(s)}"
+        paths += [out / f"{base}.png", out / f"{base}.npy"]
+    if job.sweep:
+        paths += [out / f"{name}_{label}_sweep.png", out / f"{name}_{label}_sweep.gif"]
+    if all(p.is_file() for p in paths):
+        return {p.stem + p.suffix: str(p) for p in paths}
+    return None
 
 
 def _source_scale(src: Source) -> float:
