@@ -34,6 +34,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 LATENT_SUFFIXES = {".npy", ".pt"}
 DEFAULT_OUT = Path("e4e-out")
 N_STYLES_DOMAIN = {18: "ffhq", 16: "cars", 14: "church"}
+MIN_SIDE = 16  # smaller inputs carry no usable content after the resize to 256
 
 
 # --------------------------------------------------------------------------------------
@@ -185,7 +186,10 @@ def _prepare(path: Path, stem: str, model, opts: InvertOptions, outdir: Path) ->
         faces = align_photo(path, face=opts.face)
         face = faces[0]
         return {"image": face.image, "alignment": face.to_json(), "n_faces": face.n_faces}
-    return {"image": load_image(path), "alignment": None}
+    image = load_image(path)
+    if min(image.size) < MIN_SIDE:
+        raise E4EError(f"{path}: image is {image.width}x{image.height}, too small to invert (at least {MIN_SIDE}x{MIN_SIDE})")
+    return {"image": image, "alignment": None}
 
 
 def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, log: Callable[[str], None] = print,
