@@ -20,6 +20,12 @@ def _check_domain(domain: str) -> str:
     return domain
 
 
+def _check_mask(mask: str) -> str:
+    if mask not in ("hull", "ellipse"):
+        raise E4EError(f"--paste-mask must be hull or ellipse, got {mask!r}")
+    return mask
+
+
 def _err(msg: str) -> None:
     typer.echo(f"e4e: error: {msg}", err=True)
 
@@ -37,6 +43,8 @@ def invert_command(
     delta_scale: float = typer.Option(1.0, "--delta-scale", help="0 = pure W (most editable), 1 = e4e, >1 exaggerates the per-layer deltas."),
     report: bool = typer.Option(False, "--report", help="Also write per-layer delta norms and distances from W (JSON + chart)."),
     paste_back: bool = typer.Option(False, "--paste-back", help="Also paste the reconstruction back into the original photo."),
+    color_match: bool = typer.Option(False, "--color-match", help="With --paste-back: match the face's colour to the photo along the seam."),
+    paste_mask: str = typer.Option("hull", "--paste-mask", help="With --paste-back: hull (landmark outline) or ellipse."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs that already have results."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help="Weights folder."),
 ):
@@ -55,7 +63,7 @@ def invert_command(
     if paste_back:
         from .pasteback import paste_back_inversions
 
-        paste_back_inversions(results)
+        paste_back_inversions(results, color_match=color_match, mask=_check_mask(paste_mask))
     _print_results(results, out, "inverted")
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
@@ -90,6 +98,8 @@ def edit_command(
     batch_size: int = typer.Option(4, "--batch-size"),
     delta_scale: Optional[float] = typer.Option(None, "--delta-scale", help="Re-weight the per-layer deltas before editing (0 = pure W)."),
     paste_back: bool = typer.Option(False, "--paste-back", help="Also paste each edited face back into the original photo."),
+    color_match: bool = typer.Option(False, "--color-match", help="With --paste-back: match the face's colour to the photo along the seam."),
+    paste_mask: str = typer.Option("hull", "--paste-mask", help="With --paste-back: hull (landmark outline) or ellipse."),
     invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Where photos given as sources are inverted first."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
@@ -108,7 +118,8 @@ def edit_command(
     job = pipeline.EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,
-        delta_scale=delta_scale, paste_back=paste_back, invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir,
+        delta_scale=delta_scale, paste_back=paste_back, color_match=color_match, paste_mask=_check_mask(paste_mask),
+        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir,
     )
     results = pipeline.run_edit(job)
     for r in results:

@@ -14,6 +14,9 @@ from typing import IO, Callable, Iterator
 
 from .errors import E4EError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents) or fail with a one-line reason."""
@@ -43,6 +46,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give outputs the usual permissions
         os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(OSError):

@@ -270,7 +270,7 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
     files["latent"] = str(write_npy(d / "latent.npy", arr))
     files["latent_pt"] = str(write_pt(d / "latent.pt", codes.detach().float().cpu()[None]))
     meta = {
-        "source": str(source),
+        "source": str(Path(source).resolve()),
         "checkpoint": getattr(model, "path", None),
         "domain": model.domain,
         "size": model.size,
@@ -496,6 +496,8 @@ class EditJob:
     batch_size: int = 4
     delta_scale: Optional[float] = None
     paste_back: bool = False
+    color_match: bool = False
+    paste_mask: str = "hull"
     invert_out: Path = DEFAULT_OUT
     overwrite: bool = False
     weights_dir: Optional[Path] = None
@@ -629,7 +631,8 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
     if job.paste_back:
         from .pasteback import paste_back_edits
 
-        files.update(paste_back_edits(src, name, direction.label, strengths, frames, out, sweep=bool(job.sweep)))
+        files.update(paste_back_edits(src, name, direction.label, strengths, frames, out, sweep=bool(job.sweep),
+                                      color_match=job.color_match, mask=job.paste_mask))
     return files
 
 

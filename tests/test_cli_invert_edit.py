@@ -166,7 +166,7 @@ def test_edit_errors_are_one_line(tmp_path, weights, parity_dir):
         (["--direction", "smile", "--strength", "inf"], "finite"),
         (["--direction", str(bad_dir)], "shape"),
         (["--direction", "smile", "--sweep", "1:2"], "--sweep"),
-        (["--direction", "ganspace:eye_openness"], "ganspace"),
+        (["--direction", "ganspace:54:7"], "ganspace:COMPONENT:START:END"),
         (["--direction", "ganspace:99:0:1", "--strength", "1"], "out of range"),
     ]
     for args, needle in cases:
