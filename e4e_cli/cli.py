@@ -26,21 +26,14 @@ app = typer.Typer(
 def _register() -> None:
     # Each command lives in its own module (one concern per module); registering them here
     # keeps `cli.py` the single place that lists the commands.
-    from . import cli_align, cli_download, cli_invert
+    from . import cli_align, cli_download, cli_evaluate, cli_invert
 
     app.command("download-weights")(cli_download.download_weights_command)
     app.command("align")(cli_align.align_command)
     app.command("invert")(cli_invert.invert_command)
     app.command("edit")(cli_invert.edit_command)
     app.command("directions")(cli_invert.directions_command)
-    for extra in getattr(cli_invert, "EXTRA_COMMANDS", ()):
-        app.command(extra[0])(extra[1])
-
-
-def fail(message: str, code: int = 1) -> None:
-    """Print one line to stderr and exit with `code`."""
-    typer.echo(f"e4e: error: {message}", err=True)
-    raise SystemExit(code)
+    app.command("evaluate")(cli_evaluate.evaluate_command)
 
 
 def main(argv: list[str] | None = None) -> int:
