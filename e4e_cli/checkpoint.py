@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from .errors import E4EError
+from .fsutil import looks_like_html
 
 DOMAIN_SIZES = {"ffhq": 1024, "cars": 512, "horse": 256, "church": 256}
 
@@ -32,11 +33,6 @@ class CheckpointInfo:
     encoder_type: str
     start_from_latent_avg: bool
     opts: dict = field(default_factory=dict)
-
-
-def _looks_like_html(head: bytes) -> bool:
-    h = head.lstrip().lower()
-    return h.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml", b"<body")) or b"<html" in h[:512]
 
 
 def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, Any]:
@@ -57,7 +53,7 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, 
         raise E4EError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
     if not head:
         raise E4EError(f"checkpoint {p} is empty: download it again with `e4e download-weights`")
-    if _looks_like_html(head):
+    if looks_like_html(head):
         raise E4EError(
             f"checkpoint {p} is an HTML page, not a checkpoint (a quota or login page saved by a failed download): "
             "delete it and run `e4e download-weights`"

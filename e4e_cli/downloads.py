@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 from .errors import E4EError, MissingWeightsError
+from .fsutil import looks_like_html
 
 __all__ = [
     "Asset",
@@ -331,7 +332,7 @@ def require_asset(name: str, weights_dir: Optional[os.PathLike | str] = None) ->
         raise MissingWeightsError(f"cannot read {path}: {exc.strerror or exc}") from None
     if not head:
         raise MissingWeightsError(f"{path} is empty: {_download_hint(asset)}{alt}")
-    if _looks_like_html(head):
+    if looks_like_html(head):
         raise MissingWeightsError(
             f"{path} is an HTML page, not the {kind} (a failed download?): delete it and {_download_hint(asset)}"
         )
@@ -368,11 +369,6 @@ def sha256_file(path: os.PathLike | str) -> str:
         for chunk in iter(lambda: fh.read(CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _looks_like_html(head: bytes) -> bool:
-    start = head.lstrip()[:64].lower()
-    return start.startswith(b"<!doctype html") or start.startswith(b"<html")
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -648,7 +644,7 @@ def _fetch_into(
                 if "text/html" not in ctype:
                     first = next(chunks, b"")
                 is_html = "text/html" in ctype or (
-                    (status == 200 or offset == 0) and _looks_like_html(first[:HTML_SNIFF])
+                    (status == 200 or offset == 0) and looks_like_html(first[:HTML_SNIFF])
                 )
                 if is_html:
                     if drive:

@@ -61,10 +61,10 @@ PRESETS: dict[str, Preset] = {
 # Loading direction files
 
 
-def _load_tensor_file(path: str | Path):
+def _load_tensor_file(path: str | Path, *, what: str = "direction file"):
     p = Path(path)
     if not p.is_file():
-        raise E4EError(f"direction file {p} not found")
+        raise E4EError(f"{what} {p} not found")
     try:
         if p.suffix.lower() == ".npy":
             return torch.from_numpy(np.load(p, allow_pickle=False))
@@ -74,19 +74,25 @@ def _load_tensor_file(path: str | Path):
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # any parse failure is the file's fault, not a bug
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
-        raise E4EError(f"cannot read direction file {p}: {first}") from None
+        raise E4EError(f"cannot read {what} {p}: {first}") from None
+
+
+def load_single_tensor(path: str | Path, *, what: str = "direction file") -> torch.Tensor:
+    """The one tensor in a .npy/.npz/.pt file (a dict holding exactly one tensor is accepted)."""
+    d = _load_tensor_file(path, what=what)
+    if isinstance(d, dict):
+        tensors = [v for v in d.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) != 1:
+            raise E4EError(f"{what} {path} holds a dict ({', '.join(map(str, d))}); expected one tensor")
+        d = tensors[0]
+    if not isinstance(d, torch.Tensor):
+        raise E4EError(f"{what} {path} holds a {type(d).__name__}, not a tensor")
+    return d
 
 
 def load_direction(path: str | Path, *, n_styles: int, dim: int = 512) -> torch.Tensor:
     """A direction file (.pt/.npy of [512], [1,512], [n,512] or [1,n,512]) as [1,1 or n,512] float32."""
-    d = _load_tensor_file(path)
-    if isinstance(d, dict):
-        tensors = [v for v in d.values() if isinstance(v, torch.Tensor)]
-        if len(tensors) != 1:
-            raise E4EError(f"direction file {path} holds a dict ({', '.join(map(str, d))}); expected one tensor")
-        d = tensors[0]
-    if not isinstance(d, torch.Tensor):
-        raise E4EError(f"direction file {path} holds a {type(d).__name__}, not a tensor")
+    d = load_single_tensor(path)
     d = d.detach().to("cpu", torch.float32)
     shape = tuple(d.shape)
     if d.ndim == 1 and shape == (dim,):

@@ -18,6 +18,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def looks_like_html(head: bytes) -> bool:
+    """True when the first bytes of a file are a web page (a failed download saved under a binary's name)."""
+    h = head.lstrip()[:512].lower()
+    return h.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in h
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents) or fail with a one-line reason."""
     p = Path(path)

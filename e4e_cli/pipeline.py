@@ -402,29 +402,9 @@ class Source:
 
 def load_latent_file(path: Path) -> np.ndarray:
     """A latent .npy ([n,512] or [1,n,512]) or .pt (tensor, or a dict holding one) -> float32 [n,512]."""
-    import torch
+    from .editing import load_single_tensor
 
-    if not path.is_file():
-        raise E4EError(f"latent {path} not found")
-    try:
-        if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
-                if len(tensors) != 1:
-                    raise E4EError(f"latent {path} holds a dict; expected one tensor")
-                obj = tensors[0]
-            if not isinstance(obj, torch.Tensor):
-                raise E4EError(f"latent {path} holds a {type(obj).__name__}, not a tensor")
-            arr = obj.detach().float().numpy()
-    except E4EError:
-        raise
-    except Exception as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise E4EError(f"cannot read latent {path}: {first}") from None
-    arr = np.asarray(arr, dtype=np.float32)
+    arr = load_single_tensor(path, what="latent").detach().float().cpu().numpy()
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2 or arr.shape[1] != 512:
