@@ -59,12 +59,10 @@ def test_bad_shapes_are_rejected_at_entry():
         ops.modulated_conv2d(torch.randn(1, 4, 8, 8), torch.randn(5, 3, 3, 3), torch.randn(1, 4))
 
 
-@pytest.mark.parametrize("up", [False, True])
+# (the generator never upsamples with a 1x1 conv, so that combination is not listed)
+@pytest.mark.parametrize("up,k", [(False, 1), (False, 3), (True, 3)])
 @pytest.mark.parametrize("demodulate", [True, False])
-@pytest.mark.parametrize("k", [1, 3])
 def test_modulated_conv_fast_equals_grouped_reference(up, demodulate, k):
-    if up and k == 1:
-        pytest.skip("the generator never upsamples with a 1x1 conv")
     b, i, o = 3, 6, 5
     x = torch.randn(b, i, 8, 8, dtype=torch.float64)
     w = torch.randn(o, i, k, k, dtype=torch.float64) / (i * k * k) ** 0.5
