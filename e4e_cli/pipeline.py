@@ -602,12 +602,12 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
         frames += model.to_pil(model.decode(chunk))
     for s, codes_s, frame in zip(strengths, edited, frames):
         base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"
-        files[base] = str(atomic_save_image(frame, out / f"{base}.png"))
-        write_npy(out / f"{base}.npy", codes_s.detach().float().cpu().numpy())
+        files[f"{base}.png"] = str(atomic_save_image(frame, out / f"{base}.png"))
+        files[f"{base}.npy"] = str(write_npy(out / f"{base}.npy", codes_s.detach().float().cpu().numpy()))
     if job.sweep:
         base = f"{name}_{slug(direction.label)}_sweep"
-        files[base + "_strip"] = str(save_strip(frames, out / f"{base}.png"))
-        files[base + "_gif"] = str(save_gif(frames, out / f"{base}.gif"))
+        files[f"{base}.png"] = str(save_strip(frames, out / f"{base}.png"))
+        files[f"{base}.gif"] = str(save_gif(frames, out / f"{base}.gif"))
     if job.paste_back:
         from .pasteback import paste_back_edits
 
