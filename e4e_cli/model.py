@@ -1,5 +1,12 @@
 """The Python API: `E4E.from_checkpoint(path)` with `encode`, `decode` and image helpers.
 
+Speed and memory (issue 9; numbers in bench/bench.py): impl="fast" (the default) runs the
+networks' fast paths, precision="bf16" runs their convolutions in bfloat16 (AMX/AVX512-BF16
+CPUs; styles, demodulation and the RGB image stay float32), the memory-mapped encoder weights
+leave resident memory before decoding (`release_encoder_memory`), one thread per physical core,
+and torch's CPU allocator uses transparent huge pages when this module is the first to import
+torch. `compile()` opts in to torch.compile (for GPUs).
+
     model = E4E.from_checkpoint("weights/e4e_ffhq_encode.pt", device="auto")
     codes = model.encode([pil_image])          # [B, n_styles, 512], latent_avg included
     images = model.decode(codes)               # [B, 3, H, W] in about [-1, 1]
@@ -11,10 +18,18 @@ e4e's W+ code (1); values above 1 exaggerate the per-layer deltas.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
+
+# PyTorch's CPU allocator puts buffers of 2 MB and more on transparent huge pages when this is
+# set before its first allocation (so: before torch is imported). The generator's large
+# activations then cost far fewer page faults: about 10% faster invert at 1024, same peak
+# memory. Without effect when torch was imported earlier; THP_MEM_ALLOC_ENABLE=0 opts out.
+if "torch" not in sys.modules:
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import numpy as np
 import torch
@@ -24,6 +39,123 @@ from PIL import Image
 from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
 from .errors import E4EError
 from .networks import Encoder4Editing, Generator
+
+_THREADS_SET = False
+_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once); at least 1."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+    cores = set()
+    for c in cpus:
+        base = f"/sys/devices/system/cpu/cpu{c}/topology/"
+        try:
+            with open(base + "core_id") as fh:
+                core = fh.read().strip()
+            with open(base + "physical_package_id") as fh:
+                pkg = fh.read().strip()
+        except OSError:
+            return max(1, len(cpus))
+        cores.add((pkg, core))
+    return max(1, len(cores))
+
+
+def configure_threads() -> int:
+    """Use one intra-op thread per physical core (oneDNN's convolutions gain nothing from
+    hyper-threads), unless the user chose: E4E_NUM_THREADS (used as given), OMP_NUM_THREADS or
+    MKL_NUM_THREADS set, or torch.set_num_threads changed since this module was imported.
+    Returns the thread count in use."""
+    global _THREADS_SET
+    env = os.environ.get("E4E_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        torch.set_num_threads(int(env))
+    elif (not _THREADS_SET and not os.environ.get("OMP_NUM_THREADS") and not os.environ.get("MKL_NUM_THREADS")
+          and torch.get_num_threads() == _TORCH_THREADS_AT_IMPORT):
+        n = physical_cores()
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+    _THREADS_SET = True
+    return torch.get_num_threads()
+
+
+def _cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _file_mappings(path: str) -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of `path` (from /proc/self/maps); [] elsewhere."""
+    try:
+        st = os.stat(path)
+        out = []
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                parts = line.split(None, 5)
+                if len(parts) < 6:
+                    continue
+                dev_inode = int(parts[4])
+                if dev_inode != st.st_ino or os.path.realpath(parts[5].strip()) != os.path.realpath(path):
+                    continue
+                lo, hi = (int(v, 16) for v in parts[0].split("-"))
+                out.append((lo, hi))
+        return out
+    except (OSError, ValueError):
+        return []
+
+
+def release_file_pages(tensors: Iterable[torch.Tensor], path: str) -> int:
+    """Drop the resident pages of memory-mapped `tensors` from this process (madvise DONTNEED).
+
+    Only pages that lie wholly inside a tensor and inside a mapping of the checkpoint file
+    `path` are touched: those are clean private file pages (the weights are never written),
+    so the kernel re-reads them from the file (usually the page cache) on the next use. Anonymous
+    memory is never advised (that would lose data). Returns the number of bytes advised; 0
+    where this is not Linux or madvise is unavailable.
+    """
+    maps = _file_mappings(path)
+    if not maps:
+        return 0
+    try:
+        import ctypes
+        import mmap as _mmap
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        madvise.restype = ctypes.c_int
+        page = _mmap.PAGESIZE
+        dontneed = getattr(_mmap, "MADV_DONTNEED", 4)
+    except (OSError, AttributeError):
+        return 0
+    spans = []
+    for t in tensors:
+        if t.device.type != "cpu" or t.numel() == 0:
+            continue
+        lo = t.data_ptr()
+        hi = lo + t.numel() * t.element_size()
+        lo = (lo + page - 1) // page * page  # inward: never a page shared with something else
+        hi = hi // page * page
+        if hi > lo and any(a <= lo and hi <= b for a, b in maps):
+            spans.append((lo, hi))
+    spans.sort()
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    total = 0
+    for lo, hi in merged:
+        if madvise(lo, hi - lo, dontneed) == 0:
+            total += hi - lo
+    return total
+
 
 PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
               "fp16": torch.float16, "float16": torch.float16}
@@ -86,6 +218,13 @@ class E4E:
         self.impl = impl
         self.precision = precision
         self.path = path
+        # memory: a memory-mapped checkpoint's encoder pages (about 85% of the file) are dropped
+        # from the process before decoding (`release_encoder_memory`); see `low_memory`
+        self.low_memory = True
+        self._mmap_path: str | None = None
+        self._encoder_hot = False
+        self._versions: dict[int, int] = {}
+        self._compiled: dict[str, object] = {}
 
     # ---- construction ---------------------------------------------------------------
 
@@ -107,8 +246,56 @@ class E4E:
         latent_avg = cls._latent_avg(ckpt, info, generator, path)
         if not info.start_from_latent_avg:
             latent_avg = torch.zeros_like(latent_avg)
-        return cls(encoder, generator, latent_avg.to(dev), info, device=dev, impl=impl,
-                   precision=resolve_precision(precision, dev), path=str(path))
+        if dev.type == "cpu":
+            configure_threads()
+        prec = resolve_precision(precision, dev)
+        if dev.type == "cpu" and prec == torch.bfloat16 and not _cpu_bf16_supported():
+            warnings.warn("bf16 was asked for, but this CPU has no native bfloat16 (AVX512-BF16/AMX): "
+                          "it is emulated and slower than fp32", stacklevel=2)
+        model = cls(encoder, generator, latent_avg.to(dev), info, device=dev, impl=impl,
+                    precision=prec, path=str(path))
+        if dev.type == "cuda" and os.environ.get("E4E_COMPILE", "") not in ("", "0"):
+            model.compile()
+        if mmap and dev.type == "cpu":
+            model._mmap_path = str(path)
+            model._versions = {id(t): t._version for t in model._encoder_tensors()}
+            model.encoder.page_release_hook = model._release_pages
+        return model
+
+    def compile(self, **options) -> "E4E":
+        """Opt in to torch.compile for the fast paths (encoder and generator); `options` go to
+        torch.compile. Meant for GPUs, where fusing the elementwise work may pay; on this
+        project's 2-core test CPU compiling takes about half a minute even for a tiny model,
+        and it was not measured on a GPU. Returns self. E4E_COMPILE=1 does this at load on CUDA.
+        """
+        from . import networks
+
+        self._compiled = {
+            "encoder": torch.compile(networks._encoder_fast, **options),
+            "generator": torch.compile(networks._synthesize_fast, **options),
+        }
+        return self
+
+    # ---- memory ---------------------------------------------------------------------
+
+    def _encoder_tensors(self) -> list[torch.Tensor]:
+        return [t for t in list(self.encoder.parameters()) + list(self.encoder.buffers()) if t.device.type == "cpu"]
+
+    def release_encoder_memory(self) -> int:
+        """Drop the encoder's memory-mapped weight pages from this process's resident memory.
+
+        Safe at any time: they are clean pages of the checkpoint file and come back (from the
+        page cache) on the next `encode`. Tensors changed in place since loading are skipped.
+        Returns the bytes released (0 when the checkpoint was not memory-mapped).
+        """
+        self._encoder_hot = False
+        return self._release_pages(self._encoder_tensors())
+
+    def _release_pages(self, tensors) -> int:
+        if not self._mmap_path or not self.low_memory:
+            return 0
+        tensors = [t for t in tensors if self._versions.get(id(t)) == t._version]
+        return release_file_pages(tensors, self._mmap_path)
 
     @staticmethod
     def _latent_avg(ckpt, info: CheckpointInfo, generator: Generator, path) -> torch.Tensor:
@@ -187,7 +374,16 @@ class E4E:
             raise E4EError(f"encoder input must be [B,3,H,W], got {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != (h, w):
             raise E4EError(f"encoder input must be {h}x{w} for the {self.domain} checkpoint, got {x.shape[-2]}x{x.shape[-1]}")
-        w0, deltas = self.encoder(x.to(self.device, torch.float32))
+        impl = self.impl
+        cdt = self.precision if impl == "fast" and self.precision != torch.float32 else None
+        # float32 (and the reference) read the memory-mapped weights on every call; the reduced
+        # precision fast path works from its own copies (their sources left memory as it built them)
+        self._encoder_hot = self._encoder_hot or cdt is None
+        enc = self._compiled.get("encoder") if impl == "fast" else None
+        if enc is not None:
+            w0, deltas = enc(self.encoder, x.to(self.device, torch.float32), cdt)
+        else:
+            w0, deltas = self.encoder(x.to(self.device, torch.float32), impl=impl, dtype=cdt)
         return EncoderOutput(w0=w0, deltas=deltas, latent_avg=self.latent_avg)
 
     def encode(self, images, *, delta_scale: float = 1.0) -> torch.Tensor:
@@ -210,6 +406,8 @@ class E4E:
         if not torch.isfinite(codes).all():
             raise E4EError("latent holds NaN or infinite values")
         codes = codes.to(self.device, torch.float32)
+        if self._encoder_hot and self.low_memory:
+            self.release_encoder_memory()  # the generator's large activations get that room
         if noise == "fixed":
             nz = None
         elif noise == "random":
@@ -218,7 +416,13 @@ class E4E:
         else:
             raise E4EError(f"unknown noise mode {noise!r} (fixed or random)")
         dtype = resolve_precision(precision, self.device) if precision is not None else self.precision
-        img = self.generator.synthesize(codes, noise=nz, impl=impl or self.impl, dtype=dtype if dtype != torch.float32 else None)
+        impl = impl or self.impl
+        dt = dtype if dtype != torch.float32 else None
+        gen = self._compiled.get("generator") if impl == "fast" else None
+        if gen is not None:
+            img = gen(self.generator, codes, self.generator.fixed_noise() if nz is None else nz, dt)
+        else:
+            img = self.generator.synthesize(codes, noise=nz, impl=impl, dtype=dt)
         if crop and self.domain == "cars":
             img = img[:, :, 64:448, :]
         return img.float()

@@ -7,6 +7,12 @@ reference with a warning, never a crash.
 
 Shapes: `[NCHW]` activations, `[B,S]` styles (one scale per input channel), `[O,I,kh,kw]`
 convolution weights.
+
+Below the two ops are the building blocks of the generator's fast path (networks.py): the
+blur with its bias, demodulation from precomputed squared weights, the polyphase kernel that
+fuses transposed conv + blur, the pixel shuffle fused with the noise add, and oneDNN's fused
+convolution + leaky ReLU (with a plain fallback). Each is checked against the reference in
+tests/test_fastpaths.py.
 """
 from __future__ import annotations
 
@@ -69,10 +75,15 @@ def _upfirdn2d_ref(x, kernel, up, down, p0, p1):
 
 
 def _upsample2x_fir_fast(x, kernel):
-    """Zero insertion + pad (2,1) + 4x4 FIR == a strided depthwise transposed conv, padding 1."""
+    """Zero insertion + pad (2,1) + 4x4 FIR == a strided depthwise transposed conv, padding 1.
+
+    Computed channels-last (returned so): oneDNN's depthwise transposed convolution is about
+    ten times faster in that layout than in NCHW.
+    """
     c = x.shape[1]
-    weight = kernel.to(x).reshape(1, 1, 4, 4).expand(c, 1, 4, 4)  # [C,1,4,4]
-    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
+    cl = torch.channels_last
+    weight = kernel.to(x).reshape(1, 1, 4, 4).expand(c, 1, 4, 4).contiguous(memory_format=cl)  # [C,1,4,4]
+    return F.conv_transpose2d(x.contiguous(memory_format=cl), weight, stride=2, padding=1, groups=c)
 
 
 # --------------------------------------------------------------------------------------
@@ -155,11 +166,121 @@ def _modconv_fast(x, weight, styles, demodulate, up, blur_kernel):
     return out
 
 
-def _blur_fast(x, kernel):
-    """Depthwise 4x4 FIR with padding (1,1): the blur after the stride-2 transposed conv."""
+def _blur_fast(x, kernel, bias=None):
+    """Depthwise 4x4 FIR with padding (1,1): the blur after the stride-2 transposed conv.
+
+    `bias` [C] is added in the same pass (the convolution's own bias).
+    """
     c = x.shape[1]
     weight = torch.flip(kernel, [0, 1]).to(x).reshape(1, 1, *kernel.shape).expand(c, 1, *kernel.shape)
-    return F.conv2d(F.pad(x, [1, 1, 1, 1]), weight, groups=c)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    else:
+        weight = weight.contiguous()
+    return F.conv2d(x, weight, None if bias is None else bias.to(x.dtype), padding=1, groups=c)
+
+
+def blur2d(x, kernel, *, bias=None):
+    """The blur of the up-sampling modulated conv: depthwise FIR `kernel`, padding (1,1), plus `bias` [C]."""
+    _check_nchw(x, "blur2d")
+    return _blur_fast(x, kernel, bias)
+
+
+# --------------------------------------------------------------------------------------
+# Building blocks of the fast generator (networks.Generator's fast path).
+
+
+def demod_from_wsq(wsq, styles, eps: float = 1e-8):
+    """Demodulation coefficients [B,O] from wsq = sum over kh,kw of weight^2 [O,I] and styles [B,I]."""
+    return torch.rsqrt(styles.pow(2) @ wsq.t() + eps)
+
+
+def polyphase_up_weight(weight, blur_kernel, *, phase_major: bool = False):
+    """Fold "stride-2 transposed conv with `weight`, then the 4x4 blur with padding (1,1)" into
+    one 3x3 convolution with 4*O outputs, one per output phase (ry, rx).
+
+    weight [O,I,k,k] (k = 3) -> [4*O, I, 3, 3] with
+    `pixel_shuffle(conv2d(x, result, padding=1), 2) == blur(conv_transpose2d(x, weight^T, stride=2))`;
+    output channel o*4 + ry*2 + rx (`pixel_shuffle` order), or with `phase_major`
+    (ry*2 + rx)*O + o, the order `phase_shuffle_add` reads.
+
+    Derivation (one axis): the combined kernel is the full convolution K = w * b (length 6), and
+    output sample 2q+r (r in {0,1}) is sum over e in {-1,0,1} of x[q+e] * K[r+4-2e].
+    """
+    o, i, k, k2 = weight.shape
+    if k != 3 or k2 != 3 or tuple(blur_kernel.shape) != (4, 4):
+        raise ValueError(f"polyphase_up_weight: needs a 3x3 weight and a 4x4 blur, got {tuple(weight.shape)}, {tuple(blur_kernel.shape)}")
+    b = torch.flip(blur_kernel, [0, 1]).to(weight).reshape(1, 1, 4, 4)
+    full = F.conv2d(weight.reshape(o * i, 1, 3, 3), b, padding=3).reshape(o, i, 6, 6)  # K = w (full conv) blur
+    # phase r along an axis takes taps K[r+4], K[r+2], K[r] at offsets -1, 0, +1
+    idx = torch.tensor([[4, 2, 0], [5, 3, 1]], device=weight.device)  # [r, a]
+    rows = full[:, :, idx]  # [O,I,2(ry),3(a),6]
+    taps = rows[:, :, :, :, idx]  # [O,I,2(ry),3(a),2(rx),3(b)]
+    if phase_major:
+        return taps.permute(2, 4, 0, 1, 3, 5).reshape(4 * o, i, 3, 3)
+    return taps.permute(0, 2, 4, 1, 3, 5).reshape(o * 4, i, 3, 3)
+
+
+def phase_shuffle_add(y, other, extra=None):
+    """pixel_shuffle for a phase-major [N,4*C,H,W] tensor (channel (ry*2+rx)*C + c), fused with
+    adding `other` [N or 1, 1 or C, 2H, 2W] (None: a plain copy): one pass writes the
+    channels-last [N,C,2H,2W] result.
+
+    `extra` [N or 1, E, 2H, 2W] is appended as channels C..C+E-1 of the result.
+    """
+    n, c4, h, w = y.shape
+    c = c4 // 4
+    e = 0 if extra is None else extra.shape[1]
+    out = torch.empty((n, c + e, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+    src = y.permute(0, 2, 3, 1).reshape(n, h, w, 2, 2, c).permute(0, 1, 3, 2, 4, 5)  # [N,H,ry,W,rx,C]
+    dst = out[:, :c].permute(0, 2, 3, 1).view(n, h, 2, w, 2, c) if e == 0 else \
+        out.permute(0, 2, 3, 1)[..., :c].unflatten(1, (h, 2)).unflatten(3, (w, 2))
+    if other is None:
+        dst.copy_(src)
+    else:
+        oth = other.permute(0, 2, 3, 1).reshape(other.shape[0], h, 2, w, 2, other.shape[1])
+        torch.add(src, oth.to(y.dtype), out=dst)
+    if e:
+        out[:, c:].copy_(extra.to(y.dtype).expand(n, -1, -1, -1))
+    return out
+
+
+_FUSED_LRELU: dict = {}
+
+
+def _fused_conv_lrelu_ok(x, w) -> bool:
+    """Whether oneDNN's fused convolution + leaky ReLU (torch.ops.mkldnn._convolution_pointwise,
+    the op torch.compile's CPU backend uses) is usable here; checked once per dtype on a tiny input."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or w.dtype != x.dtype:
+        return False
+    key = x.dtype
+    ok = _FUSED_LRELU.get(key)
+    if ok is None:
+        ok = False
+        try:
+            op = torch.ops.mkldnn._convolution_pointwise
+            if torch.backends.mkldnn.is_available():
+                g = torch.Generator().manual_seed(0)
+                tx = torch.randn(1, 5, 6, 6, generator=g).to(key).contiguous(memory_format=torch.channels_last)
+                tw = torch.randn(4, 5, 3, 3, generator=g).to(key).contiguous(memory_format=torch.channels_last)
+                tb = torch.randn(4, generator=g).to(key)
+                got = op(tx, tw, tb, [1, 1], [1, 1], [1, 1], 1, "leaky_relu", [0.2], "")
+                want = F.leaky_relu(F.conv2d(tx.float(), tw.float(), tb.float(), padding=1), 0.2)
+                ok = bool(torch.allclose(got.float(), want, atol=0.1, rtol=0.02))
+        except (AttributeError, RuntimeError, NotImplementedError):
+            ok = False
+        _FUSED_LRELU[key] = ok
+    return ok
+
+
+def conv2d_lrelu(x, weight, bias, *, padding: int, slope: float = 0.2):
+    """leaky_relu(conv2d(x, weight, bias, padding), slope): one oneDNN call with the activation
+    fused where available (saves two passes over the output), else conv then in-place lrelu."""
+    if _fused_conv_lrelu_ok(x, weight):
+        b = None if bias is None else bias.to(x.dtype)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, b, [padding, padding], [1, 1], [1, 1], 1, "leaky_relu", [slope], "")
+    return F.leaky_relu_(F.conv2d(x, weight, bias, padding=padding), slope)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,0 +1,464 @@
+"""Speed and memory benchmark: `make bench` (prints a table, writes bench/results.json).
+
+What it measures, on the synthetic 1024 FFHQ checkpoint (same format and size as the released
+file; built with the parity folder's make_checkpoint.py into .cache/ when missing):
+
+- per-image time of invert (encode + decode) and edit (decode only), batch 1 and 4, for the
+  fast path in float32 and bfloat16, and for the reference's way of computing in the same run
+  (impl="ref": per-sample weights in one grouped convolution, zero-insertion FIR up-sampling,
+  float32) so the speed-ups are measured ratios;
+- an ablation of the generator's fast path (which step buys what);
+- bfloat16's error against float32 (codes, and the image in 8-bit levels);
+- peak resident memory of a separate process that loads the checkpoint and inverts one image
+  (and of the real `e4e invert --no-align`, when the command works);
+- `e4e --help` start-up time, face alignment time (bench/align_bench.py, when present);
+- achieved GFLOP/s against the machine's measured float32 (and bfloat16) convolution peak.
+
+Few repetitions (best of 2-3 after one warm-up): the whole run takes a few minutes on 2 cores.
+Other processes on the machine make timings slower and noisier: the load average is recorded.
+
+    .venv/bin/python bench/bench.py [--quick] [--checkpoint PATH] [--out bench/results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+PARITY = Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
+CACHE = Path(os.environ.get("E4E_TEST_CACHE", ROOT / ".cache" / "test-checkpoints"))
+PY = sys.executable
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_checkpoint(path: str | None) -> Path:
+    if path:
+        return Path(path)
+    out = CACHE / "e4e_ffhq_1024_s1.pt"  # the same file the parity tests use
+    if out.exists():
+        return out
+    maker = PARITY / "make_checkpoint.py"
+    if not maker.is_file():
+        sys.exit(f"bench: no checkpoint at {out} and no {maker} to build one (set E4E_PARITY_DIR)")
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log(f"building the synthetic 1024 checkpoint {out} ...")
+    tmp = out.with_suffix(".part")
+    subprocess.run([PY, str(maker), "--size", "1024", "--seed", "1", "--domain", "ffhq", str(tmp)], check=True)
+    os.replace(tmp, out)
+    return out
+
+
+def best_of(fn, repeat: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def load_avg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# machine
+
+
+def conv_peak(torch, F, dtype, repeat: int = 5) -> float:
+    """GFLOP/s of a large 3x3 convolution ([1,512,64,64] x [512,512,3,3]), channels-last."""
+    cl = torch.channels_last
+    x = torch.randn(1, 512, 64, 64).to(dtype).contiguous(memory_format=cl)
+    w = torch.randn(512, 512, 3, 3).to(dtype).contiguous(memory_format=cl)
+    flops = 2 * 64 * 64 * 512 * 512 * 9
+    t = best_of(lambda: F.conv2d(x, w, padding=1), repeat)
+    return flops / t / 1e9
+
+
+def count_flops(model, torch, x, codes) -> tuple[float, float]:
+    """FLOPs (torch.utils.flop_counter, convolutions and matmuls) of one encode and one decode
+    on the reference path: the model's nominal work, whatever a fast path skips or adds."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = [p for p in list(model.encoder.parameters()) + list(model.generator.parameters())]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    impl = model.impl
+    try:
+        model.impl = "ref"
+        with torch.no_grad():
+            fc = FlopCounterMode(display=False)
+            with fc:
+                model.encode(x)
+            enc = fc.get_total_flops()
+            fc = FlopCounterMode(display=False)
+            with fc:
+                model.decode(codes)
+            dec = fc.get_total_flops()
+    finally:
+        model.impl = impl
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    return enc / x.shape[0], dec / codes.shape[0]
+
+
+# ------------------------------------------------------------------------------------------
+# speed
+
+
+def time_model(model, torch, x, *, impl: str, precision: str, repeat: int) -> dict:
+    """Per-image seconds of invert (encode + decode) and edit (decode only) for x's batch."""
+    model.impl = impl
+    model.precision = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    b = x.shape[0]
+    codes = model.encode(x)
+    inv = best_of(lambda: model.decode(model.encode(x)), repeat)
+    dec = best_of(lambda: model.decode(codes), repeat)
+    enc = best_of(lambda: model.encode(x), repeat, warmup=0)
+    return {"invert_s": inv / b, "edit_s": dec / b, "encode_s": enc / b, "batch": b}
+
+
+def synth_ops_only(g, codes, torch):
+    """The reference's loop with each op's fast path (the first fast path: modulated conv
+    without per-sample weights, FIR up-sampling as a transposed conv), for the ablation."""
+    noise = g.fixed_noise()
+    b = codes.shape[0]
+    x = g.input.input.expand(b, -1, -1, -1)
+    x = g.conv1(x, codes[:, 0], noise[0], "fast")
+    skip = g.to_rgb1(x, codes[:, 1], impl="fast")
+    for k in range(len(g.to_rgbs)):
+        x = g.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], "fast")
+        x = g.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], "fast")
+        skip = g.to_rgbs[k](x, codes[:, 3 + 2 * k], skip, "fast")
+    return skip
+
+
+def ablation(model, torch, codes, repeat: int) -> dict:
+    from e4e_cli import ops
+
+    g = model.generator
+    out = {}
+    with torch.inference_mode():
+        out["ref (grouped per-sample weights)"] = best_of(lambda: g.synthesize(codes, impl="ref"), repeat)
+        out["ops fast only (shared weight, scaled activations)"] = best_of(lambda: synth_ops_only(g, codes, torch), repeat)
+        saved = g.fast_up_mode, g.fast_mode
+        try:
+            for prec, dt in (("fp32", None), ("bf16", torch.bfloat16)):
+                for up in ("transpose", "polyphase"):
+                    g.fast_up_mode, g.fast_mode = up, "auto"
+                    out[f"fast {prec}, up={up}"] = best_of(lambda: g.synthesize(codes, impl="fast", dtype=dt), repeat)
+                g.fast_up_mode, g.fast_mode = "auto", "activation"
+                out[f"fast {prec}, all layers activation mode"] = best_of(lambda: g.synthesize(codes, impl="fast", dtype=dt), repeat)
+            g.fast_up_mode, g.fast_mode = "auto", "auto"
+            fused = dict(ops._FUSED_LRELU)
+            try:
+                ops._FUSED_LRELU[torch.bfloat16] = False
+                out["fast bf16, without fused conv+lrelu (noise channels)"] = best_of(
+                    lambda: g.synthesize(codes, impl="fast", dtype=torch.bfloat16), repeat)
+            finally:
+                ops._FUSED_LRELU.clear()
+                ops._FUSED_LRELU.update(fused)
+        finally:
+            g.fast_up_mode, g.fast_mode = saved
+    return out
+
+
+def bf16_errors(model, torch, x) -> dict:
+    model.impl = "fast"
+    model.precision = torch.float32
+    c32 = model.encode(x)
+    i32 = model.decode(c32)
+    model.precision = torch.bfloat16
+    c16 = model.encode(x)
+    i16 = model.decode(c16)  # bf16 end to end (codes and image)
+    i16_dec = model.decode(c32)  # bf16 decoder only, from the float32 codes
+    model.precision = torch.float32
+    u32 = torch.from_numpy(model.to_uint8(i32)).float()
+    lev = lambda a: torch.from_numpy(model.to_uint8(a)).float().sub(u32).abs()  # noqa: E731
+    e_inv, e_dec = lev(i16), lev(i16_dec)
+    return {
+        "codes_max_abs": float((c16 - c32).abs().max()),
+        "codes_mean_abs": float((c16 - c32).abs().mean()),
+        "codes_rms_of_fp32": float(c32.pow(2).mean().sqrt()),
+        "invert_image_mean_abs_levels": float(e_inv.mean()),
+        "invert_image_max_abs_levels": float(e_inv.max()),
+        "decode_image_mean_abs_levels": float(e_dec.mean()),
+        "decode_image_max_abs_levels": float(e_dec.max()),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# memory and start-up (separate processes)
+
+CHILD = r"""
+import resource, sys, time
+import torch
+from PIL import Image
+from e4e_cli.model import E4E
+ckpt, precision, image = sys.argv[1], sys.argv[2], sys.argv[3]
+t0 = time.perf_counter()
+m = E4E.from_checkpoint(ckpt, device="cpu", precision=precision)
+x = m.preprocess(Image.open(image)) if image != "-" else torch.zeros(1, 3, 256, 256)
+codes, img = m.invert(x)
+m.to_pil(img)[0]
+hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")]
+print("VmHWM_kB", hwm[0] if hwm else "?", "seconds", time.perf_counter() - t0)
+"""
+
+# A small launcher runs the measured command and reports getrusage(RUSAGE_CHILDREN).ru_maxrss.
+# It exists because Linux carries the forking process's RSS high-water mark over exec into the
+# child's ru_maxrss: forked straight from this (large) process, every child would report at
+# least this process's own RSS. The launcher is small (~10 MB), so its child's number is clean.
+LAUNCHER = r"""
+import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+print("MAXRSS_kB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "RC", rc, flush=True)
+"""
+
+
+def child_peak_rss(cmd: list[str], env=None) -> tuple[float, int, str]:
+    """Peak RSS (MB) of `cmd` run in a fresh process, its exit status and its output's tail."""
+    p = subprocess.run([PY, "-c", LAUNCHER, *cmd], capture_output=True, text=True, env=env, cwd=str(ROOT))
+    text = p.stdout + p.stderr
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("MAXRSS_kB"):
+            parts = line.split()
+            return int(parts[1]) / 1024.0, int(parts[3]), text[-400:]
+    return float("nan"), p.returncode or 1, text[-400:]
+
+
+REF_CHILD = r"""
+import sys, time
+from e4e_cli.model import E4E
+import torch
+m = E4E.from_checkpoint(sys.argv[1], device="cpu", impl="ref")
+x = torch.zeros(1, 3, 256, 256)
+best = float("inf")
+for i in range(3):
+    t = time.perf_counter(); m.decode(m.encode(x)); dt = time.perf_counter() - t
+    best = min(best, dt) if i else best
+print("BEST", best)
+"""
+
+
+def ref_without_thp(ckpt: Path) -> float | str:
+    """The reference path as its users run it: without THP_MEM_ALLOC_ENABLE (which e4e_cli
+    sets for itself, and which the in-process reference timings above therefore also get)."""
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="0")
+    p = subprocess.run([PY, "-c", REF_CHILD, str(ckpt)], capture_output=True, text=True, env=env, cwd=str(ROOT))
+    for line in p.stdout.splitlines():
+        if line.startswith("BEST"):
+            return float(line.split()[1])
+    return f"failed: {(p.stdout + p.stderr).strip()[-200:]}"
+
+
+def memory(ckpt: Path, image: str) -> dict:
+    res = {}
+    for prec in ("fp32", "bf16"):
+        mb, rc, text = child_peak_rss([PY, "-c", CHILD, str(ckpt), prec, image])
+        res[f"load+invert one image ({prec}), peak RSS MB"] = round(mb, 1) if rc == 0 else f"failed: {text.strip()[-200:]}"
+    e4e = Path(PY).parent / "e4e"
+    if e4e.exists() and image != "-":
+        with tempfile.TemporaryDirectory(prefix="e4e-bench-") as tmp:
+            env = dict(os.environ, E4E_NO_PROGRESS="1")
+            mb, rc, text = child_peak_rss([str(e4e), "invert", image, "--checkpoint", str(ckpt), "--no-align",
+                                           "--device", "cpu", "--out", tmp], env=env)
+        res["e4e invert --no-align (fp32), peak RSS MB"] = round(mb, 1) if rc == 0 else f"failed (exit {rc}): {text.strip()[-200:]}"
+    return res
+
+
+def startup() -> dict:
+    e4e = Path(PY).parent / "e4e"
+    cmd, what = [str(e4e), "--help"], "e4e --help"
+    ok = e4e.exists() and subprocess.run(cmd, capture_output=True, cwd=str(ROOT)).returncode == 0
+    if not ok:
+        cmd, what = [PY, "-c", "import e4e_cli.cli"], "python -c 'import e4e_cli.cli' (e4e --help failed)"
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, cwd=str(ROOT))
+        best = min(best, time.perf_counter() - t0)
+    heavy = subprocess.run(
+        [PY, "-c", "import sys; from e4e_cli import cli; cli._register(); "
+                   "print(','.join(m for m in ('torch','numpy','PIL') if m in sys.modules))"],
+        capture_output=True, text=True, cwd=str(ROOT)).stdout.strip()
+    return {"what": what, "best_of_5_s": best, "heavy_modules_imported_by_cli": heavy or "none"}
+
+
+def alignment() -> dict | str:
+    path = ROOT / "bench" / "align_bench.py"
+    if not path.is_file():
+        return "skipped (bench/align_bench.py absent)"
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("align_bench", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.bench_alignment()
+    except Exception as exc:  # another engineer's module: report, never abort the benchmark
+        return f"failed: {type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", help="a 1024 e4e checkpoint (default: the synthetic one in .cache/)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
+    ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repetitions, no ablation")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    ckpt = ensure_checkpoint(args.checkpoint)
+    from e4e_cli.model import E4E  # first: it configures torch's allocator as the CLI gets it
+
+    import torch
+    import torch.nn.functional as F
+
+    results: dict = {"machine": {
+        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+        "threads": None, "load_avg_start": load_avg(),
+        "bf16_supported": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
+    }, "checkpoint": str(ckpt)}
+    image = PARITY / "images" / "input_img.jpg"
+    image_arg = str(image) if image.is_file() else "-"
+
+    log("loading ...")
+    t0 = time.perf_counter()
+    model = E4E.from_checkpoint(ckpt, device="cpu")
+    results["load_s"] = time.perf_counter() - t0
+    results["machine"]["threads"] = torch.get_num_threads()
+    if image_arg != "-":
+        from PIL import Image
+
+        x1 = model.preprocess(Image.open(image_arg))
+    else:
+        x1 = torch.zeros(1, 3, 256, 256)
+    gen = torch.Generator().manual_seed(0)
+    x4 = torch.cat([x1, (torch.rand(3, 3, 256, 256, generator=gen) * 2 - 1)])
+
+    log("convolution peak ...")
+    results["conv_peak_gflops"] = {"fp32": conv_peak(torch, F, torch.float32), "bf16": conv_peak(torch, F, torch.bfloat16)}
+
+    log("counting FLOPs ...")
+    with torch.inference_mode():
+        codes1 = model.encode(x1)
+    enc_flops, dec_flops = count_flops(model, torch, x1, codes1)
+    results["gflop_per_image"] = {"encode": enc_flops / 1e9, "decode": dec_flops / 1e9, "invert": (enc_flops + dec_flops) / 1e9}
+
+    # The reference path's time varies by up to 1.6x from run to run here (its many large
+    # allocations meet the huge-page allocator in different states), so it gets more
+    # repetitions: the ratios below are against its best time, i.e. conservative.
+    rows = []
+    if args.quick:
+        plan = [("ref", "fp32", x1, 2), ("fast", "fp32", x1, 2), ("fast", "bf16", x1, 2)]
+    else:
+        plan = [("ref", "fp32", x1, 4), ("fast", "fp32", x1, 5), ("fast", "bf16", x1, 5),
+                ("ref", "fp32", x4, 2), ("fast", "fp32", x4, 3), ("fast", "bf16", x4, 3)]
+    with torch.inference_mode():
+        for impl, prec, x, rep in plan:
+            log(f"timing impl={impl} precision={prec} batch={x.shape[0]} ...")
+            r = time_model(model, torch, x, impl=impl, precision=prec, repeat=rep)
+            r.update(impl=impl, precision=prec)
+            rows.append(r)
+        model.impl, model.precision = "fast", torch.float32
+    results["speed"] = rows
+    ref = {r["batch"]: r for r in rows if r["impl"] == "ref"}
+    inv_flops = enc_flops + dec_flops
+    for r in rows:
+        base = ref.get(r["batch"])
+        r["invert_speedup_vs_ref"] = base["invert_s"] / r["invert_s"] if base else None
+        r["edit_speedup_vs_ref"] = base["edit_s"] / r["edit_s"] if base else None
+        r["invert_gflops"] = inv_flops / r["invert_s"] / 1e9
+        r["edit_gflops"] = dec_flops / r["edit_s"] / 1e9
+
+    log("bf16 error against fp32 ...")
+    with torch.inference_mode():
+        results["bf16_error"] = bf16_errors(model, torch, x1)
+        if not args.quick:
+            log("ablation of the generator's fast path (decode, batch 1) ...")
+            results["ablation_decode_s"] = ablation(model, torch, codes1, 3)
+    del model
+
+    if not args.quick:
+        log("reference path without huge pages (separate process) ...")
+        results["ref_fp32_b1_invert_s_without_thp"] = ref_without_thp(ckpt)
+    log("memory (separate processes) ...")
+    results["memory"] = memory(ckpt, image_arg)
+    log("start-up ...")
+    results["startup"] = startup()
+    log("alignment ...")
+    results["alignment"] = alignment()
+    results["machine"]["load_avg_end"] = load_avg()
+    results["bench_s"] = time.perf_counter() - t_start
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print_table(results)
+    print(f"\nwritten {args.out} ({results['bench_s']:.0f} s)")
+    return 0
+
+
+def print_table(r: dict) -> None:
+    m = r["machine"]
+    peak = r["conv_peak_gflops"]
+    fl = r["gflop_per_image"]
+    print(f"\ne4e benchmark: {m['cpu']}, torch {m['torch']}, {m['threads']} threads, load avg {m['load_avg_start']} -> {m.get('load_avg_end')}")
+    print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
+          f"work per image: encode {fl['encode']:.1f} + decode {fl['decode']:.1f} = {fl['invert']:.1f} GFLOP "
+          f"(float32 floor {fl['invert'] / peak['fp32']:.2f} s)")
+    print(f"\n{'path':<22}{'batch':>6}{'invert s/img':>14}{'x ref':>8}{'GFLOP/s':>9}{'edit s/img':>12}{'x ref':>8}{'encode s/img':>14}")
+    for s in r["speed"]:
+        name = f"{s['impl']} {s['precision']}"
+        xr = lambda v: f"{v:.2f}" if v else "-"  # noqa: E731
+        print(f"{name:<22}{s['batch']:>6}{s['invert_s']:>14.3f}{xr(s['invert_speedup_vs_ref']):>8}{s['invert_gflops']:>9.0f}"
+              f"{s['edit_s']:>12.3f}{xr(s['edit_speedup_vs_ref']):>8}{s['encode_s']:>14.3f}")
+    e = r["bf16_error"]
+    print(f"\nbf16 vs fp32: codes max abs {e['codes_max_abs']:.2e} (mean {e['codes_mean_abs']:.1e}, rms of codes {e['codes_rms_of_fp32']:.2f}); "
+          f"image mean abs {e['invert_image_mean_abs_levels']:.2f} levels (max {e['invert_image_max_abs_levels']:.0f}) invert, "
+          f"{e['decode_image_mean_abs_levels']:.2f} (max {e['decode_image_max_abs_levels']:.0f}) decode only")
+    if isinstance(r.get("ref_fp32_b1_invert_s_without_thp"), float):
+        v = r["ref_fp32_b1_invert_s_without_thp"]
+        fast = {(x["impl"], x["precision"], x["batch"]): x["invert_s"] for x in r["speed"]}
+        extra = "".join(f", fast {p} {v / fast[('fast', p, 1)]:.2f}x" for p in ("fp32", "bf16") if ("fast", p, 1) in fast)
+        print(f"reference path in a process without THP_MEM_ALLOC_ENABLE (as its users run it): invert {v:.3f} s/img (batch 1){extra} against it")
+    if "ablation_decode_s" in r:
+        print("\ngenerator ablation (decode, batch 1):")
+        for k, v in r["ablation_decode_s"].items():
+            print(f"  {k:<52}{v:8.3f} s")
+    print("\nmemory:")
+    for k, v in r["memory"].items():
+        print(f"  {k:<52}{v}")
+    s = r["startup"]
+    print(f"start-up: {s['what']}: {s['best_of_5_s']:.3f} s (best of 5); heavy modules imported by the CLI: {s['heavy_modules_imported_by_cli']}")
+    a = r["alignment"]
+    if isinstance(a, dict):
+        print("alignment: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in a.items()))
+    else:
+        print(f"alignment: {a}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,390 @@
+"""The fast paths (impl="fast", reduced precision, memory release) against the reference.
+
+Tiny networks (widths are arguments) keep these quick; the full-size models are covered by the
+parity tests. Nothing here is timed: speed lives in bench/bench.py.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e4e_cli import ops
+from e4e_cli.checkpoint import CheckpointInfo
+from e4e_cli.model import E4E, configure_threads, physical_cores, release_file_pages
+from e4e_cli.networks import Encoder4Editing, Generator, blur_kernel_2d
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_generator(size=32, dtype=torch.float32, seed=1):
+    torch.manual_seed(seed)
+    g = Generator(size, style_dim=16, n_mlp=2, channels={4: 16, 8: 12, 16: 8, 32: 8, 64: 4})
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("modulation.bias"):
+                p.fill_(1.0)
+            elif name.endswith("noise.weight"):
+                p.fill_(0.1)
+    return g.to(dtype).eval()
+
+
+def tiny_encoder(seed=2):
+    torch.manual_seed(seed)
+    enc = Encoder4Editing(n_styles=8, widths=(4, 8, 8, 16), units=(1, 2, 2, 1), style_dim=16, input_size=64, se_reduction=4)
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them is really exercised
+        for m in enc.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.uniform_(0.1, 0.4)
+    return enc.eval()
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+# ---------------------------------------------------------------------------------------------
+# ops
+
+
+def test_polyphase_kernel_equals_transposed_conv_then_blur():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 7, 6, dtype=torch.float64)
+    w = torch.randn(4, 5, 3, 3, dtype=torch.float64)
+    k = blur_kernel_2d(scale=4.0).double()
+    ref = ops.upfirdn2d(F.conv_transpose2d(x, w.transpose(0, 1), stride=2), k, pad=(1, 1), impl="ref")
+    out = F.pixel_shuffle(F.conv2d(x, ops.polyphase_up_weight(w, k), padding=1), 2)
+    assert out.shape == ref.shape == (2, 4, 14, 12)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+
+
+def test_polyphase_kernel_rejects_other_shapes():
+    with pytest.raises(ValueError, match="3x3"):
+        ops.polyphase_up_weight(torch.randn(2, 2, 1, 1), blur_kernel_2d())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_blur_with_bias_equals_reference_fir(channels_last):
+    x = torch.randn(2, 3, 9, 9, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    k = blur_kernel_2d(scale=4.0).double()
+    b = torch.randn(3, dtype=torch.float64)
+    ref = ops.upfirdn2d(x, k, pad=(1, 1), impl="ref") + b[None, :, None, None]
+    torch.testing.assert_close(ops.blur2d(x, k, bias=b), ref, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("extra", [False, True])
+def test_phase_shuffle_add_equals_pixel_shuffle_plus_add(extra):
+    c, h, w = 3, 5, 4
+    y = torch.randn(2, 4 * c, h, w)
+    other = torch.randn(1, 1, 2 * h, 2 * w)
+    ext = torch.randn(2, 2, 2 * h, 2 * w) if extra else None
+    out = ops.phase_shuffle_add(y, other, ext)
+    # phase-major (ry*2+rx)*C + c  ->  pixel_shuffle order c*4 + ry*2 + rx
+    ps = y.reshape(2, 4, c, h, w).transpose(1, 2).reshape(2, 4 * c, h, w)
+    want = F.pixel_shuffle(ps, 2) + other
+    assert out.shape == (2, c + (2 if extra else 0), 2 * h, 2 * w)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out[:, :c], want)
+    if extra:
+        torch.testing.assert_close(out[:, c:], ext)
+
+
+def test_conv2d_lrelu_equals_conv_then_lrelu():
+    x = torch.randn(1, 6, 9, 9).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(5, 6, 3, 3).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(5)
+    with torch.no_grad():
+        got = ops.conv2d_lrelu(x, w, b, padding=1)
+    torch.testing.assert_close(got, F.leaky_relu(F.conv2d(x, w, b, padding=1), 0.2), atol=1e-5, rtol=1e-5)
+
+
+def test_demod_from_wsq_equals_demod_coefficients():
+    w = torch.randn(6, 5, 3, 3, dtype=torch.float64)
+    s = torch.rand(3, 5, dtype=torch.float64) + 0.5
+    torch.testing.assert_close(ops.demod_from_wsq(w.pow(2).sum([2, 3]), s), ops.demod_coefficients(w, s))
+
+
+# ---------------------------------------------------------------------------------------------
+# generator
+
+
+@pytest.mark.parametrize("up_mode,mode", list(itertools.product(["transpose", "polyphase"], ["auto", "activation", "weight"])))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_generator_fast_equals_reference(up_mode, mode, batch):
+    g = tiny_generator(dtype=torch.float64)
+    g.fast_up_mode, g.fast_mode = up_mode, mode
+    codes = torch.randn(batch, g.n_styles, 16, dtype=torch.float64)
+    with torch.no_grad():
+        ref = g.synthesize(codes, impl="ref")  # the reference returns float32
+        fast = g.synthesize(codes, impl="fast")
+    assert fast.shape == ref.shape == (batch, 3, 32, 32)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast.float(), ref, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("up_mode,mode", list(itertools.product(["transpose", "polyphase"], ["auto", "weight"])))
+@pytest.mark.parametrize("size", [32, 64])
+def test_generator_fast_float32_equals_reference(up_mode, mode, size):
+    """float32 takes the paths float64 cannot (oneDNN's fused conv + leaky ReLU, the noise
+    carried as input channels after a polyphase up-sampling layer)."""
+    g = tiny_generator(size=size)
+    g.fast_up_mode, g.fast_mode = up_mode, mode
+    codes = torch.randn(2, g.n_styles, 16)
+    with torch.no_grad():
+        ref = g.synthesize(codes, impl="ref")
+        fast = g.synthesize(codes, impl="fast")
+    torch.testing.assert_close(fast, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_generator_auto_mode_uses_both_modes_and_is_cached():
+    g = tiny_generator(size=64)
+    codes = torch.randn(2, g.n_styles, 16)
+    with torch.no_grad():
+        a = g.synthesize(codes, impl="fast")
+        plan = next(iter(g._fast_plans.values()))
+        b = g.synthesize(codes, impl="fast")
+        ref = g.synthesize(codes, impl="ref")
+    modes = [st.weight_mode for st in plan.steps]
+    assert any(modes) and not all(modes), "tiny 64 generator should mix activation and weight mode"
+    assert modes == sorted(modes), "weight mode, once started, continues to the last layer"
+    assert len(g._fast_plans) == 1 and torch.equal(a, b)
+    torch.testing.assert_close(a, ref, atol=1e-4, rtol=1e-4)
+    g.clear_fast_cache()
+    assert not getattr(g, "_fast_plans", None)
+
+
+def test_all_styles_in_one_matmul_equal_each_layers_modulation():
+    g = tiny_generator()
+    codes = torch.randn(2, g.n_styles, 16)
+    with torch.no_grad():
+        g.synthesize(codes, impl="fast")
+        plan = next(iter(g._fast_plans.values()))
+        styles = F.linear(codes, plan.style_w, plan.style_b)
+        for st in plan.steps:
+            own = st.mod.modulation(codes[:, st.code])
+            torch.testing.assert_close(styles[:, st.code, st.off: st.off + own.shape[1]], own, atol=1e-6, rtol=1e-6)
+
+
+def test_generator_fast_random_noise_matches_reference():
+    g = tiny_generator()
+    codes = torch.randn(2, g.n_styles, 16)
+    noise = g.random_noise(2, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = g.synthesize(codes, impl="ref", noise=noise)
+        fast = g.synthesize(codes, impl="fast", noise=noise)
+        fixed = g.synthesize(codes, impl="fast")
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(fast, fixed)
+
+
+def test_generator_fast_leaves_parameters_untouched():
+    g = tiny_generator()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    with torch.no_grad():
+        g.synthesize(torch.randn(1, g.n_styles, 16), impl="fast", dtype=torch.bfloat16)
+    for k, v in g.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def _lowp_supported(dtype) -> bool:
+    try:
+        F.conv2d(torch.ones(1, 2, 4, 4, dtype=dtype), torch.ones(2, 2, 3, 3, dtype=dtype), padding=1)
+        F.conv_transpose2d(torch.ones(1, 2, 4, 4, dtype=dtype), torch.ones(2, 2, 3, 3, dtype=dtype), stride=2)
+        return True
+    except (RuntimeError, NotImplementedError):
+        return False
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("up_mode", ["transpose", "polyphase"])
+def test_generator_reduced_precision_close_to_float32(dtype, up_mode):
+    """The GPU's half-precision path, run on the CPU: correct up to the format's rounding."""
+    if not _lowp_supported(dtype):
+        pytest.skip(f"{dtype} convolutions are not supported on this CPU build")
+    g = tiny_generator()
+    g.fast_up_mode = up_mode
+    codes = torch.randn(2, g.n_styles, 16)
+    with torch.no_grad():
+        ref = g.synthesize(codes, impl="ref")
+        low = g.synthesize(codes, impl="fast", dtype=dtype)
+    assert low.dtype == torch.float32, "the RGB image is accumulated in float32"
+    assert torch.isfinite(low).all()
+    assert rel(low, ref) < (3e-2 if dtype == torch.bfloat16 else 5e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# encoder
+
+
+@pytest.mark.parametrize("hw", [(64, 64), (48, 64)])
+def test_encoder_fast_equals_reference(hw):
+    enc = tiny_encoder()
+    x = torch.randn(2, 3, *hw)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    with torch.no_grad():
+        w0, deltas = enc(x)
+        fw0, fdeltas = enc(x, impl="fast")
+    torch.testing.assert_close(fw0, w0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fdeltas, deltas, atol=1e-5, rtol=1e-5)
+    for k, v in enc.state_dict().items():  # BatchNorm was folded into new tensors
+        assert torch.equal(v, before[k]), k
+    assert len(enc._fast_plans) == 1
+    enc.clear_fast_cache()
+    assert not getattr(enc, "_fast_plans", None)
+
+
+def test_encoder_bn_folding_is_exact_in_float64():
+    enc = tiny_encoder().double()
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        w0, deltas = enc(x)
+        fw0, fdeltas = enc(x, impl="fast")
+    torch.testing.assert_close(fw0, w0.to(fw0.dtype), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(fdeltas, deltas.to(fdeltas.dtype), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_encoder_reduced_precision_close_to_float32(dtype):
+    if not _lowp_supported(dtype):
+        pytest.skip(f"{dtype} convolutions are not supported on this CPU build")
+    enc = tiny_encoder()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        w0, deltas = enc(x)
+        lw0, ldeltas = enc(x, impl="fast", dtype=dtype)
+    assert lw0.dtype == ldeltas.dtype == torch.float32
+    assert rel(lw0, w0) < 3e-2 and rel(ldeltas, deltas) < 5e-2
+
+
+def test_encoder_unknown_impl_falls_back_with_warning():
+    enc = tiny_encoder()
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.warns(UserWarning, match="reference"), torch.no_grad():
+        a = enc(x, impl="triton")
+    with torch.no_grad():
+        b = enc(x)
+    torch.testing.assert_close(a[0], b[0])
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_fast_paths_are_batch_invariant(dtype):
+    """An image's result does not depend on the batch it is in (bitwise): the CLI's --batch-size
+    must not change outputs, and library and CLI results must agree exactly."""
+    if dtype is not None and not _lowp_supported(dtype):
+        pytest.skip(f"{dtype} convolutions are not supported on this CPU build")
+    enc, g = tiny_encoder(), tiny_generator(size=64)
+    x = torch.randn(3, 3, 64, 64)
+    codes = torch.randn(3, g.n_styles, 16)
+    with torch.no_grad():
+        one = enc(x[:1], impl="fast", dtype=dtype)
+        three = enc(x, impl="fast", dtype=dtype)
+        assert torch.equal(one[0], three[0][:1]) and torch.equal(one[1], three[1][:1])
+        assert torch.equal(g.synthesize(codes[:1], impl="fast", dtype=dtype), g.synthesize(codes, impl="fast", dtype=dtype)[:1])
+
+
+# ---------------------------------------------------------------------------------------------
+# E4E API on tiny networks
+
+
+def tiny_model(**kw):
+    g = tiny_generator()
+    enc = tiny_encoder()
+    info = CheckpointInfo(size=32, n_styles=8, domain="church", encoder_type="Encoder4Editing", start_from_latent_avg=True)
+    return E4E(enc, g, torch.zeros(8, 16), info, device=torch.device("cpu"), **kw)
+
+
+def test_model_fast_default_matches_reference_and_precision_choices():
+    fast, ref = tiny_model(), tiny_model(impl="ref")
+    assert fast.impl == "fast" and fast.precision == torch.float32
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(Exception):  # input must be the model's input size (256 for church)
+        fast.encode(x)
+    fast.info.domain = ref.info.domain = "church"
+    # tiny encoder works on 64x64: call the modules the way encode() does
+    with torch.no_grad():
+        c_fast = fast.encoder(x, impl="fast")[0]
+        c_ref = ref.encoder(x)[0]
+    torch.testing.assert_close(c_fast, c_ref, atol=1e-5, rtol=1e-5)
+    codes = torch.randn(2, 8, 16)
+    torch.testing.assert_close(fast.decode(codes), ref.decode(codes), atol=1e-4, rtol=1e-4)
+    low = fast.decode(codes, precision="bf16")
+    assert low.dtype == torch.float32 and rel(low, ref.decode(codes)) < 3e-2
+    assert fast.release_encoder_memory() == 0  # not memory-mapped: nothing to release
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("E4E_TEST_COMPILE", "") in ("", "0"),
+                    reason="torch.compile takes ~30 s even for the tiny model on a small CPU; set E4E_TEST_COMPILE=1")
+def test_opt_in_torch_compile_matches_eager():
+    """The GPU-oriented torch.compile path, checked on the CPU (no GPU in CI)."""
+    model, eager = tiny_model().compile(), tiny_model()
+    codes = torch.randn(2, 8, 16)
+    torch.testing.assert_close(model.decode(codes), eager.decode(codes), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory
+
+
+def test_release_file_pages_keeps_values(tmp_path):
+    path = tmp_path / "t.pt"
+    torch.save({"a": torch.arange(3 << 20, dtype=torch.float32), "b": torch.randn(1000)}, path)
+    sd = torch.load(path, mmap=True, weights_only=True)
+    total = float(sd["a"].sum())
+    released = release_file_pages([sd["a"], sd["b"]], str(path))
+    if not sys.platform.startswith("linux"):
+        assert released == 0
+        return
+    assert released > 0 and released % 4096 == 0
+    assert float(sd["a"].sum()) == total  # re-read from the file
+    anon = torch.arange(3 << 20, dtype=torch.float32)
+    assert release_file_pages([anon], str(path)) == 0, "anonymous memory must never be advised"
+    assert float(anon.sum()) == total
+
+
+@pytest.mark.slow
+def test_model_release_encoder_memory_on_a_real_checkpoint(case_checkpoint):
+    model = E4E.from_checkpoint(case_checkpoint("church_256_s3"), device="cpu")
+    x = torch.rand(1, 3, 256, 256) * 2 - 1
+    codes = model.encode(x)
+    if sys.platform.startswith("linux"):
+        assert model.release_encoder_memory() > 100 << 20  # the encoder is most of the file
+    torch.testing.assert_close(model.encode(x), codes, atol=0, rtol=0)
+    img = model.decode(codes)  # decode releases the encoder's pages again; output unchanged
+    assert torch.isfinite(img).all()
+    torch.testing.assert_close(model.encode(x), codes, atol=0, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# threads and start-up
+
+
+def test_physical_cores_and_thread_override():
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+    code = "import torch; from e4e_cli.model import configure_threads; print(configure_threads(), torch.get_num_threads())"
+    env = dict(os.environ, E4E_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split() == ["1", "1"], out.stderr
+
+
+def test_cli_help_imports_no_heavy_modules():
+    """`e4e --help` must start fast: no torch, numpy or PIL at import of the CLI and its commands."""
+    code = ("import sys; from e4e_cli import cli; cli._register(); "
+            "print(','.join(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
