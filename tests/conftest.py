@@ -90,3 +90,21 @@ CASES = {"ffhq_1024_s1": (1024, 1, "ffhq"), "cars_512_s2": (512, 2, "cars"), "ch
 def case_checkpoint():
     """case name -> path of its synthetic checkpoint."""
     return lambda name: synthetic_checkpoint(*CASES[name])
+
+
+def tiny_generator(size=32, dtype=None, seed=1):
+    """A small StyleGAN2 generator (16-d styles) with the checkpoint's conventions for the
+    modulation bias (1) and noise strength (0.1), for tests of the ops and fast paths."""
+    import torch
+
+    from e4e_cli.networks import Generator
+
+    torch.manual_seed(seed)
+    g = Generator(size, style_dim=16, n_mlp=2, channels={4: 16, 8: 12, 16: 8, 32: 8, 64: 4})
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("modulation.bias"):
+                p.fill_(1.0)
+            elif name.endswith("noise.weight"):
+                p.fill_(0.1)
+    return g.to(dtype or torch.float32).eval()

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_generator
 from e4e_cli import ops
 from e4e_cli.checkpoint import CheckpointInfo
 from e4e_cli.model import E4E, configure_threads, physical_cores, release_file_pages
@@ -23,16 +24,6 @@ from e4e_cli.networks import Encoder4Editing, Generator, blur_kernel_2d
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_generator(size=32, dtype=torch.float32, seed=1):
-    torch.manual_seed(seed)
-    g = Generator(size, style_dim=16, n_mlp=2, channels={4: 16, 8: 12, 16: 8, 32: 8, 64: 4})
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("modulation.bias"):
-                p.fill_(1.0)
-            elif name.endswith("noise.weight"):
-                p.fill_(0.1)
-    return g.to(dtype).eval()
 
 
 def tiny_encoder(seed=2):

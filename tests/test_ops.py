@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import tiny_generator
 from e4e_cli import ops
 from e4e_cli.networks import Encoder4Editing, Generator, blur_kernel_2d
 
@@ -83,16 +84,6 @@ def test_demodulated_weights_have_unit_norm():
     torch.testing.assert_close(wb.pow(2).sum([2, 3, 4]), torch.ones(b, o, dtype=torch.float64), atol=1e-7, rtol=0)
 
 
-def tiny_generator(size=32):
-    torch.manual_seed(1)
-    g = Generator(size, style_dim=16, n_mlp=2, channels={4: 16, 8: 12, 16: 8, 32: 8})
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("modulation.bias"):
-                p.fill_(1.0)
-            elif name.endswith("noise.weight"):
-                p.fill_(0.1)
-    return g.eval()
 
 
 def test_tiny_generator_fast_equals_ref_and_shapes():
