@@ -21,7 +21,6 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 # PyTorch's CPU allocator puts buffers of 2 MB and more on transparent huge pages when this is

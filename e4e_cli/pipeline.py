@@ -23,7 +23,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -174,7 +174,7 @@ def check_delta_scale(a: float) -> float:
     return a
 
 
-def _prepare(path: Path, stem: str, model, opts: InvertOptions, outdir: Path) -> dict:
+def _prepare(path: Path, model, opts: InvertOptions) -> dict:
     """Load (and for faces align) one photo; returns what the batch step needs. Raises E4EError."""
     from .images import load_image
 
@@ -195,7 +195,6 @@ def _prepare(path: Path, stem: str, model, opts: InvertOptions, outdir: Path) ->
 def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, log: Callable[[str], None] = print,
                   on_result: Optional[Callable[[ItemResult], None]] = None) -> list[ItemResult]:
     """Invert every input image; write the per-image folder and OUT/summary.json."""
-    import torch
 
     opts.delta_scale = check_delta_scale(opts.delta_scale)
     if opts.batch_size < 1:
@@ -240,7 +239,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, log: Ca
             results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
             continue
         try:
-            pending.append((p, stem, _prepare(p, stem, model, opts, d)))
+            pending.append((p, stem, _prepare(p, model, opts)))
         except E4EError as exc:
             results.append(ItemResult(str(p), "failed", error=str(exc)))
             if on_result:
@@ -501,7 +500,6 @@ def _gather_sources(job: EditJob) -> tuple[list[tuple[Path, str]], list[ItemResu
 
 def run_edit(job: EditJob) -> list[ItemResult]:
     """Resolve sources (inverting photos first), apply the direction at every strength, write images + latents."""
-    import torch
 
     items, results = _gather_sources(job)
     strengths = job.sweep or job.strengths

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from conftest import tiny_generator
 from e4e_cli import ops
 from e4e_cli.checkpoint import CheckpointInfo
-from e4e_cli.model import E4E, configure_threads, physical_cores, release_file_pages
-from e4e_cli.networks import Encoder4Editing, Generator, blur_kernel_2d
+from e4e_cli.model import E4E, physical_cores, release_file_pages
+from e4e_cli.networks import Encoder4Editing, blur_kernel_2d
 
 ROOT = Path(__file__).resolve().parents[1]
 

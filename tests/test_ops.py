@@ -1,16 +1,14 @@
 """Fast paths against the reference paths, on tiny networks (widths are arguments)."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import tiny_generator
 from e4e_cli import ops
-from e4e_cli.networks import Encoder4Editing, Generator, blur_kernel_2d
+from e4e_cli.networks import Encoder4Editing, blur_kernel_2d
 
 torch.manual_seed(0)
 

@@ -9,7 +9,6 @@ import os
 import signal
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
