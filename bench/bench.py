@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARITY = Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
-CACHE = Path(os.environ.get("E4E_TEST_CACHE", ROOT / ".cache" / "test-checkpoints"))
+from e4e_cli.synthetic import parity_dir  # noqa: E402
+
+PARITY = parity_dir()
 PY = sys.executable
 
 
@@ -47,18 +48,13 @@ def log(msg: str) -> None:
 def ensure_checkpoint(path: str | None) -> Path:
     if path:
         return Path(path)
-    out = CACHE / "e4e_ffhq_1024_s1.pt"  # the same file the parity tests use
-    if out.exists():
-        return out
-    maker = PARITY / "make_checkpoint.py"
-    if not maker.is_file():
-        sys.exit(f"bench: no checkpoint at {out} and no {maker} to build one (set E4E_PARITY_DIR)")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    log(f"building the synthetic 1024 checkpoint {out} ...")
-    tmp = out.with_suffix(".part")
-    subprocess.run([PY, str(maker), "--size", "1024", "--seed", "1", "--domain", "ffhq", str(tmp)], check=True)
-    os.replace(tmp, out)
-    return out
+    from e4e_cli.errors import E4EError
+    from e4e_cli.synthetic import synthetic_checkpoint
+
+    try:
+        return synthetic_checkpoint(1024, 1, "ffhq", log=log)  # the same file the parity tests use
+    except E4EError as exc:
+        sys.exit(f"bench: {exc}")
 
 
 def best_of(fn, repeat: int, warmup: int = 1) -> float:

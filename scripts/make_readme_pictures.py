@@ -13,15 +13,15 @@ not a face, and every picture says so. Pictures are ~512 px wide JPEGs well unde
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PARITY = Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
+from e4e_cli.synthetic import parity_dir  # noqa: E402
+
+PARITY = parity_dir()
 SYNTHETIC_NOTE = ("synthetic checkpoint (random weights):", "shows the pipeline, not the quality")
 WIDTH = 512
 MAX_BYTES = 200_000
@@ -29,18 +29,13 @@ MAX_BYTES = 200_000
 
 def synthetic_checkpoint() -> Path:
     """The parity fixtures' synthetic ffhq 1024 checkpoint (the tests' cache, else built)."""
-    cache = Path(os.environ.get("E4E_TEST_CACHE", ROOT / ".cache" / "test-checkpoints"))
-    path = cache / "e4e_ffhq_1024_s1.pt"
-    if path.is_file():
-        return path
-    maker = PARITY / "make_checkpoint.py"
-    if not maker.is_file():
-        sys.exit(f"no --checkpoint given and no parity fixtures at {PARITY} to build the synthetic one")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    subprocess.run([sys.executable, str(maker), "--size", "1024", "--seed", "1", "--domain", "ffhq", str(tmp)], check=True)
-    os.replace(tmp, path)
-    return path
+    from e4e_cli.errors import E4EError
+    from e4e_cli.synthetic import synthetic_checkpoint as build
+
+    try:
+        return build(1024, 1, "ffhq")
+    except E4EError as exc:
+        sys.exit(f"no --checkpoint given and {exc}")
 
 
 def labelled(image, title: str, note, width: int = WIDTH):

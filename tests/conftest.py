@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PARITY = Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
+from e4e_cli import synthetic
+from e4e_cli.synthetic import parity_available
 
-
-def parity_available() -> bool:
-    return (PARITY / "SPEC.md").is_file() and (PARITY / "make_checkpoint.py").is_file()
+ROOT = synthetic.ROOT
+PARITY = synthetic.parity_dir()
 
 
 @pytest.fixture(scope="session")
@@ -63,24 +62,11 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         assert needle.lower() in (err + proc.stdout).lower(), (needle, err, proc.stdout)
 
 
-CKPT_CACHE = Path(os.environ.get("E4E_TEST_CACHE", ROOT / ".cache" / "test-checkpoints"))
-
-
 def synthetic_checkpoint(size: int, seed: int, domain: str) -> Path:
     """Build (once, cached under .cache/) a synthetic checkpoint in the released format."""
     if not parity_available():
         pytest.skip(f"parity fixtures not available ({PARITY} is absent)")
-    CKPT_CACHE.mkdir(parents=True, exist_ok=True)
-    out = CKPT_CACHE / f"e4e_{domain}_{size}_s{seed}.pt"
-    if not out.exists():
-        tmp = out.with_suffix(".part")
-        subprocess.run(
-            [sys.executable, str(PARITY / "make_checkpoint.py"), "--size", str(size), "--seed", str(seed),
-             "--domain", domain, str(tmp)],
-            check=True,
-        )
-        os.replace(tmp, out)
-    return out
+    return synthetic.synthetic_checkpoint(size, seed, domain)
 
 
 CASES = {"ffhq_1024_s1": (1024, 1, "ffhq"), "cars_512_s2": (512, 2, "cars"), "church_256_s3": (256, 3, "church")}
