@@ -192,8 +192,7 @@ def _prepare(path: Path, model, opts: InvertOptions) -> dict:
     return {"image": image, "alignment": None}
 
 
-def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, log: Callable[[str], None] = print,
-                  on_result: Optional[Callable[[ItemResult], None]] = None) -> list[ItemResult]:
+def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[ItemResult]:
     """Invert every input image; write the per-image folder and OUT/summary.json."""
 
     opts.delta_scale = check_delta_scale(opts.delta_scale)
@@ -230,8 +229,6 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, log: Ca
                 results.append(ItemResult(str(p), "failed", outdir=str(d), error=str(exc)))
             except OSError as exc:
                 results.append(ItemResult(str(p), "failed", outdir=str(d), error=f"cannot write {d}: {exc.strerror or exc}"))
-            if on_result:
-                on_result(results[-1])
 
     for p, stem in _progress(list(zip(paths, stems)), len(paths), "inverting"):
         d = out / stem
@@ -242,8 +239,6 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, log: Ca
             pending.append((p, stem, _prepare(p, model, opts)))
         except E4EError as exc:
             results.append(ItemResult(str(p), "failed", error=str(exc)))
-            if on_result:
-                on_result(results[-1])
             continue
         if len(pending) >= opts.batch_size:
             flush()

@@ -89,7 +89,7 @@ def test_invert_then_edit_as_typed(tmp_path, weights, parity_dir):
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(parity_dir / "images" / "input_img.jpg", work / "photo.jpg")
-    env = {"E4E_WEIGHTS_DIR": str(weights), "E4E_DEVICE": "cpu"}
+    env = {"E4E_WEIGHTS_DIR": str(weights)}
     inv = run_e4e("invert", "photo.jpg", cwd=work, env=env)
     assert inv.returncode == 0, inv.stderr
     assert (work / "e4e-out" / "photo" / "latent.npy").is_file()

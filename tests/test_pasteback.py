@@ -451,7 +451,7 @@ def test_cli_invert_and_edit_paste_back(tmp_path, parity_dir, case_checkpoint):
     shutil.copy(parity_dir / "directions" / "smile.pt", weights / "smile.pt")
     photo = tmp_path / "photo.jpg"
     shutil.copy(parity_dir / "images" / "input_img.jpg", photo)
-    env = {"E4E_WEIGHTS_DIR": str(weights), "E4E_DEVICE": "cpu"}
+    env = {"E4E_WEIGHTS_DIR": str(weights)}
     out = tmp_path / "out"
     inv = run_e4e("invert", photo, "--paste-back", "--out", out, env=env)
     assert inv.returncode == 0, inv.stderr
