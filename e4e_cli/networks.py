@@ -221,10 +221,12 @@ class _EncoderFastPlan:
     precedes a padded convolution cannot be folded exactly (the zero padding would change)
     and becomes one multiply-add. The backbone's convolution weights are kept in the compute
     dtype and channels-last layout (oneDNN would otherwise copy them on every call): about
-    124 MB in float32, 62 MB in bfloat16 for IR-SE-50. The style heads' weights (about 925 MB
-    in float32) are read in place in float32; in reduced precision they are converted once and
-    kept (about 472 MB in bfloat16; their float32 pages can then leave memory, see
-    `Encoder4Editing.page_release_hook`).
+    124 MB in float32, 62 MB in bfloat16 for IR-SE-50. Of the style heads' weights (about
+    925 MB in float32), those of the convolutions run by oneDNN get a channels-last copy in the
+    compute dtype (about 245 MB in float32); the tail weights (see _GEMM_MAX_PIXELS) are read
+    in place in float32 and converted once in reduced precision (about 472 MB in all in
+    bfloat16). The replaced float32 pages can then leave memory, see
+    `Encoder4Editing.page_release_hook`: resident memory stays about the same.
     """
 
     def __init__(self, enc: "Encoder4Editing", dtype: torch.dtype):
@@ -265,31 +267,35 @@ class _EncoderFastPlan:
         if hook is not None:  # the fast path never reads these originals again
             hook(list(enc.input_layer.parameters()) + list(enc.input_layer.buffers())
                  + list(enc.body.parameters()) + list(enc.body.buffers()))
-        # style heads: per conv, (weight, bias, as_gemm). Tail convs (at most _GEMM_MAX_PIXELS
-        # output pixels at the nominal 256 input) run as im2col + matmul on the plain weight:
-        # no per-call weight reorder, which is most of their cost.
-        self.style: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
-        self.lowp_style = cdt != acc
+        # style heads: per conv, (weight, bias, as_gemm, copied). Tail convs (at most
+        # _GEMM_MAX_PIXELS output pixels at the nominal 256 input) run as im2col + one matmul:
+        # no per-call weight reorder, which is most of their cost. Weights get a channels-last
+        # copy in the compute dtype (oneDNN would otherwise reorder the weight, or the whole
+        # channels-last activation, on every call; the matmul reads it as [O, kh*kw*I]), except
+        # the smallest float32 tails, read in place (a copy measured no faster there).
+        self.style: dict[int, tuple[torch.Tensor, torch.Tensor, bool, bool]] = {}
         for block in enc.styles:
             convs = [m for m in block.convs if isinstance(m, nn.Conv2d)]
             side = block.spatial
+            replaced = []
             for conv in convs:
                 side = (side + 1) // 2
                 gemm = side * side <= _GEMM_MAX_PIXELS
-                if cdt != acc:  # reduced precision: converted once and kept (channels-last for the convs)
-                    fmt = torch.contiguous_format if gemm else cl
-                    w = conv.weight.detach().to(dtype=cdt, memory_format=fmt, copy=True)
+                copied = cdt != acc or side * side > _IN_PLACE_MAX_PIXELS
+                if copied:
+                    w = conv.weight.detach().to(dtype=cdt, memory_format=cl, copy=True)
                     b = conv.bias.detach().to(cdt)
+                    replaced += [conv.weight, conv.bias]
                 else:  # the loaded weights, read in place
                     w, b = conv.weight.detach(), conv.bias.detach()
-                self.style[id(conv)] = (w, b, gemm)
-            if cdt != acc and hook is not None:
-                hook([t for conv in convs for t in (conv.weight, conv.bias)])
+                self.style[id(conv)] = (w, b, gemm, copied)
+            if replaced and hook is not None:
+                hook(replaced)
         self.nbytes = sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _tensors(self):
-        if self.lowp_style:
-            for w, b, _ in self.style.values():
+        for w, b, _, copied in self.style.values():
+            if copied:
                 yield from (w, b)
         yield from (self.in_w, self.in_b, self.in_prelu)
         for u in self.units:
@@ -302,20 +308,38 @@ _GEMM_MAX_PIXELS = 64
 
 
 def _style_block_fast(block: "StyleBlock", x, plan):
-    """A style head. Float32 reads the loaded weights in place, so its input must be NCHW
-    (with channels-last input PyTorch copies each large weight to channels-last on every call);
-    reduced precision has channels-last copies and takes either."""
+    """A style head, on channels-last input [N,C,h,w] -> [N,cout]."""
     for layer in block.convs:
         if not isinstance(layer, nn.Conv2d):
             continue  # the LeakyReLU(0.01) is applied in place below
-        w, b, gemm = plan.style[id(layer)]
+        w, b, gemm, copied = plan.style[id(layer)]
         x = x.to(w.dtype)
         if gemm:
-            x = _each(lambda v, w=w, b=b: _conv_s2_gemm(v, w, b), x)
+            fn = _conv_s2_gemm_cl if copied else _conv_s2_gemm
+            x = _each(lambda v, w=w, b=b: fn(v, w, b), x)
         else:
             x = _per_sample_if_tiny(lambda v, w=w, b=b: F.conv2d(v, w, b, stride=2, padding=1), x)
         F.leaky_relu_(x, 0.01)
     return _each(block.linear, x.to(plan.acc).reshape(-1, block.cout))
+
+
+# Float32 style-head weights of convs with at most this many output pixels are read in place.
+_IN_PLACE_MAX_PIXELS = 16
+
+
+def _conv_s2_gemm_cl(x, w, b):
+    """3x3 stride-2 pad-1 convolution of a small channels-last input as one matmul, with a
+    channels-last weight `w` [O,I,3,3] read as [O, 3*3*I]: the patches are gathered straight
+    from the padded input in that (kh, kw, i) order (cheaper than F.unfold, which also needs
+    the weight in (i, kh, kw) order)."""
+    n, c, h, wd = x.shape
+    o = w.shape[0]
+    xp = F.pad(x, (1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)  # [N,C,h+2,w+2]
+    oh, ow = (h + 1) // 2, (wd + 1) // 2
+    sn, sc, sh, sw = xp.stride()
+    cols = xp.as_strided((n, oh, ow, 3, 3, c), (sn, 2 * sh, 2 * sw, sh, sw, sc)).reshape(n * oh * ow, 9 * c)
+    y = torch.addmm(b, cols, w.permute(0, 2, 3, 1).reshape(o, 9 * c).t())  # [N*L, O]
+    return y.view(n, oh, ow, o).permute(0, 3, 1, 2)  # channels-last view
 
 
 def _conv_s2_gemm(x, w, b):
@@ -356,7 +380,7 @@ def _encoder_fast(enc: "Encoder4Editing", x, dtype):
             c1 = x
         elif idx == enc.taps[1]:
             c2 = x
-    c3 = x if plan.lowp_style else x.contiguous()
+    c3 = x
     w0 = _style_block_fast(enc.styles[0], c3, plan)
     deltas = []
     feats = c3
@@ -364,10 +388,10 @@ def _encoder_fast(enc: "Encoder4Editing", x, dtype):
     for i in range(1, enc.n_styles):
         if i == enc.coarse_ind:
             lat = _per_sample_if_tiny(lambda v: F.conv2d(v, _lowp(enc.latlayer1.weight, cdt), _lowp(enc.latlayer1.bias, cdt)), c2)
-            p2 = feats = upsample_add(c3, lat if plan.lowp_style else lat.contiguous())
+            p2 = feats = upsample_add(c3, lat)
         elif i == enc.middle_ind:
             lat = _per_sample_if_tiny(lambda v: F.conv2d(v, _lowp(enc.latlayer2.weight, cdt), _lowp(enc.latlayer2.bias, cdt)), c1)
-            feats = upsample_add(p2, lat if plan.lowp_style else lat.contiguous())
+            feats = upsample_add(p2, lat)
             c1 = c2 = None
         deltas.append(_style_block_fast(enc.styles[i], feats, plan))
     return w0, torch.stack(deltas, dim=1)
