@@ -17,6 +17,7 @@ e4e's W+ code (1); values above 1 exaggerate the per-layer deltas.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -79,6 +80,68 @@ def configure_threads() -> int:
             torch.set_num_threads(n)
     _THREADS_SET = True
     return torch.get_num_threads()
+
+
+class _HeapReuse:
+    """glibc malloc tuning for the float32 generator's large activations on the CPU.
+
+    By default glibc gives every block over its mmap threshold (32 MB at most) its own fresh
+    mapping and unmaps it on free, so each of the generator's big activations (up to 134 MB
+    at 1024 in float32) is faulted in page by page, kernel-zeroed, on every layer of every
+    decode. While `hold()` is active, large blocks come from the heap (M_MMAP_MAX 0) and freed
+    memory stays there (M_TRIM_THRESHOLD high): later layers and later decodes reuse the same
+    pages. Measured at 1024 on the 2-core test machine: ~0.15 s less system time per image and
+    a steadier invert. `trim()` hands the free part back (malloc_trim); the encoder calls it
+    before reading its memory-mapped weights, so peak memory stays where it was (+~50 MB).
+    A no-op where the C library is not glibc; E4E_HEAP_REUSE=0 turns it off.
+    """
+
+    _lib = None
+    held = 0
+    dirty = False
+
+    @classmethod
+    def _libc(cls):
+        if cls._lib is None:
+            cls._lib = False
+            if sys.platform.startswith("linux") and os.environ.get("E4E_HEAP_REUSE", "1") != "0":
+                try:
+                    import ctypes
+                    import platform
+
+                    if platform.libc_ver()[0] == "glibc":
+                        lib = ctypes.CDLL("libc.so.6")
+                        lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+                        lib.malloc_trim.argtypes = [ctypes.c_size_t]
+                        cls._lib = lib
+                except (OSError, AttributeError, ValueError):
+                    cls._lib = False
+        return cls._lib
+
+    @classmethod
+    @contextlib.contextmanager
+    def hold(cls):
+        lib = cls._libc()
+        if lib and cls.held == 0:
+            lib.mallopt(-4, 0)  # M_MMAP_MAX: no mmap for large blocks
+            lib.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep freed memory
+            cls.dirty = True
+        cls.held += 1
+        try:
+            yield
+        finally:
+            cls.held -= 1
+            if lib and cls.held == 0:
+                lib.mallopt(-4, 65536)  # glibc's default
+                lib.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's dynamic maximum
+                lib.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: twice that, as glibc's dynamic rule
+
+    @classmethod
+    def trim(cls) -> None:
+        lib = cls._libc()
+        if lib and cls.dirty and cls.held == 0:
+            lib.malloc_trim(0)
+            cls.dirty = False
 
 
 def _cpu_bf16_supported() -> bool:
@@ -378,6 +441,8 @@ class E4E:
         # float32 (and the reference) read the memory-mapped weights on every call; the reduced
         # precision fast path works from its own copies (their sources left memory as it built them)
         self._encoder_hot = self._encoder_hot or cdt is None
+        if cdt is None and self.low_memory:
+            _HeapReuse.trim()  # the decoder's kept activations make room for the mapped weights
         enc = self._compiled.get("encoder") if impl == "fast" else None
         if enc is not None:
             w0, deltas = enc(self.encoder, x.to(self.device, torch.float32), cdt)
@@ -418,10 +483,14 @@ class E4E:
         impl = impl or self.impl
         dt = dtype if dtype != torch.float32 else None
         gen = self._compiled.get("generator") if impl == "fast" else None
-        if gen is not None:
-            img = gen(self.generator, codes, self.generator.fixed_noise() if nz is None else nz, dt)
-        else:
-            img = self.generator.synthesize(codes, noise=nz, impl=impl, dtype=dt)
+        # float32 fast path on the CPU: reuse the large activations' pages (bfloat16's, half
+        # the size, measured no faster that way; the reference path is left as it is)
+        hold = self.device.type == "cpu" and impl == "fast" and dt is None
+        with _HeapReuse.hold() if hold else contextlib.nullcontext():
+            if gen is not None:
+                img = gen(self.generator, codes, self.generator.fixed_noise() if nz is None else nz, dt)
+            else:
+                img = self.generator.synthesize(codes, noise=nz, impl=impl, dtype=dt)
         if crop and self.domain == "cars":
             img = img[:, :, 64:448, :]
         return img.float()
