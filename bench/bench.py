@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -121,16 +122,46 @@ def count_flops(model, torch, x, codes) -> tuple[float, float]:
 # speed
 
 
-def time_model(model, torch, x, *, impl: str, precision: str, repeat: int) -> dict:
-    """Per-image seconds of invert (encode + decode) and edit (decode only) for x's batch."""
-    model.impl = impl
-    model.precision = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+def time_rounds(model, torch, x, configs, rounds: int) -> list[dict]:
+    """Per-image seconds of invert (encode + decode), edit (decode only) and encode for each
+    (impl, precision) in `configs` on x's batch, best and median of `rounds`.
+
+    The configurations are interleaved (each round times every one once, after one warm-up
+    each), so a slow spell of this shared machine hits them alike and the ratios between
+    them stay fair; timed one after the other they drifted by up to 10%.
+    """
     b = x.shape[0]
-    codes = model.encode(x)
-    inv = best_of(lambda: model.decode(model.encode(x)), repeat)
-    dec = best_of(lambda: model.decode(codes), repeat)
-    enc = best_of(lambda: model.encode(x), repeat, warmup=0)
-    return {"invert_s": inv / b, "edit_s": dec / b, "encode_s": enc / b, "batch": b}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    samples = {c: {"invert": [], "edit": [], "encode": []} for c in configs}
+    codes = {}
+
+    def use(c):
+        model.impl, model.precision = c[0], dtypes[c[1]]
+
+    def timed(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    for c in configs:
+        use(c)
+        codes[c] = model.encode(x)
+        model.decode(codes[c])
+    for _ in range(rounds):
+        for c in configs:
+            use(c)
+            s = samples[c]
+            s["invert"].append(timed(lambda: model.decode(model.encode(x))))
+            s["edit"].append(timed(lambda c=c: model.decode(codes[c])))
+            s["encode"].append(timed(lambda: model.encode(x)))
+    rows = []
+    for c in configs:
+        row = {"impl": c[0], "precision": c[1], "batch": b, "rounds": rounds}
+        for k, v in samples[c].items():
+            row[f"{k}_s"] = min(v) / b
+            row[f"{k}_median_s"] = statistics.median(v) / b
+        rows.append(row)
+    return rows
 
 
 def synth_ops_only(g, codes, torch):
@@ -363,21 +394,12 @@ def main(argv=None) -> int:
     enc_flops, dec_flops = count_flops(model, torch, x1, codes1)
     results["gflop_per_image"] = {"encode": enc_flops / 1e9, "decode": dec_flops / 1e9, "invert": (enc_flops + dec_flops) / 1e9}
 
-    # The reference path's time varies by up to 1.6x from run to run here (its many large
-    # allocations meet the huge-page allocator in different states), so it gets more
-    # repetitions: the ratios below are against its best time, i.e. conservative.
+    configs = [("ref", "fp32"), ("fast", "fp32"), ("fast", "bf16")]
     rows = []
-    if args.quick:
-        plan = [("ref", "fp32", x1, 2), ("fast", "fp32", x1, 2), ("fast", "bf16", x1, 2)]
-    else:
-        plan = [("ref", "fp32", x1, 4), ("fast", "fp32", x1, 5), ("fast", "bf16", x1, 5),
-                ("ref", "fp32", x4, 2), ("fast", "fp32", x4, 3), ("fast", "bf16", x4, 3)]
     with torch.inference_mode():
-        for impl, prec, x, rep in plan:
-            log(f"timing impl={impl} precision={prec} batch={x.shape[0]} ...")
-            r = time_model(model, torch, x, impl=impl, precision=prec, repeat=rep)
-            r.update(impl=impl, precision=prec)
-            rows.append(r)
+        for x, rounds in ([(x1, 3)] if args.quick else [(x1, 7), (x4, 3)]):
+            log(f"timing {', '.join(' '.join(c) for c in configs)}: batch {x.shape[0]}, {rounds} interleaved rounds ...")
+            rows += time_rounds(model, torch, x, configs, rounds)
         model.impl, model.precision = "fast", torch.float32
     results["speed"] = rows
     ref = {r["batch"]: r for r in rows if r["impl"] == "ref"}
@@ -386,6 +408,7 @@ def main(argv=None) -> int:
         base = ref.get(r["batch"])
         r["invert_speedup_vs_ref"] = base["invert_s"] / r["invert_s"] if base else None
         r["edit_speedup_vs_ref"] = base["edit_s"] / r["edit_s"] if base else None
+        r["invert_speedup_vs_ref_median"] = base["invert_median_s"] / r["invert_median_s"] if base else None
         r["invert_gflops"] = inv_flops / r["invert_s"] / 1e9
         r["edit_gflops"] = dec_flops / r["edit_s"] / 1e9
 
@@ -424,11 +447,15 @@ def print_table(r: dict) -> None:
     print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
           f"work per image: encode {fl['encode']:.1f} + decode {fl['decode']:.1f} = {fl['invert']:.1f} GFLOP "
           f"(float32 floor {fl['invert'] / peak['fp32']:.2f} s)")
-    print(f"\n{'path':<22}{'batch':>6}{'invert s/img':>14}{'x ref':>8}{'GFLOP/s':>9}{'edit s/img':>12}{'x ref':>8}{'encode s/img':>14}")
+    print("\nbest of the interleaved rounds (median in brackets):")
+    print(f"{'path':<14}{'batch':>6}{'invert s/img':>20}{'x ref':>14}{'GFLOP/s':>9}{'x floor':>9}{'edit s/img':>12}{'x ref':>8}{'encode s/img':>14}")
+    floor = fl["invert"] / peak["fp32"]
     for s in r["speed"]:
         name = f"{s['impl']} {s['precision']}"
         xr = lambda v: f"{v:.2f}" if v else "-"  # noqa: E731
-        print(f"{name:<22}{s['batch']:>6}{s['invert_s']:>14.3f}{xr(s['invert_speedup_vs_ref']):>8}{s['invert_gflops']:>9.0f}"
+        inv = f"{s['invert_s']:.3f} ({s['invert_median_s']:.3f})"
+        xi = f"{xr(s['invert_speedup_vs_ref'])} ({xr(s['invert_speedup_vs_ref_median'])})"
+        print(f"{name:<14}{s['batch']:>6}{inv:>20}{xi:>14}{s['invert_gflops']:>9.0f}{s['invert_s'] / floor:>9.2f}"
               f"{s['edit_s']:>12.3f}{xr(s['edit_speedup_vs_ref']):>8}{s['encode_s']:>14.3f}")
     e = r["bf16_error"]
     print(f"\nbf16 vs fp32: codes max abs {e['codes_max_abs']:.2e} (mean {e['codes_mean_abs']:.1e}, rms of codes {e['codes_rms_of_fp32']:.2f}); "

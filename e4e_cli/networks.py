@@ -8,7 +8,7 @@ reference for every formula here.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
@@ -267,36 +267,42 @@ class _EncoderFastPlan:
         if hook is not None:  # the fast path never reads these originals again
             hook(list(enc.input_layer.parameters()) + list(enc.input_layer.buffers())
                  + list(enc.body.parameters()) + list(enc.body.buffers()))
-        # style heads: per conv, (weight, bias, as_gemm, copied). Tail convs (at most
-        # _GEMM_MAX_PIXELS output pixels at the nominal 256 input) run as im2col + one matmul:
-        # no per-call weight reorder, which is most of their cost. Weights get a channels-last
-        # copy in the compute dtype (oneDNN would otherwise reorder the weight, or the whole
+        # style heads: per conv, how it runs (see _HeadConv). Tail convs (at most
+        # _GEMM_MAX_PIXELS output pixels at the nominal 256 input) run as one matmul: no
+        # per-call weight reorder, which is most of their cost. Weights get a channels-last copy
+        # in the compute dtype (oneDNN would otherwise reorder the weight, or the whole
         # channels-last activation, on every call; the matmul reads it as [O, kh*kw*I]), except
-        # the smallest float32 tails, read in place (a copy measured no faster there).
-        self.style: dict[int, tuple[torch.Tensor, torch.Tensor, bool, bool]] = {}
+        # the smallest float32 tails, read in place (a copy measured no faster there). The last
+        # conv of a head (2x2 -> 1x1) only ever meets its 4 lower-right taps, the others fall on
+        # the zero padding: just those are kept, as an [O, 4*I] matrix (4/9 of the weight).
+        self.style: dict[int, _HeadConv] = {}
         for block in enc.styles:
             convs = [m for m in block.convs if isinstance(m, nn.Conv2d)]
             side = block.spatial
             replaced = []
             for conv in convs:
-                side = (side + 1) // 2
-                gemm = side * side <= _GEMM_MAX_PIXELS
-                copied = cdt != acc or side * side > _IN_PLACE_MAX_PIXELS
-                if copied:
-                    w = conv.weight.detach().to(dtype=cdt, memory_format=cl, copy=True)
-                    b = conv.bias.detach().to(cdt)
+                in_side, side = side, (side + 1) // 2
+                w0 = conv.weight.detach()
+                b = conv.bias.detach().to(cdt)
+                if in_side == 2:
+                    w = w0[:, :, 1:, 1:].permute(0, 2, 3, 1).reshape(w0.shape[0], -1).to(cdt, copy=True)
+                    self.style[id(conv)] = _HeadConv(w, b, "last", True)
+                elif cdt != acc or side * side > _IN_PLACE_MAX_PIXELS:
+                    w = w0.to(dtype=cdt, memory_format=cl, copy=True)
+                    kind = "gemm" if side * side <= _GEMM_MAX_PIXELS else "conv"
+                    self.style[id(conv)] = _HeadConv(w, b, kind, True)
+                else:  # the loaded weight, read in place
+                    self.style[id(conv)] = _HeadConv(w0, b, "gemm_nchw", False)
+                if self.style[id(conv)].owned:
                     replaced += [conv.weight, conv.bias]
-                else:  # the loaded weights, read in place
-                    w, b = conv.weight.detach(), conv.bias.detach()
-                self.style[id(conv)] = (w, b, gemm, copied)
             if replaced and hook is not None:
                 hook(replaced)
         self.nbytes = sum(t.numel() * t.element_size() for t in self._tensors())
 
     def _tensors(self):
-        for w, b, _, copied in self.style.values():
-            if copied:
-                yield from (w, b)
+        for hc in self.style.values():
+            if hc.owned:
+                yield from (hc.weight, hc.bias)
         yield from (self.in_w, self.in_b, self.in_prelu)
         for u in self.units:
             yield from (v for k, v in u.items() if isinstance(v, torch.Tensor))
@@ -307,18 +313,38 @@ class _EncoderFastPlan:
 _GEMM_MAX_PIXELS = 64
 
 
+class _HeadConv(NamedTuple):
+    """One style-head conv in the encoder's fast plan.
+
+    kind "conv": oneDNN convolution, `weight` channels-last [O,I,3,3]; "gemm": one matmul on
+    gathered patches, same weight; "gemm_nchw": F.unfold + matmul on the loaded weight (read
+    in place); "last": the 2x2 -> 1x1 conv as [N, 4*I] @ `weight`.T with `weight` [O, 4*I]
+    (taps (1..2, 1..2) in (kh, kw, i) order). `owned`: a copy made by the plan.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    kind: str
+    owned: bool
+
+
 def _style_block_fast(block: "StyleBlock", x, plan):
     """A style head, on channels-last input [N,C,h,w] -> [N,cout]."""
     for layer in block.convs:
         if not isinstance(layer, nn.Conv2d):
             continue  # the LeakyReLU(0.01) is applied in place below
-        w, b, gemm, copied = plan.style[id(layer)]
+        w, b, kind, _ = plan.style[id(layer)]
         x = x.to(w.dtype)
-        if gemm:
-            fn = _conv_s2_gemm_cl if copied else _conv_s2_gemm
-            x = _each(lambda v, w=w, b=b: fn(v, w, b), x)
-        else:
+        if kind == "last" and tuple(x.shape[-2:]) != (2, 2):  # not the nominal input size
+            w, kind = layer.weight.detach().to(w.dtype), "gemm_nchw"
+        if kind == "conv":
             x = _per_sample_if_tiny(lambda v, w=w, b=b: F.conv2d(v, w, b, stride=2, padding=1), x)
+        elif kind == "last":
+            x = _each(lambda v, w=w, b=b: torch.addmm(b, v.permute(0, 2, 3, 1).reshape(v.shape[0], -1), w.t()), x)
+            x = x[:, :, None, None]
+        else:
+            fn = _conv_s2_gemm_cl if kind == "gemm" else _conv_s2_gemm
+            x = _each(lambda v, w=w, b=b, fn=fn: fn(v, w, b), x)
         F.leaky_relu_(x, 0.01)
     return _each(block.linear, x.to(plan.acc).reshape(-1, block.cout))
 
