@@ -59,7 +59,36 @@ def upfirdn2d(x, kernel, *, up: int = 1, down: int = 1, pad=(0, 0), impl: str = 
     return _upfirdn2d_ref(x, kernel, up, down, p0, p1)
 
 
+# How the reference path lays out its FIR convolution. "depthwise": one grouped convolution
+# with a [C,1,kh,kw] weight. "per_channel": the reference implementation's CPU fallback way:
+# every channel becomes its own single-channel image in the batch ([N*C,1,H,W]) and one
+# [1,1,kh,kw] kernel filters them all. Same numbers (tests check), but PyTorch's CPU backend
+# runs the second about ten times slower at 1024; bench/bench.py times the reference's way of
+# computing with it. Set for a block of code with `reference_fir_layout`.
+_FIR_LAYOUT = {"value": "depthwise"}
+
+
+class reference_fir_layout:
+    """Context manager: `with reference_fir_layout("per_channel"): ...` (not thread-safe)."""
+
+    def __init__(self, layout: str):
+        if layout not in ("depthwise", "per_channel"):
+            raise ValueError(f"FIR layout must be depthwise or per_channel, got {layout!r}")
+        self.layout = layout
+
+    def __enter__(self):
+        self.saved = _FIR_LAYOUT["value"]
+        _FIR_LAYOUT["value"] = self.layout
+        return self
+
+    def __exit__(self, *exc):
+        _FIR_LAYOUT["value"] = self.saved
+        return False
+
+
 def _upfirdn2d_ref(x, kernel, up, down, p0, p1):
+    if _FIR_LAYOUT["value"] == "per_channel":
+        return _upfirdn2d_per_channel(x, kernel, up, down, p0, p1)
     n, c, h, w = x.shape
     if up > 1:  # each sample followed by up-1 zeros: [N,C,H,1,W,1] -> [N,C,H*up,W*up]
         x = x.reshape(n, c, h, 1, w, 1)
@@ -72,6 +101,24 @@ def _upfirdn2d_ref(x, kernel, up, down, p0, p1):
     weight = torch.flip(kernel, [0, 1]).to(x).reshape(1, 1, kh, kw).expand(c, 1, kh, kw)  # [C,1,kh,kw]
     x = F.conv2d(x, weight, groups=c)
     return x[:, :, ::down, ::down]
+
+
+def _upfirdn2d_per_channel(x, kernel, up, down, p0, p1):
+    """The FIR with every channel a single-channel image: [N,C,H,W] -> [N*C,H,W,1] for the zero
+    insertion and padding, then [N*C,1,H',W'] through one [1,1,kh,kw] convolution."""
+    n, c, h, w = x.shape
+    v = x.reshape(n * c, h, w, 1)
+    if up > 1:  # [NC,H,1,W,1,1] padded with zeros after each sample
+        v = F.pad(v.reshape(n * c, h, 1, w, 1, 1), [0, 0, 0, up - 1, 0, 0, 0, up - 1])
+        v = v.reshape(n * c, h * up, w * up, 1)
+    v = F.pad(v, [0, 0, max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)])
+    hh, ww = v.shape[1], v.shape[2]
+    v = v[:, max(-p0, 0) : hh - max(-p1, 0), max(-p0, 0) : ww - max(-p1, 0), :]
+    v = v.permute(0, 3, 1, 2).reshape(n * c, 1, v.shape[1], v.shape[2])  # [NC,1,H',W']
+    kh, kw = kernel.shape
+    v = F.conv2d(v, torch.flip(kernel, [0, 1]).to(v).reshape(1, 1, kh, kw))
+    v = v.permute(0, 2, 3, 1)[:, ::down, ::down, :]  # [NC,Ho,Wo,1]
+    return v.reshape(n, c, v.shape[1], v.shape[2])
 
 
 def _upsample2x_fir_fast(x, kernel):
