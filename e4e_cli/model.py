@@ -4,8 +4,9 @@ Speed and memory (issue 9; numbers in bench/bench.py): impl="fast" (the default)
 networks' fast paths, precision="bf16" runs their convolutions in bfloat16 (AMX/AVX512-BF16
 CPUs; styles, demodulation and the RGB image stay float32), the memory-mapped encoder weights
 leave resident memory before decoding (`release_encoder_memory`), one thread per physical core,
-and torch's CPU allocator uses transparent huge pages when this module is the first to import
-torch. `compile()` opts in to torch.compile (for GPUs).
+torch's CPU allocator uses transparent huge pages when this module is the first to import
+torch, and the float32 generator's large activations reuse freed memory (`_HeapReuse`).
+`compile()` opts in to torch.compile (for GPUs).
 
     model = E4E.from_checkpoint("weights/e4e_ffhq_encode.pt", device="auto")
     codes = model.encode([pil_image])          # [B, n_styles, 512], latent_avg included
