@@ -221,7 +221,7 @@ def test_generator_reduced_precision_close_to_float32(dtype, up_mode):
 # encoder
 
 
-@pytest.mark.parametrize("hw", [(64, 64), (48, 64)])
+@pytest.mark.parametrize("hw", [(64, 64), (48, 64), (80, 64)])  # (80, 64): the heads' last conv meets 3x2, not 2x2
 def test_encoder_fast_equals_reference(hw):
     enc = tiny_encoder()
     x = torch.randn(2, 3, *hw)
@@ -315,6 +315,33 @@ def test_model_fast_default_matches_reference_and_precision_choices():
     low = fast.decode(codes, precision="bf16")
     assert low.dtype == torch.float32 and rel(low, ref.decode(codes)) < 3e-2
     assert fast.release_encoder_memory() == 0  # not memory-mapped: nothing to release
+
+
+def test_heap_reuse_changes_no_result_and_restores_malloc(monkeypatch):
+    """The float32 decode's glibc tuning (model._HeapReuse) is active only inside decode, is
+    handed back by the next encode's trim, and leaves the images bit for bit the same."""
+    from e4e_cli import model as model_mod
+
+    hr = model_mod._HeapReuse
+    model = tiny_model()
+    codes = torch.randn(2, 8, 16)
+    monkeypatch.setattr(hr, "_lib", False)  # off
+    off = model.decode(codes)
+    monkeypatch.setattr(hr, "_lib", None)  # found again (glibc here; elsewhere a no-op)
+    monkeypatch.delenv("E4E_HEAP_REUSE", raising=False)
+    on = model.decode(codes)
+    assert torch.equal(on, off)
+    assert hr.held == 0
+    if hr._libc():
+        assert hr.dirty  # kept memory, to be trimmed
+        hr.trim()
+        assert not hr.dirty
+    with hr.hold(), hr.hold():
+        assert hr.held == 2
+    assert hr.held == 0
+    monkeypatch.setattr(hr, "_lib", None)
+    monkeypatch.setenv("E4E_HEAP_REUSE", "0")
+    assert hr._libc() is False
 
 
 @pytest.mark.slow
