@@ -88,18 +88,18 @@ class _HeapReuse:
 
     By default glibc gives every block over its mmap threshold (32 MB at most) its own fresh
     mapping and unmaps it on free, so each of the generator's big activations (up to 134 MB
-    at 1024 in float32) is faulted in page by page, kernel-zeroed, on every layer of every
-    decode. While `hold()` is active, large blocks come from the heap (M_MMAP_MAX 0) and freed
-    memory stays there (M_TRIM_THRESHOLD high): later layers and later decodes reuse the same
-    pages. Measured at 1024 on the 2-core test machine: ~0.15 s less system time per image and
-    a steadier invert. `trim()` hands the free part back (malloc_trim); the encoder calls it
-    before reading its memory-mapped weights, so peak memory stays where it was (+~50 MB).
-    A no-op where the C library is not glibc; E4E_HEAP_REUSE=0 turns it off.
+    at 1024 in float32) is faulted in page by page, kernel-zeroed, on every layer. While
+    `hold()` is active, large blocks come from the heap (M_MMAP_MAX 0) and freed memory stays
+    there (M_TRIM_THRESHOLD high): later layers, and back-to-back decodes, reuse the same
+    pages. Measured at 1024 on the 2-core test machine: ~0.15 s less system time per image
+    and a steadier invert, same peak memory. Afterwards mmap is allowed again with a fixed
+    32 MB threshold (glibc's own dynamic limit) and the heap's free top is handed back above
+    64 MB (twice that, glibc's dynamic rule). A no-op where the C library is not glibc;
+    E4E_HEAP_REUSE=0 turns it off.
     """
 
     _lib = None
     held = 0
-    dirty = False
 
     @classmethod
     def _libc(cls):
@@ -113,7 +113,6 @@ class _HeapReuse:
                     if platform.libc_ver()[0] == "glibc":
                         lib = ctypes.CDLL("libc.so.6")
                         lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                        lib.malloc_trim.argtypes = [ctypes.c_size_t]
                         cls._lib = lib
                 except (OSError, AttributeError, ValueError):
                     cls._lib = False
@@ -126,7 +125,6 @@ class _HeapReuse:
         if lib and cls.held == 0:
             lib.mallopt(-4, 0)  # M_MMAP_MAX: no mmap for large blocks
             lib.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep freed memory
-            cls.dirty = True
         cls.held += 1
         try:
             yield
@@ -134,15 +132,8 @@ class _HeapReuse:
             cls.held -= 1
             if lib and cls.held == 0:
                 lib.mallopt(-4, 65536)  # glibc's default
-                lib.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: glibc's dynamic maximum
-                lib.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD: twice that, as glibc's dynamic rule
-
-    @classmethod
-    def trim(cls) -> None:
-        lib = cls._libc()
-        if lib and cls.dirty and cls.held == 0:
-            lib.malloc_trim(0)
-            cls.dirty = False
+                lib.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+                lib.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
 
 
 def _cpu_bf16_supported() -> bool:
@@ -442,8 +433,6 @@ class E4E:
         # float32 (and the reference) read the memory-mapped weights on every call; the reduced
         # precision fast path works from its own copies (their sources left memory as it built them)
         self._encoder_hot = self._encoder_hot or cdt is None
-        if cdt is None and self.low_memory:
-            _HeapReuse.trim()  # the decoder's kept activations make room for the mapped weights
         enc = self._compiled.get("encoder") if impl == "fast" else None
         if enc is not None:
             w0, deltas = enc(self.encoder, x.to(self.device, torch.float32), cdt)

@@ -318,8 +318,8 @@ def test_model_fast_default_matches_reference_and_precision_choices():
 
 
 def test_heap_reuse_changes_no_result_and_restores_malloc(monkeypatch):
-    """The float32 decode's glibc tuning (model._HeapReuse) is active only inside decode, is
-    handed back by the next encode's trim, and leaves the images bit for bit the same."""
+    """The float32 decode's glibc tuning (model._HeapReuse) is active only inside decode and
+    leaves the images bit for bit the same."""
     from e4e_cli import model as model_mod
 
     hr = model_mod._HeapReuse
@@ -332,10 +332,6 @@ def test_heap_reuse_changes_no_result_and_restores_malloc(monkeypatch):
     on = model.decode(codes)
     assert torch.equal(on, off)
     assert hr.held == 0
-    if hr._libc():
-        assert hr.dirty  # kept memory, to be trimmed
-        hr.trim()
-        assert not hr.dirty
     with hr.hold(), hr.hold():
         assert hr.held == 2
     assert hr.held == 0
