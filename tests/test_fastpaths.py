@@ -348,6 +348,10 @@ def test_opt_in_torch_compile_matches_eager():
     model, eager = tiny_model().compile(), tiny_model()
     codes = torch.randn(2, 8, 16)
     torch.testing.assert_close(model.decode(codes), eager.decode(codes), atol=1e-4, rtol=1e-4)
+    x = torch.randn(2, 3, 64, 64)  # the tiny encoder's size (encode() checks for the domain's 256)
+    with torch.no_grad():
+        got, want = model._compiled["encoder"](model.encoder, x, None), eager.encoder(x, impl="fast")
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
