@@ -17,7 +17,7 @@ file; built with the parity folder's make_checkpoint.py into .cache/ when missin
 - achieved GFLOP/s against the machine's measured float32 (and bfloat16) convolution peak.
 
 Best and median of a few interleaved rounds after one warm-up: the whole run takes about
-seven minutes on 2 cores. This shared machine's memory-bound timings drift by 10% and more
+five minutes on 2 cores. This shared machine's memory-bound timings drift by 10% and more
 over minutes (its compute-bound convolution peak much less): the load average is recorded.
 
     .venv/bin/python bench/bench.py [--quick] [--checkpoint PATH] [--out bench/results.json]
