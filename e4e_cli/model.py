@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -98,7 +99,10 @@ class _HeapReuse:
     E4E_HEAP_REUSE=0 turns it off.
     """
 
+    # mallopt parameters (glibc's malloc.h)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
     _lib = None
+    _lock = threading.Lock()
     held = 0
 
     @classmethod
@@ -122,18 +126,20 @@ class _HeapReuse:
     @contextlib.contextmanager
     def hold(cls):
         lib = cls._libc()
-        if lib and cls.held == 0:
-            lib.mallopt(-4, 0)  # M_MMAP_MAX: no mmap for large blocks
-            lib.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD: keep freed memory
-        cls.held += 1
+        with cls._lock:
+            if lib and cls.held == 0:
+                lib.mallopt(cls.M_MMAP_MAX, 0)  # no mmap for large blocks
+                lib.mallopt(cls.M_TRIM_THRESHOLD, 1 << 30)  # keep freed memory
+            cls.held += 1
         try:
             yield
         finally:
-            cls.held -= 1
-            if lib and cls.held == 0:
-                lib.mallopt(-4, 65536)  # glibc's default
-                lib.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
-                lib.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+            with cls._lock:
+                cls.held -= 1
+                if lib and cls.held == 0:
+                    lib.mallopt(cls.M_MMAP_MAX, 65536)  # glibc's default
+                    lib.mallopt(cls.M_MMAP_THRESHOLD, 32 << 20)
+                    lib.mallopt(cls.M_TRIM_THRESHOLD, 64 << 20)
 
 
 def _cpu_bf16_supported() -> bool:
