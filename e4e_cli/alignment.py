@@ -241,6 +241,18 @@ def gaussian_filter_hw(img: "np.ndarray", sigma: float) -> "np.ndarray":
     return _correlate_axis(tmp, k, 1).astype(dtype)
 
 
+def _outer_box(quad: "np.ndarray") -> Tuple[int, int, int, int]:
+    """Whole-pixel box around `quad` [4,2]: (left, top, right, bottom), floored / ceiled."""
+    import numpy as np
+
+    return (
+        int(np.floor(min(quad[:, 0]))),
+        int(np.floor(min(quad[:, 1]))),
+        int(np.ceil(max(quad[:, 0]))),
+        int(np.ceil(max(quad[:, 1]))),
+    )
+
+
 def _transform(img: "Image.Image", lm: "np.ndarray", output_size: int) -> Tuple["Image.Image", "np.ndarray"]:
     """Crop, pad and warp `img` (PIL RGB) for landmarks `lm`; returns (aligned, quad in the
     coordinates of `img`) exactly as the reference does, output `output_size` square."""
@@ -267,12 +279,7 @@ def _transform(img: "Image.Image", lm: "np.ndarray", output_size: int) -> Tuple[
 
     # Crop.
     border = max(int(np.rint(qsize * 0.1)), 3)
-    crop = (
-        int(np.floor(min(quad[:, 0]))),
-        int(np.floor(min(quad[:, 1]))),
-        int(np.ceil(max(quad[:, 0]))),
-        int(np.ceil(max(quad[:, 1]))),
-    )
+    crop = _outer_box(quad)
     crop = (
         max(crop[0] - border, 0),
         max(crop[1] - border, 0),
@@ -285,12 +292,7 @@ def _transform(img: "Image.Image", lm: "np.ndarray", output_size: int) -> Tuple[
         offset += crop[0:2]
 
     # Pad.
-    pad = (
-        int(np.floor(min(quad[:, 0]))),
-        int(np.floor(min(quad[:, 1]))),
-        int(np.ceil(max(quad[:, 0]))),
-        int(np.ceil(max(quad[:, 1]))),
-    )
+    pad = _outer_box(quad)
     pad = (
         max(-pad[0] + border, 0),
         max(-pad[1] + border, 0),
