@@ -13,22 +13,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PARITY = Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
+from e4e_cli.synthetic import parity_dir  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
-
-def _best_of(fn: Callable[[], object], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+PARITY = parity_dir()
 
 
 def _photos(tmp: Path) -> Dict[str, Path]:
@@ -61,13 +55,14 @@ def bench_alignment(repeat: int = 3, exact_repeat: Optional[int] = None) -> dict
         load_s = time.perf_counter() - t0
         # Warm-up (first-call allocations, page cache).
         align_photo(photos["1024"], aligner=aligner)
+        def timed(name: str, exact: bool, n: int) -> float:  # warmed up once above
+            return best_of(lambda: align_photo(photos[name], aligner=aligner, exact=exact), n, warmup=0)
+
         result = {
-            "align_1024_s": _best_of(lambda: align_photo(photos["1024"], aligner=aligner), repeat),
-            "align_1024_exact_s": _best_of(lambda: align_photo(photos["1024"], aligner=aligner, exact=True), repeat),
-            "align_4000x3000_s": _best_of(lambda: align_photo(photos["4000x3000"], aligner=aligner), repeat),
-            "align_4000x3000_exact_s": _best_of(
-                lambda: align_photo(photos["4000x3000"], aligner=aligner, exact=True), exact_repeat
-            ),
+            "align_1024_s": timed("1024", False, repeat),
+            "align_1024_exact_s": timed("1024", True, repeat),
+            "align_4000x3000_s": timed("4000x3000", False, repeat),
+            "align_4000x3000_exact_s": timed("4000x3000", True, exact_repeat),
             "model_load_s": load_s,
             "photos": "parity fixtures" if photos["1024"].parent == PARITY / "images" else "synthetic (astronaut)",
             "cpu_count": os.cpu_count(),

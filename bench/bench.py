@@ -40,6 +40,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from e4e_cli.synthetic import parity_dir  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/timing.py, beside this script)
 
 PARITY = parity_dir()
 PY = sys.executable
@@ -59,17 +60,6 @@ def ensure_checkpoint(path: str | None) -> Path:
         return synthetic_checkpoint(1024, 1, "ffhq", log=log)  # the same file the parity tests use
     except E4EError as exc:
         sys.exit(f"bench: {exc}")
-
-
-def best_of(fn, repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def load_avg() -> list[float] | None:
