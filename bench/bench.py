@@ -144,11 +144,6 @@ def time_rounds(model, torch, x, configs, rounds: int) -> list[dict]:
         model.impl, model.precision = c[0], dtypes[c[1]]
         return ops.reference_fir_layout(c[2])
 
-    def timed(fn) -> float:
-        t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
-
     for c in configs:
         with use(c):
             codes[c] = model.encode(x)
@@ -157,9 +152,9 @@ def time_rounds(model, torch, x, configs, rounds: int) -> list[dict]:
         for c in configs:
             s = samples[c]
             with use(c):
-                s["invert"].append(timed(lambda: model.decode(model.encode(x))))
-                s["edit"].append(timed(lambda c=c: model.decode(codes[c])))
-                s["encode"].append(timed(lambda: model.encode(x)))
+                s["invert"].append(best_of(lambda: model.decode(model.encode(x)), 1, warmup=0))
+                s["edit"].append(best_of(lambda c=c: model.decode(codes[c]), 1, warmup=0))
+                s["encode"].append(best_of(lambda: model.encode(x), 1, warmup=0))
     rows = []
     for c in configs:
         row = {"impl": c[0], "precision": c[1], "fir_layout": c[2], "batch": b, "rounds": rounds,
@@ -398,8 +393,6 @@ def main(argv=None) -> int:
         "threads": None, "load_avg_start": load_avg(),
         "bf16_supported": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
     }, "checkpoint": str(ckpt)}
-    image_arg = IMAGE_ARG
-
     log("loading ...")
     t0 = time.perf_counter()
     model = E4E.from_checkpoint(ckpt, device="cpu")
@@ -457,7 +450,7 @@ def main(argv=None) -> int:
         r = reference_way(ckpt, quick=True, thp=False)
         results["reference_way_without_thp"] = r if isinstance(r, str) else r[0]
     log("memory (separate processes) ...")
-    results["memory"] = memory(ckpt, image_arg)
+    results["memory"] = memory(ckpt, IMAGE_ARG)
     log("start-up ...")
     results["startup"] = startup()
     log("alignment ...")
