@@ -181,7 +181,7 @@ def synth_ops_only(g, codes, torch):
     return skip
 
 
-def ablation(model, torch, codes, repeat: int) -> dict:
+def ablation(model, torch, codes, repeat: int, *, bf16: bool = True) -> dict:
     from e4e_cli import ops
 
     g = model.generator
@@ -191,7 +191,7 @@ def ablation(model, torch, codes, repeat: int) -> dict:
         out["ops fast only (shared weight, scaled activations)"] = best_of(lambda: synth_ops_only(g, codes, torch), repeat)
         saved = g.fast_up_mode, g.fast_mode
         try:
-            for prec, dt in (("fp32", None), ("bf16", torch.bfloat16)):
+            for prec, dt in (("fp32", None), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
                 for up in ("transpose", "polyphase"):
                     g.fast_up_mode, g.fast_mode = up, "auto"
                     out[f"fast {prec}, up={up}"] = best_of(lambda: g.synthesize(codes, impl="fast", dtype=dt), repeat)
@@ -200,6 +200,8 @@ def ablation(model, torch, codes, repeat: int) -> dict:
             g.fast_up_mode, g.fast_mode = "auto", "auto"
             fused = dict(ops._FUSED_LRELU)
             try:
+                if not bf16:
+                    return out
                 ops._FUSED_LRELU[torch.bfloat16] = False
                 out["fast bf16, without fused conv+lrelu (noise channels)"] = best_of(
                     lambda: g.synthesize(codes, impl="fast", dtype=torch.bfloat16), repeat)
@@ -277,16 +279,27 @@ def child_peak_rss(cmd: list[str], env=None) -> tuple[float, int, str]:
 
 def memory(ckpt: Path, image: str) -> dict:
     res = {}
-    for prec in ("fp32", "bf16"):
+    from e4e_cli.cputune import native_bf16
+
+    for prec in ("fp32", "bf16") if native_bf16() else ("fp32",):
         mb, rc, text = child_peak_rss([PY, "-c", CHILD, str(ckpt), prec, image])
         res[f"load+invert one image ({prec}), peak RSS MB"] = round(mb, 1) if rc == 0 else f"failed: {text.strip()[-200:]}"
     e4e = Path(PY).parent / "e4e"
     if e4e.exists() and image != "-":
+        import shutil
+
+        # a folder of 5 photos, so that the default batch size (picked by the CLI) is exercised
         with tempfile.TemporaryDirectory(prefix="e4e-bench-") as tmp:
+            folder = Path(tmp) / "in"
+            folder.mkdir()
+            for i in range(5):
+                shutil.copy(image, folder / f"photo{i}{Path(image).suffix}")
             env = dict(os.environ, E4E_NO_PROGRESS="1")
-            mb, rc, text = child_peak_rss([str(e4e), "invert", image, "--checkpoint", str(ckpt), "--no-align",
-                                           "--device", "cpu", "--out", tmp], env=env)
-        res["e4e invert --no-align (fp32), peak RSS MB"] = round(mb, 1) if rc == 0 else f"failed (exit {rc}): {text.strip()[-200:]}"
+            for label, extra in (("defaults: --precision auto, batch auto", []), ("--precision fp32, batch auto", ["--precision", "fp32"])):
+                mb, rc, text = child_peak_rss([str(e4e), "invert", str(folder), "--checkpoint", str(ckpt), "--no-align",
+                                               "--device", "cpu", "--out", str(Path(tmp) / "out"), "--overwrite", *extra], env=env)
+                res[f"e4e invert --no-align, 5 photos ({label}), peak RSS MB"] = (
+                    round(mb, 1) if rc == 0 else f"failed (exit {rc}): {text.strip()[-200:]}")
     return res
 
 
@@ -342,6 +355,47 @@ def bench_inputs(model, torch):
     return x1, torch.cat([x1, (torch.rand(3, 3, 256, 256, generator=gen) * 2 - 1)])
 
 
+def within_budget(t_start: float, budget_s: float, fraction: float) -> bool:
+    """True while less than `fraction` of the time budget is spent (optional parts start only then)."""
+    spent = time.perf_counter() - t_start
+    if spent < fraction * budget_s:
+        return True
+    log(f"  skipped: {spent:.0f} s of the {budget_s:.0f} s budget spent")
+    return False
+
+
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
+def isa_child_main(args) -> int:
+    """In a process limited to an older ISA: float32 conv peak, the reference's way and the fast
+    float32 path (batch 1, interleaved), printed as JSON. Lets one machine show the numbers of
+    an AVX2-only CPU (same cores and caches, so only an approximation of a real AVX2 machine)."""
+    from e4e_cli.cputune import isa_summary
+    from e4e_cli.model import E4E
+
+    import torch
+    import torch.nn.functional as F
+
+    model = E4E.from_checkpoint(ensure_checkpoint(args.checkpoint), device="cpu")
+    x1, _ = bench_inputs(model, torch)
+    with torch.inference_mode():
+        rows = time_rounds(model, torch, x1, [REFERENCE_WAY, ("fast", "fp32", "depthwise")], 2)
+    out = {"isa": isa_summary(), "conv_peak_fp32_gflops": conv_peak(torch, F, torch.float32), "speed": rows}
+    print("ISA", json.dumps(out), flush=True)
+    return 0
+
+
+def isa_child(ckpt: Path, isa: str) -> dict | str:
+    env = dict(os.environ, **ISA_ENV[isa])
+    cmd = [PY, str(Path(__file__).resolve()), "--isa-child", isa, "--checkpoint", str(ckpt)]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT))
+    for line in p.stdout.splitlines():
+        if line.startswith("ISA "):
+            return json.loads(line[4:])
+    return f"failed: {(p.stdout + p.stderr).strip()[-300:]}"
+
+
 def reference_way_child(args) -> int:
     """Time REFERENCE_WAY in this (separate) process and print its rows as JSON: its huge
     single-channel FIR buffers left the allocator in a state that slowed whatever ran after them
@@ -376,10 +430,15 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", help="a 1024 e4e checkpoint (default: the synthetic one in .cache/)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repetitions, no ablation")
+    ap.add_argument("--budget-s", type=float, default=540.0,
+                    help="time budget: optional parts (ablation, extra baselines) are skipped when it runs short")
     ap.add_argument("--reference-way-child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--isa-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.reference_way_child:
         return reference_way_child(args)
+    if args.isa_child:
+        return isa_child_main(args)
 
     t_start = time.perf_counter()
     ckpt = ensure_checkpoint(args.checkpoint)
@@ -388,11 +447,19 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
+    from e4e_cli.cputune import isa_summary
+
+    isa = isa_summary()
     results: dict = {"machine": {
-        "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-        "threads": None, "load_avg_start": load_avg(),
+        "cpu": isa["cpu"] or platform.processor() or platform.machine(), "torch": torch.__version__,
+        "threads": None, "load_avg_start": load_avg(), "isa": isa,
         "bf16_supported": bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()),
     }, "checkpoint": str(ckpt)}
+    # bfloat16 is timed only where the CPU computes it natively: emulated (AVX2-only CPUs) it took
+    # 17 s per image and kept the whole benchmark from finishing in 15 minutes
+    bf16 = isa["native_bf16"] or os.environ.get("E4E_BENCH_BF16") == "1"
+    log(f"CPU: {isa['cpu']}; ATen kernels {isa['aten_capability']}; {' '.join(isa['flags'])}; "
+        f"native bf16 {'yes' if isa['native_bf16'] else 'no (bf16 rows skipped)'}")
     log("loading ...")
     t0 = time.perf_counter()
     model = E4E.from_checkpoint(ckpt, device="cpu")
@@ -401,7 +468,8 @@ def main(argv=None) -> int:
     x1, x4 = bench_inputs(model, torch)
 
     log("convolution peak ...")
-    results["conv_peak_gflops"] = {"fp32": conv_peak(torch, F, torch.float32), "bf16": conv_peak(torch, F, torch.bfloat16)}
+    results["conv_peak_gflops"] = {"fp32": conv_peak(torch, F, torch.float32),
+                                   "bf16": conv_peak(torch, F, torch.bfloat16) if bf16 else None}
 
     log("counting FLOPs ...")
     with torch.inference_mode():
@@ -418,7 +486,7 @@ def main(argv=None) -> int:
     rows = reference_way(ckpt, quick=args.quick, thp=True)
     if isinstance(rows, str):
         sys.exit(f"bench: the reference's way: {rows}")
-    configs = [("ref", "fp32", "depthwise"), ("fast", "fp32", "depthwise"), ("fast", "bf16", "depthwise")]
+    configs = [("ref", "fp32", "depthwise"), ("fast", "fp32", "depthwise")] + ([("fast", "bf16", "depthwise")] if bf16 else [])
     with torch.inference_mode():
         for x, rounds in ([(x1, 2)] if args.quick else [(x1, 5), (x4, 2)]):
             log(f"timing {', '.join(PATH_NAMES[c] for c in configs)}: batch {x.shape[0]}, {rounds} interleaved rounds ...")
@@ -437,18 +505,22 @@ def main(argv=None) -> int:
         r["invert_gflops"] = inv_flops / r["invert_s"] / 1e9
         r["edit_gflops"] = dec_flops / r["edit_s"] / 1e9
 
-    log("bf16 error against fp32 ...")
     with torch.inference_mode():
-        results["bf16_error"] = bf16_errors(model, torch, x1)
-        if not args.quick:
+        if bf16:
+            log("bf16 error against fp32 ...")
+            results["bf16_error"] = bf16_errors(model, torch, x1)
+        if not args.quick and within_budget(t_start, args.budget_s, 0.45):
             log("ablation of the generator's fast path (decode, batch 1) ...")
-            results["ablation_decode_s"] = ablation(model, torch, codes1, 3)
+            results["ablation_decode_s"] = ablation(model, torch, codes1, 3, bf16=bf16)
     del model
 
-    if not args.quick:
+    if not args.quick and within_budget(t_start, args.budget_s, 0.55):
         log("the reference's way without huge pages (separate process) ...")
         r = reference_way(ckpt, quick=True, thp=False)
         results["reference_way_without_thp"] = r if isinstance(r, str) else r[0]
+    if "avx512f" in isa["flags"] and within_budget(t_start, args.budget_s, 0.65):
+        log("the same on AVX2 only (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2; separate process) ...")
+        results["avx2_only"] = isa_child(ckpt, "avx2")
     log("memory (separate processes) ...")
     results["memory"] = memory(ckpt, IMAGE_ARG)
     log("start-up ...")
@@ -470,7 +542,11 @@ def print_table(r: dict) -> None:
     peak = r["conv_peak_gflops"]
     fl = r["gflop_per_image"]
     print(f"\ne4e benchmark: {m['cpu']}, torch {m['torch']}, {m['threads']} threads, load avg {m['load_avg_start']} -> {m.get('load_avg_end')}")
-    print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s; "
+    isa = m.get("isa") or {}
+    print(f"ISA: ATen kernels {isa.get('aten_capability')}; flags {' '.join(isa.get('flags', []))}; "
+          f"native bf16: {'yes' if isa.get('native_bf16') else 'no'}")
+    bf = f"{peak['bf16']:.0f} GFLOP/s" if peak.get("bf16") else "not timed (emulated)"
+    print(f"conv peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {bf}; "
           f"work per image: encode {fl['encode']:.1f} + decode {fl['decode']:.1f} = {fl['invert']:.1f} GFLOP "
           f"(float32 floor {fl['invert'] / peak['fp32']:.2f} s)")
     print("\nbest of the interleaved rounds (median in brackets); 'x way': speed-up over the reference's")
@@ -484,10 +560,24 @@ def print_table(r: dict) -> None:
         xi = f"{xr(s['invert_speedup_vs_ref'])} ({xr(s['invert_speedup_vs_ref_median'])})"
         print(f"{s['path']:<17}{s['batch']:>6}{inv:>20}{xi:>14}{xr(s['invert_speedup_vs_spec_ref']):>7}{s['invert_gflops']:>9.0f}"
               f"{s['invert_s'] / floor:>9.2f}{s['edit_s']:>12.3f}{xr(s['edit_speedup_vs_ref']):>7}{s['encode_s']:>14.3f}")
-    e = r["bf16_error"]
-    print(f"\nbf16 vs fp32: codes max abs {e['codes_max_abs']:.2e} (mean {e['codes_mean_abs']:.1e}, rms of codes {e['codes_rms_of_fp32']:.2f}); "
-          f"image mean abs {e['invert_image_mean_abs_levels']:.2f} levels (max {e['invert_image_max_abs_levels']:.0f}) invert, "
-          f"{e['decode_image_mean_abs_levels']:.2f} (max {e['decode_image_max_abs_levels']:.0f}) decode only")
+    e = r.get("bf16_error")
+    if e:
+        print(f"\nbf16 vs fp32: codes max abs {e['codes_max_abs']:.2e} (mean {e['codes_mean_abs']:.1e}, rms of codes {e['codes_rms_of_fp32']:.2f}); "
+              f"image mean abs {e['invert_image_mean_abs_levels']:.2f} levels (max {e['invert_image_max_abs_levels']:.0f}) invert, "
+              f"{e['decode_image_mean_abs_levels']:.2f} (max {e['decode_image_max_abs_levels']:.0f}) decode only")
+    a2 = r.get("avx2_only")
+    if isinstance(a2, dict):
+        fl_floor = fl["invert"] / a2["conv_peak_fp32_gflops"]
+        rows = {x["path"]: x for x in a2["speed"]}
+        way, fast = rows.get("reference's way"), rows.get("fast fp32")
+        print(f"\nAVX2 only (same machine, ATen avx2 + oneDNN AVX2): conv peak fp32 {a2['conv_peak_fp32_gflops']:.0f} GFLOP/s, "
+              f"float32 floor {fl_floor:.2f} s")
+        if way and fast:
+            print(f"  reference's way invert {way['invert_s']:.3f} s ({way['invert_median_s']:.3f}); fast fp32 {fast['invert_s']:.3f} s "
+                  f"({fast['invert_median_s']:.3f}): {way['invert_s'] / fast['invert_s']:.2f}x "
+                  f"({way['invert_median_s'] / fast['invert_median_s']:.2f}x median), {fast['invert_s'] / fl_floor:.2f}x the floor")
+    elif a2:
+        print(f"\nAVX2 only: {a2}")
     if isinstance(r.get("reference_way_without_thp"), dict):
         v = r["reference_way_without_thp"]["invert_s"]
         fast = {(x["impl"], x["precision"], x["batch"]): x["invert_s"] for x in r["speed"] if x["impl"] == "fast"}

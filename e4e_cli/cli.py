@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -36,10 +37,16 @@ def _register() -> None:
     app.command("evaluate")(cli_evaluate.evaluate_command)
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"e4e: note: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code. Usage errors are Typer's (exit 2)."""
     _register()
     debug = os.environ.get("E4E_DEBUG", "") not in ("", "0")
+    if not debug:
+        warnings.showwarning = _note  # library warnings as one line each, not file:line + source
     try:
         app(args=argv, prog_name="e4e")
     except SystemExit as exc:

@@ -30,6 +30,11 @@ def _err(msg: str) -> None:
     typer.echo(f"e4e: error: {msg}", err=True)
 
 
+PRECISION_HELP = ("auto (default): bf16 where the CPU (AVX512-BF16/AMX) or GPU computes it natively, else fp32; "
+                  "or fp32 (the reference's numbers), bf16, fp16.")
+BATCH_HELP = "Images per forward pass (default: picked to keep memory low, e.g. 1 for 1024 fp32 on a CPU)."
+
+
 def invert_command(
     inputs: List[Path] = typer.Argument(..., help="Photos or folders of photos."),
     domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
@@ -38,8 +43,8 @@ def invert_command(
     no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq photos are aligned by default)."),
     face: str = typer.Option("largest", "--face", help="Which face to invert when a photo has several: largest or N."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per forward pass."),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_HELP),
     delta_scale: float = typer.Option(1.0, "--delta-scale", help="0 = pure W (most editable), 1 = e4e, >1 exaggerates the per-layer deltas."),
     report: bool = typer.Option(False, "--report", help="Also write per-layer delta norms and distances from W (JSON + chart)."),
     paste_back: bool = typer.Option(False, "--paste-back", help="Also paste the reconstruction back into the original photo."),
@@ -94,8 +99,8 @@ def edit_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="e4e checkpoint (default: the domain's file in the weights folder)."),
     pca: Optional[Path] = typer.Option(None, "--pca", help="GANSpace PCA file for ganspace:COMP:START:END."),
     device: str = typer.Option("auto", "--device"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 (default), bf16 or fp16."),
-    batch_size: int = typer.Option(4, "--batch-size"),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=BATCH_HELP),
     delta_scale: Optional[float] = typer.Option(None, "--delta-scale", help="Re-weight the per-layer deltas before editing (0 = pure W)."),
     paste_back: bool = typer.Option(False, "--paste-back", help="Also paste each edited face back into the original photo."),
     color_match: bool = typer.Option(False, "--color-match", help="With --paste-back: match the face's colour to the photo along the seam."),
@@ -113,7 +118,7 @@ def edit_command(
     sweep_values = pipeline.parse_sweep(sweep) if sweep else None
     if delta_scale is not None:
         pipeline.check_delta_scale(delta_scale)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise E4EError(f"--batch-size must be >= 1, got {batch_size}")
     job = pipeline.EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,

@@ -5,7 +5,7 @@ networks' fast paths, precision="bf16" runs their convolutions in bfloat16 (AMX/
 CPUs; styles, demodulation and the RGB image stay float32), the memory-mapped encoder weights
 leave resident memory before decoding (`release_encoder_memory`), one thread per physical core,
 torch's CPU allocator uses transparent huge pages when this module is the first to import
-torch, and the float32 generator's large activations reuse freed memory (`_HeapReuse`).
+torch, and the float32 generator's large activations reuse freed memory (`cputune.HeapReuse`; every machine-specific trick is in `cputune.py`).
 `compile()` opts in to torch.compile (for GPUs).
 
     model = E4E.from_checkpoint("weights/e4e_ffhq_encode.pt", device="auto")
@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
-import threading
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
-# PyTorch's CPU allocator puts buffers of 2 MB and more on transparent huge pages when this is
-# set before its first allocation (so: before torch is imported). The generator's large
-# activations then cost far fewer page faults: about 10% faster invert at 1024, same peak
-# memory. Without effect when torch was imported earlier; THP_MEM_ALLOC_ENABLE=0 opts out.
-if "torch" not in sys.modules:
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# first: it sets up torch's CPU allocator, which must happen before torch is imported
+from .cputune import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: F401
 
 import numpy as np
 import torch
@@ -42,179 +36,29 @@ from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, 
 from .errors import E4EError
 from .networks import Encoder4Editing, Generator
 
-_THREADS_SET = False
-_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
+_HeapReuse = HeapReuse  # the name tests and older callers use
 
 
-def physical_cores() -> int:
-    """Physical cores this process may run on (hyper-threads counted once); at least 1."""
+def _available_memory() -> int:
+    """Bytes of memory available to new allocations (MemAvailable); large where unknown."""
     try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-    cores = set()
-    for c in cpus:
-        base = f"/sys/devices/system/cpu/cpu{c}/topology/"
-        try:
-            with open(base + "core_id") as fh:
-                core = fh.read().strip()
-            with open(base + "physical_package_id") as fh:
-                pkg = fh.read().strip()
-        except OSError:
-            return max(1, len(cpus))
-        cores.add((pkg, core))
-    return max(1, len(cores))
-
-
-def configure_threads() -> int:
-    """Use one intra-op thread per physical core (oneDNN's convolutions gain nothing from
-    hyper-threads), unless the user chose: E4E_NUM_THREADS (used as given), OMP_NUM_THREADS or
-    MKL_NUM_THREADS set, or torch.set_num_threads changed since this module was imported.
-    Returns the thread count in use."""
-    global _THREADS_SET
-    env = os.environ.get("E4E_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        torch.set_num_threads(int(env))
-    elif (not _THREADS_SET and not os.environ.get("OMP_NUM_THREADS") and not os.environ.get("MKL_NUM_THREADS")
-          and torch.get_num_threads() == _TORCH_THREADS_AT_IMPORT):
-        n = physical_cores()
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-    _THREADS_SET = True
-    return torch.get_num_threads()
-
-
-class _HeapReuse:
-    """glibc malloc tuning for the float32 generator's large activations on the CPU.
-
-    By default glibc gives every block over its mmap threshold (32 MB at most) its own fresh
-    mapping and unmaps it on free, so each of the generator's big activations (up to 134 MB
-    at 1024 in float32) is faulted in page by page, kernel-zeroed, on every layer. While
-    `hold()` is active, large blocks come from the heap (M_MMAP_MAX 0) and freed memory stays
-    there (M_TRIM_THRESHOLD high): later layers, and back-to-back decodes, reuse the same
-    pages. Measured at 1024 on the 2-core test machine: ~0.15 s less system time per image
-    and a steadier invert, same peak memory. Afterwards mmap is allowed again with a fixed
-    32 MB threshold (glibc's own dynamic limit) and the heap's free top is handed back above
-    64 MB (twice that, glibc's dynamic rule). A no-op where the C library is not glibc;
-    E4E_HEAP_REUSE=0 turns it off.
-    """
-
-    # mallopt parameters (glibc's malloc.h)
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
-    _lib = None
-    _lock = threading.Lock()
-    held = 0
-
-    @classmethod
-    def _libc(cls):
-        if cls._lib is None:
-            cls._lib = False
-            if sys.platform.startswith("linux") and os.environ.get("E4E_HEAP_REUSE", "1") != "0":
-                try:
-                    import ctypes
-                    import platform
-
-                    if platform.libc_ver()[0] == "glibc":
-                        lib = ctypes.CDLL("libc.so.6")
-                        lib.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                        cls._lib = lib
-                except (OSError, AttributeError, ValueError):
-                    cls._lib = False
-        return cls._lib
-
-    @classmethod
-    @contextlib.contextmanager
-    def hold(cls):
-        lib = cls._libc()
-        with cls._lock:
-            if lib and cls.held == 0:
-                lib.mallopt(cls.M_MMAP_MAX, 0)  # no mmap for large blocks
-                lib.mallopt(cls.M_TRIM_THRESHOLD, 1 << 30)  # keep freed memory
-            cls.held += 1
-        try:
-            yield
-        finally:
-            with cls._lock:
-                cls.held -= 1
-                if lib and cls.held == 0:
-                    lib.mallopt(cls.M_MMAP_MAX, 65536)  # glibc's default
-                    lib.mallopt(cls.M_MMAP_THRESHOLD, 32 << 20)
-                    lib.mallopt(cls.M_TRIM_THRESHOLD, 64 << 20)
-
-
-def _cpu_bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _file_mappings(path: str) -> list[tuple[int, int]]:
-    """(start, end) of this process's mappings of `path` (from /proc/self/maps); [] elsewhere."""
-    try:
-        st = os.stat(path)
-        out = []
-        with open("/proc/self/maps") as fh:
+        with open("/proc/meminfo") as fh:
             for line in fh:
-                parts = line.split(None, 5)
-                if len(parts) < 6:
-                    continue
-                dev_inode = int(parts[4])
-                if dev_inode != st.st_ino or os.path.realpath(parts[5].strip()) != os.path.realpath(path):
-                    continue
-                lo, hi = (int(v, 16) for v in parts[0].split("-"))
-                out.append((lo, hi))
-        return out
-    except (OSError, ValueError):
-        return []
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 1 << 40
 
 
-def release_file_pages(tensors: Iterable[torch.Tensor], path: str) -> int:
-    """Drop the resident pages of memory-mapped `tensors` from this process (madvise DONTNEED).
+_WARNED: set[str] = set()
 
-    Only pages that lie wholly inside a tensor and inside a mapping of the checkpoint file
-    `path` are touched: those are clean private file pages (the weights are never written),
-    so the kernel re-reads them from the file (usually the page cache) on the next use. Anonymous
-    memory is never advised (that would lose data). Returns the number of bytes advised; 0
-    where this is not Linux or madvise is unavailable.
-    """
-    maps = _file_mappings(path)
-    if not maps:
-        return 0
-    try:
-        import ctypes
-        import mmap as _mmap
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        madvise.restype = ctypes.c_int
-        page = _mmap.PAGESIZE
-        dontneed = getattr(_mmap, "MADV_DONTNEED", 4)
-    except (OSError, AttributeError):
-        return 0
-    spans = []
-    for t in tensors:
-        if t.device.type != "cpu" or t.numel() == 0:
-            continue
-        lo = t.data_ptr()
-        hi = lo + t.numel() * t.element_size()
-        lo = (lo + page - 1) // page * page  # inward: never a page shared with something else
-        hi = hi // page * page
-        if hi > lo and any(a <= lo and hi <= b for a, b in maps):
-            spans.append((lo, hi))
-    spans.sort()
-    merged: list[list[int]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], hi)
-        else:
-            merged.append([lo, hi])
-    total = 0
-    for lo, hi in merged:
-        if madvise(lo, hi - lo, dontneed) == 0:
-            total += hi - lo
-    return total
+def _warn_once(message: str) -> None:
+    """A RuntimeWarning shown once per process (the CLI prints it as one `e4e: note:` line)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -241,7 +85,17 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    if precision is None or precision == "auto":
+    """None -> float32 (the library's default: the reference's numbers). "auto" (the CLI's
+    default) -> the fastest precision this device computes natively: bfloat16 on CPUs with
+    AVX512-BF16/AMX (see `cputune.native_bf16`) and on CUDA GPUs that have it (float16 on older
+    ones), float32 elsewhere (AVX2-only CPUs, where bfloat16 would be emulated, and MPS)."""
+    if precision is None:
+        return torch.float32
+    if isinstance(precision, str) and precision.lower() == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "cpu" and native_bf16():
+            return torch.bfloat16
         return torch.float32
     if isinstance(precision, torch.dtype):
         return precision
@@ -309,9 +163,9 @@ class E4E:
         if dev.type == "cpu":
             configure_threads()
         prec = resolve_precision(precision, dev)
-        if dev.type == "cpu" and prec == torch.bfloat16 and not _cpu_bf16_supported():
-            warnings.warn("bf16 was asked for, but this CPU has no native bfloat16 (AVX512-BF16/AMX): "
-                          "it is emulated and slower than fp32", stacklevel=2)
+        if dev.type == "cpu" and prec == torch.bfloat16 and not native_bf16():
+            _warn_once("bf16 was asked for, but this CPU has no native bfloat16 (AVX512-BF16/AMX): "
+                       "it is emulated and several times slower than fp32 (--precision auto picks fp32 here)")
         model = cls(encoder, generator, latent_avg.to(dev), info, device=dev, impl=impl,
                     precision=prec, path=str(path))
         if dev.type == "cuda" and os.environ.get("E4E_COMPILE", "") not in ("", "0"):
@@ -328,11 +182,11 @@ class E4E:
         project's 2-core test CPU compiling takes about half a minute even for a tiny model,
         and it was not measured on a GPU. Returns self. E4E_COMPILE=1 does this at load on CUDA.
         """
-        from . import networks
+        from . import fastpaths
 
         self._compiled = {
-            "encoder": torch.compile(networks._encoder_fast, **options),
-            "generator": torch.compile(networks._synthesize_fast, **options),
+            "encoder": torch.compile(fastpaths.encoder_fast, **options),
+            "generator": torch.compile(fastpaths.synthesize_fast, **options),
         }
         return self
 
@@ -397,6 +251,23 @@ class E4E:
     def output_size(self) -> tuple[int, int]:
         """Decoded image (height, width) after the domain's crop (cars: 384x512)."""
         return (self.size * 3 // 4, self.size) if self.domain == "cars" else (self.size, self.size)
+
+    def default_batch_size(self) -> int:
+        """Images per forward pass when the user does not choose: keeps `e4e invert` at 1024 under
+        2 GB resident on a CPU. Measured peak RSS of `e4e invert --no-align` on 5 images at 1024
+        (AMD EPYC Zen 4, 2 cores): float32 1.70 GB at batch 1, 1.88 at 2, 2.29 at 4; bfloat16
+        1.32 / 1.40 / 1.41 GB. Float32 gains nothing from batching on a CPU (the large layers run
+        one image at a time), so it gets 1 at 1024; smaller generators and bfloat16 get 4, and a
+        machine with under 4 GB available gets 1. GPUs get 16."""
+        if self.device.type == "cuda":
+            return 16
+        if self.device.type != "cpu":
+            return 4
+        if _available_memory() < 4 << 30:
+            return 1
+        if self.size >= 1024 and self.precision == torch.float32:
+            return 1
+        return 4
 
     # ---- images -----------------------------------------------------------------------
 
@@ -482,7 +353,7 @@ class E4E:
         # float32 fast path on the CPU: reuse the large activations' pages (bfloat16's, half
         # the size, measured no faster that way; the reference path is left as it is)
         hold = self.device.type == "cpu" and impl == "fast" and dt is None
-        with _HeapReuse.hold() if hold else contextlib.nullcontext():
+        with HeapReuse.hold() if hold else contextlib.nullcontext():
             if gen is not None:
                 img = gen(self.generator, codes, self.generator.fixed_noise() if nz is None else nz, dt)
             else:

@@ -160,7 +160,7 @@ class ItemResult:
 class InvertOptions:
     out: Path = DEFAULT_OUT
     align: bool = True
-    batch_size: int = 4
+    batch_size: Optional[int] = None  # None: the model's memory-safe default (E4E.default_batch_size)
     delta_scale: float = 1.0
     overwrite: bool = False
     face: str = "largest"
@@ -196,8 +196,9 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
     """Invert every input image; write the per-image folder and OUT/summary.json."""
 
     opts.delta_scale = check_delta_scale(opts.delta_scale)
-    if opts.batch_size < 1:
+    if opts.batch_size is not None and opts.batch_size < 1:
         raise E4EError(f"--batch-size must be >= 1, got {opts.batch_size}")
+    batch_size = opts.batch_size or model.default_batch_size()
     out = ensure_dir(opts.out)
     paths = expand_inputs(inputs)
     stems = unique_stems(paths)
@@ -240,7 +241,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
         except E4EError as exc:
             results.append(ItemResult(str(p), "failed", error=str(exc)))
             continue
-        if len(pending) >= opts.batch_size:
+        if len(pending) >= batch_size:
             flush()
     flush()
     order = {str(p): i for i, p in enumerate(paths)}
@@ -467,7 +468,7 @@ class EditJob:
     pca: Optional[Path] = None
     device: str = "auto"
     precision: Optional[str] = None
-    batch_size: int = 4
+    batch_size: Optional[int] = None  # None: the model's memory-safe default (E4E.default_batch_size)
     delta_scale: Optional[float] = None
     paste_back: bool = False
     color_match: bool = False
@@ -590,8 +591,9 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
     edited = torch.cat([direction.apply(codes, s) for s in strengths])  # [S,n,512]
     frames = []
     files: dict = {}
-    for start in range(0, len(strengths), job.batch_size):
-        chunk = edited[start : start + job.batch_size]
+    step = job.batch_size or model.default_batch_size()
+    for start in range(0, len(strengths), step):
+        chunk = edited[start : start + step]
         frames += model.to_pil(model.decode(chunk))
     for s, codes_s, frame in zip(strengths, edited, frames):
         base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"

@@ -27,7 +27,7 @@ def inverted(parity_dir, case_checkpoint, tmp_path_factory):
         spec = json.loads((parity_dir / "cases" / f"{name}.json").read_text())
         folder = tmp_path_factory.mktemp(name)
         proc = run_e4e("invert", parity_dir / spec["image"], "--domain", domain, "--checkpoint",
-                       case_checkpoint(name), "--out", folder, "--device", "cpu")
+                       case_checkpoint(name), "--out", folder, "--device", "cpu", "--precision", "fp32")
         assert proc.returncode == 0, proc.stderr
         out[name] = (spec, np.load(parity_dir / "cases" / f"{name}.npz"), folder / Path(spec["image"]).stem)
     return out
@@ -64,7 +64,7 @@ def test_every_fixture_edit(inverted, name, parity_dir, case_checkpoint, tmp_pat
         else:
             args = ["--direction", f"ganspace:{e['pca_idx']}:{e['start']}:{e['end']}", "--pca", parity_dir / e["file"],
                     "--strength", str(e["strength"])]
-        proc = run_e4e("edit", folder / "latent.npy", *args, "--checkpoint", case_checkpoint(name), "--out", out, "--device", "cpu")
+        proc = run_e4e("edit", folder / "latent.npy", *args, "--checkpoint", case_checkpoint(name), "--out", out, "--device", "cpu", "--precision", "fp32")
         assert proc.returncode == 0, proc.stderr
         npys = sorted(out.glob("*.npy"))
         pngs = sorted(out.glob("*.png"))

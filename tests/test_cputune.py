@@ -1,0 +1,109 @@
+"""Machine-specific choices: native bfloat16 detection, --precision auto, the default batch size."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from e4e_cli import cputune, model as model_mod
+from e4e_cli.model import resolve_precision
+
+from conftest import assert_one_line_error, run_e4e, synthetic_checkpoint
+
+
+@pytest.fixture
+def flags(monkeypatch):
+    """Pretend the CPU reports the given flags."""
+    def set_flags(*names):
+        monkeypatch.delenv("E4E_NATIVE_BF16", raising=False)
+        monkeypatch.setattr(cputune, "_FLAGS", frozenset(names))
+    return set_flags
+
+
+@pytest.mark.parametrize("names, native", [
+    (("avx2", "fma"), False),                       # AVX2-only EPYC: oneDNN would emulate bf16
+    (("avx2", "avx512f", "avx512bw"), False),       # AVX-512 without BF16 (Skylake-X)
+    (("avx2", "avx512f", "avx512_bf16"), True),     # Zen 4, Cooper Lake
+    (("avx2", "amx_tile", "amx_bf16"), True),       # Sapphire Rapids
+])
+def test_native_bf16_follows_the_cpu_flags(flags, names, native):
+    flags(*names)
+    assert cputune.native_bf16() is native
+    want = torch.bfloat16 if native else torch.float32
+    assert resolve_precision("auto", torch.device("cpu")) == want
+    assert resolve_precision(None, torch.device("cpu")) == torch.float32  # the library's default stays exact
+    assert resolve_precision("fp32", torch.device("cpu")) == torch.float32
+    assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_native_bf16_override(monkeypatch):
+    monkeypatch.setattr(cputune, "_FLAGS", frozenset({"avx512_bf16"}))
+    monkeypatch.setenv("E4E_NATIVE_BF16", "0")
+    assert cputune.native_bf16() is False
+    monkeypatch.setenv("E4E_NATIVE_BF16", "1")
+    monkeypatch.setattr(cputune, "_FLAGS", frozenset({"avx2"}))
+    assert cputune.native_bf16() is True
+
+
+def test_cpu_flags_read_from_proc():
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo")
+    text = open("/proc/cpuinfo").read()
+    line = next(l for l in text.splitlines() if l.split(":")[0].strip() in ("flags", "Features"))
+    assert set(line.split(":", 1)[1].split()) == set(cputune.cpu_flags())
+
+
+def test_isa_summary_names_the_machine():
+    s = cputune.isa_summary()
+    assert set(s) >= {"cpu", "aten_capability", "flags", "native_bf16", "cores", "threads"}
+    assert s["native_bf16"] == cputune.native_bf16()
+    assert all(f in cputune.cpu_flags() for f in s["flags"])
+
+
+class _Fake:
+    """Just what default_batch_size reads."""
+    def __init__(self, size, precision, device="cpu"):
+        self.info = type("I", (), {"size": size})()
+        self.precision, self.device = precision, torch.device(device)
+
+    size = property(lambda self: self.info.size)
+    default_batch_size = model_mod.E4E.default_batch_size
+
+
+@pytest.mark.parametrize("size, precision, want", [
+    (1024, torch.float32, 1), (1024, torch.bfloat16, 4), (512, torch.float32, 4), (256, torch.float32, 4)])
+def test_default_batch_size_keeps_1024_float32_to_one_image(monkeypatch, size, precision, want):
+    monkeypatch.setattr(model_mod, "_available_memory", lambda: 16 << 30)
+    assert _Fake(size, precision).default_batch_size() == want
+    monkeypatch.setattr(model_mod, "_available_memory", lambda: 2 << 30)
+    assert _Fake(size, precision).default_batch_size() == 1  # little memory left: one at a time
+
+
+def test_heap_reuse_lives_in_cputune():
+    assert model_mod._HeapReuse is cputune.HeapReuse
+    assert model_mod.release_file_pages is cputune.release_file_pages
+
+
+def test_emulated_bf16_is_one_note_line(tmp_path):
+    """An explicit bf16 on a CPU without it says so once, as one `e4e: note:` line, and works."""
+    ckpt = synthetic_checkpoint(256, 3, "church")
+    from PIL import Image
+    import numpy as np
+
+    Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")).save(tmp_path / "a.png")
+    proc = run_e4e("invert", tmp_path / "a.png", "--no-align", "--domain", "church", "--checkpoint", ckpt,
+                   "--precision", "bf16", "--out", tmp_path / "o", env={"E4E_NATIVE_BF16": "0"})
+    assert proc.returncode == 0, proc.stderr
+    notes = [l for l in proc.stderr.splitlines() if "emulated" in l]
+    assert len(notes) == 1 and notes[0].startswith("e4e: note: "), proc.stderr
+    assert "Warning" not in proc.stderr
+
+
+def test_bad_precision_is_one_line(tmp_path):
+    ckpt = synthetic_checkpoint(256, 3, "church")
+    proc = run_e4e("invert", tmp_path / "none.png", "--no-align", "--domain", "church", "--checkpoint", ckpt,
+                   "--precision", "fp8", "--out", tmp_path / "o")
+    assert_one_line_error(proc, "precision")
