@@ -1,7 +1,8 @@
 """The `e4e` command line: thin Typer wrappers over the library.
 
-Every library failure is an `E4EError`; `main()` prints it as one line on stderr and exits
-with its code (1 by default, 2 for missing weights). Set `E4E_DEBUG=1` to see tracebacks.
+Every failure, a library `E4EError` or a usage error, is printed as one line on stderr that
+starts with `e4e: error:`, and the exit code says which kind (EXIT_CODES). Set `E4E_DEBUG=1`
+to see tracebacks.
 Command modules import torch and friends inside their functions so `e4e --help` is fast.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import warnings
 
 import typer
 
-from .errors import E4EError
+from .errors import EXIT_CODES, FAILURE, INTERRUPTED, USAGE, E4EError  # noqa: F401  (EXIT_CODES: the documented table)
 
 app = typer.Typer(
     name="e4e",
@@ -42,29 +43,52 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code. Usage errors are Typer's (exit 2)."""
+    """Run the CLI; returns the exit code (see EXIT_CODES). Every failure is one line on stderr
+    that starts with `e4e: error:`."""
     _register()
     debug = os.environ.get("E4E_DEBUG", "") not in ("", "0")
     if not debug:
         warnings.showwarning = _note  # library warnings as one line each, not file:line + source
+    from typer._click import exceptions as click_exc
+
     try:
-        app(args=argv, prog_name="e4e")
+        rv = app(args=argv, prog_name="e4e", standalone_mode=False)
+    except click_exc.NoArgsIsHelpError as exc:  # plain `e4e`: the help, as `e4e --help` prints it
+        typer.echo(exc.format_message())
+        return 0
+    except click_exc.UsageError as exc:  # bad option value, missing argument, unknown command
+        where = exc.ctx.command_path if exc.ctx is not None else "e4e"
+        return _fail(f"{_one_line(exc.format_message())} (see '{where} --help')", USAGE)
+    except typer.Abort:
+        typer.echo("e4e: interrupted", err=True)
+        return INTERRUPTED
+    except click_exc.ClickException as exc:
+        return _fail(_one_line(exc.format_message()), exc.exit_code or FAILURE)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else FAILURE)
     except E4EError as exc:
         if debug:
             raise
-        typer.echo(f"e4e: error: {exc}", err=True)
-        return exc.exit_code
+        return _fail(_one_line(str(exc)), exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("e4e: interrupted", err=True)
-        return 130
+        return INTERRUPTED
     except Exception as exc:  # a bug: still one line, with a hint to get the traceback
         if debug:
             raise
-        typer.echo(f"e4e: internal error: {type(exc).__name__}: {exc} (set E4E_DEBUG=1 for the traceback)", err=True)
-        return 1
-    return 0
+        return _fail(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (set E4E_DEBUG=1 for the traceback)",
+                     FAILURE)
+    return rv if isinstance(rv, int) else 0
+
+
+def _one_line(text: str) -> str:
+    """Messages from libraries may span lines; the contract is one line."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _fail(message: str, code: int) -> int:
+    typer.echo(f"e4e: error: {message}", err=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -48,15 +48,22 @@ def _one_line(path: Path, exc: BaseException) -> str:
 
 
 def _unique_stems(paths: List[Path]) -> List[str]:
-    """Output stems: the photo's stem, made unique when two inputs share one (a.jpg, a.png)."""
-    stems: List[str] = []
-    seen: dict = {}
-    for p in paths:
-        stem = p.stem or "photo"
-        count = seen.get(stem, 0)
-        seen[stem] = count + 1
-        stems.append(stem if count == 0 else f"{stem}-{count + 1}")
-    return stems
+    """Output stems: the photo's stem, unique for any inputs (a.jpg, a.png, a-2.jpg: fsutil.unique_names)."""
+    from .fsutil import unique_names
+
+    return unique_names([p.stem or "photo" for p in paths], sep="-")
+
+
+def _free_prefix(stem: str, results, used: set) -> str:
+    """`stem`, or `stem-N`, such that no `<prefix>_face<K>` of a photo with several faces clashes
+    with another output's name (an input may itself be called photo_face1.jpg)."""
+    prefix, n = stem, 1
+    from .alignment import aligned_filename
+
+    while any(aligned_filename(prefix, r, True).casefold() in used for r in results):
+        n += 1
+        prefix = f"{stem}-{n}"
+    return prefix
 
 
 def align_command(
@@ -77,7 +84,7 @@ def align_command(
     import os
     import sys
 
-    from .alignment import _check_output_size, align_photo, default_aligner, parse_face_choice, write_aligned
+    from .alignment import _check_output_size, align_photo, aligned_filename, default_aligner, parse_face_choice, write_aligned
     from .fsutil import ensure_dir
 
     choice = parse_face_choice(face)
@@ -90,6 +97,7 @@ def align_command(
 
     debug = os.environ.get("E4E_DEBUG", "") not in ("", "0")
     stems = _unique_stems(inputs)
+    used = {s.casefold() for s in stems}
     failures = 0
     for path, stem in zip(inputs, stems):
         try:
@@ -97,7 +105,9 @@ def align_command(
                 raise E4EError(f"{path}: folder holds no image files")
             results = align_photo(path, aligner=aligner, face=choice, output_size=size, exact=exact)
             multi = choice == "all" and results[0].n_faces > 1
-            written = [write_aligned(r, out, stem, multi)[0] for r in results]
+            prefix = _free_prefix(stem, results, used) if multi else stem
+            used.update(aligned_filename(prefix, r, multi).casefold() for r in results)
+            written = [write_aligned(r, out, prefix, multi)[0] for r in results]
         except E4EError as exc:
             failures += 1
             typer.echo(f"e4e: error: {_one_line(path, exc)}", err=True)

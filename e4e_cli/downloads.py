@@ -447,8 +447,12 @@ def raise_on_failures(results: Sequence[Result]) -> None:
     lines = [f"{r.name} ({r.filename}): {r.error}" + (f"; {r.hint}" if r.hint else "") for r in failed]
     if len(lines) == 1:
         raise E4EError(lines[0])
-    head = f"{len(failed)} of {len(results)} downloads failed:"
-    raise E4EError("\n".join([head] + ["  " + line for line in lines]))
+    # one line in all: each asset's reason, the shared hint once
+    hints = list(dict.fromkeys(r.hint for r in failed if r.hint))
+    reasons = "; ".join(f"{r.name} ({r.error})" for r in failed)
+    offline = " (offline?)" if any("offline?" in (r.error or "") for r in failed) and "offline?" not in reasons else ""
+    raise E4EError(f"{len(failed)} of {len(results)} downloads failed{offline}: {reasons}"
+                   + (f"; {' / '.join(hints)}" if hints else ""))
 
 
 # --------------------------------------------------------------------------------------
@@ -458,6 +462,11 @@ def raise_on_failures(results: Sequence[Result]) -> None:
 
 class _SourceFailed(Exception):
     """This source cannot deliver the file; try the next one."""
+
+
+class _Unreachable(_SourceFailed):
+    """The host cannot be resolved or refuses connections: not transient, so no retries, and the
+    host is skipped for the rest of the run (offline, a name that does not exist)."""
 
 
 class _Partial:
@@ -698,6 +707,11 @@ def _fetch_into(
         except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
                 requests.exceptions.InvalidSchema, requests.exceptions.TooManyRedirects) as exc:
             raise _SourceFailed(f"{type(exc).__name__}: {_short(exc)}") from None
+        except requests.exceptions.ConnectionError as exc:
+            kind = _kind(exc)
+            if kind in _UNREACHABLE:
+                raise _Unreachable(kind) from None
+            transient = f"{kind} after {part.size} of {part.expected} bytes"
         except requests.exceptions.RequestException as exc:
             transient = f"{_kind(exc)} after {part.size} of {part.expected} bytes"
         if transient is None:
@@ -728,6 +742,9 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
+_UNREACHABLE = ("cannot resolve host (offline?)", "connection refused")
+
+
 def _kind(exc: BaseException) -> str:
     import requests
 
@@ -737,7 +754,8 @@ def _kind(exc: BaseException) -> str:
         return "connection dropped"
     if isinstance(exc, requests.exceptions.ConnectionError):
         text = str(exc)
-        if "Name or service not known" in text or "Failed to resolve" in text or "NameResolution" in text:
+        if ("Name or service not known" in text or "Failed to resolve" in text or "NameResolution" in text
+                or "Temporary failure in name resolution" in text or "nodename nor servname" in text):
             return "cannot resolve host (offline?)"
         if "Connection refused" in text:
             return "connection refused"
@@ -902,8 +920,10 @@ def _download_one(
     timeout: float,
     session,
     log: Callable[[str], None],
+    dead_hosts: Optional[Dict[str, str]] = None,
 ) -> Result:
     final = folder / asset.filename
+    dead_hosts = {} if dead_hosts is None else dead_hosts
     result = Result(asset.name, asset.filename, final, "failed")
 
     # 1. already there?
@@ -956,6 +976,9 @@ def _download_one(
     ok_url: Optional[str] = None
     try:
         for url in _sources(asset, base_url):
+            if _host(url) in dead_hosts:
+                failures.append(f"{_host(url)}: {dead_hosts[_host(url)]}")
+                continue
             note = f" (resuming at {human_size(part.size)})" if part.size else ""
             log(f"downloading {asset.wire_filename} ({human_size(asset.wire_size)}) from {_host(url)}{note}")
             bar = _make_bar(asset.wire_size, part.size, asset.wire_filename, progress)
@@ -964,6 +987,10 @@ def _download_one(
                     part, url, sha256=asset.wire_sha256, session=session, retries=retries,
                     backoff=backoff, timeout=timeout, bar=bar, counter=counter,
                 )
+            except _Unreachable as exc:
+                dead_hosts[_host(url)] = str(exc)
+                failures.append(f"{_host(url)}: {exc}")
+                continue
             except _SourceFailed as exc:
                 failures.append(f"{_host(url)}: {exc}")
                 continue
@@ -1042,6 +1069,7 @@ def download_assets(
         session = requests.Session()
         session.headers["User-Agent"] = "e4e-cli (python-requests)"
     results: List[Result] = []
+    dead_hosts: Dict[str, str] = {}  # host -> why: unreachable hosts are tried once per run
     try:
         with _folder_lock(folder, say):
             for name in asset_names:
@@ -1050,7 +1078,7 @@ def download_assets(
                     res = _download_one(
                         asset, folder, base_url=base_url, from_dir=src_dir, verify=verify,
                         progress=enabled, retries=retries, backoff=backoff, timeout=timeout,
-                        session=session, log=say,
+                        session=session, log=say, dead_hosts=dead_hosts,
                     )
                 except OSError as exc:
                     res = Result(asset.name, asset.filename, folder / asset.filename, "failed",

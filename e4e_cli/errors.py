@@ -6,10 +6,21 @@ and, where possible, what to do about it.
 """
 
 
+# Exit codes of the `e4e` command (README: "Exit codes")
+OK, FAILURE, USAGE, MISSING_WEIGHTS, INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES = {
+    OK: "success",
+    FAILURE: "failure (bad input, a failed download, some inputs of a batch failed)",
+    USAGE: "usage error (unknown option or command, bad option value, missing argument)",
+    MISSING_WEIGHTS: "a weights file is missing (the message names the download to run)",
+    INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
 class E4EError(Exception):
     """A user-facing error: `str(err)` is one line that explains the problem."""
 
-    exit_code = 1
+    exit_code = FAILURE
 
     def __init__(self, message: str, *, exit_code: int | None = None):
         super().__init__(message)
@@ -20,4 +31,4 @@ class E4EError(Exception):
 class MissingWeightsError(E4EError):
     """A weights file is not present; the message names the download to run."""
 
-    exit_code = 2
+    exit_code = MISSING_WEIGHTS

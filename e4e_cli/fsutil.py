@@ -10,12 +10,38 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 from .errors import E4EError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def unique_names(bases: Sequence[str], *, sep: str = "_") -> list[str]:
+    """Output names for inputs whose natural names are `bases`: unique for any input, also when
+    compared case-insensitively (macOS and Windows folders), and each base kept as it is wherever
+    it is free. A repeated base gets the first free `<base><sep>N` (N = 2, 3, ...), never one
+    that another input's own base already holds: photo.jpg, photo.png, photo_2.jpg ->
+    photo, photo_3, photo_2."""
+    own = {}
+    for b in bases:
+        own.setdefault(b.casefold(), b)
+    taken: set[str] = set()
+    names = []
+    for b in bases:
+        key = b.casefold()
+        if key not in taken and own.get(key) is not None:
+            own[key] = None  # the first input with this base keeps it
+            name = b
+        else:
+            n = 2
+            while f"{b}{sep}{n}".casefold() in taken or f"{b}{sep}{n}".casefold() in own:
+                n += 1
+            name = f"{b}{sep}{n}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def looks_like_html(head: bytes) -> bool:

@@ -28,7 +28,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import E4EError
-from .fsutil import atomic_save_image, atomic_write, ensure_dir
+from .fsutil import atomic_save_image, atomic_write, ensure_dir, unique_names
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 LATENT_SUFFIXES = {".npy", ".pt"}
@@ -75,15 +75,9 @@ def expand_inputs(inputs: Sequence[Path], suffixes=IMAGE_SUFFIXES) -> list[Path]
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """File stems, made unique (photo, photo_2, ...) so two inputs never share an output folder."""
-    seen: dict[str, int] = {}
-    stems = []
-    for p in paths:
-        base = re.sub(r"[^\w.+-]", "_", Path(p).stem) or "image"
-        n = seen.get(base, 0) + 1
-        seen[base] = n
-        stems.append(base if n == 1 else f"{base}_{n}")
-    return stems
+    """Output folder names: each file's stem (characters a folder name should not hold replaced),
+    unique for any set of inputs (`fsutil.unique_names`), so two inputs never share a folder."""
+    return unique_names([re.sub(r"[^\w.+-]", "_", Path(p).stem) or "image" for p in paths])
 
 
 def fmt_strength(s: float) -> str:
@@ -215,9 +209,9 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
             parts = model.encode_parts(x)
             codes = parts.codes(opts.delta_scale)
             images = model.decode(codes)
-        except E4EError as exc:
+        except Exception as exc:  # noqa: BLE001  (one bad batch never stops the others; see item_error)
             for p, stem, _ in batch:
-                results.append(ItemResult(str(p), "failed", error=str(exc)))
+                results.append(ItemResult(str(p), "failed", error=item_error(exc)))
             return
         pil = model.to_pil(images)
         for j, (p, stem, item) in enumerate(batch):
@@ -226,28 +220,43 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
                 files = _write_inversion(d, item, codes[j], pil[j], model, p, opts,
                                          parts=(parts.w0[j], parts.deltas[j]))
                 results.append(ItemResult(str(p), "ok", outdir=str(d), files=files))
-            except E4EError as exc:
-                results.append(ItemResult(str(p), "failed", outdir=str(d), error=str(exc)))
             except OSError as exc:
                 results.append(ItemResult(str(p), "failed", outdir=str(d), error=f"cannot write {d}: {exc.strerror or exc}"))
+            except Exception as exc:  # noqa: BLE001
+                results.append(ItemResult(str(p), "failed", outdir=str(d), error=item_error(exc)))
 
-    for p, stem in _progress(list(zip(paths, stems)), len(paths), "inverting"):
-        d = out / stem
-        if not opts.overwrite and (d / "latent.npy").is_file() and (d / "inversion.png").is_file() and (d / "meta.json").is_file():
-            results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
-            continue
-        try:
-            pending.append((p, stem, _prepare(p, model, opts)))
-        except E4EError as exc:
-            results.append(ItemResult(str(p), "failed", error=str(exc)))
-            continue
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    order = {str(p): i for i, p in enumerate(paths)}
-    results.sort(key=lambda r: order.get(r.input, 0))
-    write_summary(out, results, model, opts)
+    try:
+        for p, stem in _progress(list(zip(paths, stems)), len(paths), "inverting"):
+            d = out / stem
+            if not opts.overwrite and (d / "latent.npy").is_file() and (d / "inversion.png").is_file() and (d / "meta.json").is_file():
+                results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
+                continue
+            try:
+                pending.append((p, stem, _prepare(p, model, opts)))
+            except Exception as exc:  # noqa: BLE001
+                results.append(ItemResult(str(p), "failed", error=item_error(exc)))
+                continue
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+    finally:  # also on Ctrl-C: summary.json says what was done
+        order = {str(p): i for i, p in enumerate(paths)}
+        results.sort(key=lambda r: order.get(r.input, 0))
+        write_summary(out, results, model, opts)
     return results
+
+
+def item_error(exc: BaseException) -> str:
+    """One line for a failed item of a batch. An E4EError is the user's problem and says so; anything
+    else is a bug or the system's (out of memory, a full disk) and is named with its type, so the
+    batch goes on and summary.json records it (E4E_DEBUG=1 re-raises it with its traceback)."""
+    if isinstance(exc, E4EError):
+        return str(exc)
+    if os.environ.get("E4E_DEBUG", "") not in ("", "0"):
+        raise exc
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+    return f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 def _existing_files(d: Path) -> dict:
@@ -308,6 +317,7 @@ class Direction:
     kind: str
     default_strength: Optional[float]
     apply: Callable
+    identity: dict = field(default_factory=dict)  # what an edit made with it records (spec, file hash)
 
 
 def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weights_dir: Optional[Path] = None) -> Direction:
@@ -321,12 +331,13 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
         from .downloads import require_asset
 
         path = require_asset(p.asset, weights_dir)
+        ident = _file_identity(spec, path)
         if p.kind == "interfacegan":
             d = editing.load_direction(path, n_styles=model.n_styles)
-            return Direction(spec, p.kind, p.strength, lambda c, s: editing.interfacegan(c, d, s))
+            return Direction(spec, p.kind, p.strength, lambda c, s: editing.interfacegan(c, d, s), ident)
         pca = editing.load_pca(path)
         return Direction(spec, p.kind, p.strength,
-                         lambda c, s: editing.ganspace(c, pca, p.component, p.start, p.end, s))
+                         lambda c, s: editing.ganspace(c, pca, p.component, p.start, p.end, s), ident)
     m = re.fullmatch(r"ganspace:(\d+):(\d+):(\d+)", spec)
     if m:
         comp, start, end = map(int, m.groups())
@@ -338,7 +349,8 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
                 raise E4EError(f"no GANSpace PCA file is known for {model.domain}: pass --pca FILE")
             pca_file = require_asset(asset, weights_dir)
         pca = editing.load_pca(pca_file)
-        return Direction(slug(spec), "ganspace", None, lambda c, s: editing.ganspace(c, pca, comp, start, end, s))
+        return Direction(slug(spec), "ganspace", None, lambda c, s: editing.ganspace(c, pca, comp, start, end, s),
+                         _file_identity(spec, pca_file))
     m = re.fullmatch(r"sefa:(\d+)(?::([\d,\- ]+|all))?", spec)
     if m:
         k = int(m.group(1))
@@ -347,7 +359,8 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
             raise E4EError(f"SeFa component {k} is out of range (0..{model.generator.style_dim - 1})")
         dirs, _ = editing.sefa_directions(model.generator, layers)
         vec = dirs[k]
-        return Direction(slug(spec), "sefa", 3.0, lambda c, s: _add_on_layers(c, vec, layers, editing.check_strength(s)))
+        return Direction(slug(spec), "sefa", 3.0, lambda c, s: _add_on_layers(c, vec, layers, editing.check_strength(s)),
+                         {"spec": spec})
     if spec.startswith(("ganspace:", "sefa:")):
         raise E4EError(f"bad direction {spec!r}: use ganspace:COMPONENT:START:END or sefa:K[:LAYERS]")
     path = Path(spec)
@@ -355,10 +368,32 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
         if not path.is_file():
             raise E4EError(f"direction file {path} not found")
         d = editing.load_direction(path, n_styles=model.n_styles)
-        return Direction(slug(path.stem), "file", None, lambda c, s: editing.interfacegan(c, d, s))
+        return Direction(slug(path.stem), "file", None, lambda c, s: editing.interfacegan(c, d, s),
+                         _file_identity(spec, path))
     known = ", ".join(n for n, p in editing.PRESETS.items() if p.domain == model.domain)
     raise E4EError(f"unknown direction {spec!r}; presets for {model.domain}: {known} (or a .pt/.npy file, "
                    "ganspace:COMPONENT:START:END, sefa:K[:LAYERS])")
+
+
+def _file_identity(spec: str, path: Path) -> dict:
+    """A direction's identity: its spec and the SHA-256 of the file it reads (small files)."""
+    import hashlib
+
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise E4EError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return {"spec": spec, "file": Path(path).name, "sha256": digest}
+
+
+def checkpoint_identity(model) -> dict:
+    """Which checkpoint made an output: its file name, size and modification time (hashing a 1 GB
+    file on every edit would cost seconds), or its domain and size for an in-memory model."""
+    path = getattr(model, "path", None)
+    if path and Path(path).is_file():
+        st = Path(path).stat()
+        return {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"domain": model.domain, "size": model.size}
 
 
 def _add_on_layers(codes, vec, layers, strength):
@@ -541,34 +576,76 @@ def run_edit(job: EditJob) -> list[ItemResult]:
         name = p.parent.name if p.stem in ("latent",) else p.stem
         sources.append(Source(name, arr, str(p), p.parent if (p.parent / "meta.json").is_file() else None))
 
+    strengths = list(dict.fromkeys(strengths, None)) if not job.sweep else strengths  # --strength 1 --strength 1.0: once
     names = unique_stems([Path(s.name) for s in sources])
-    for src, name in _progress(list(zip(sources, names)), len(sources), "editing"):
-        done = _finished_edit_files(name, direction, strengths, job, out)
-        if done is not None:
-            results.append(ItemResult(src.origin, "skipped", outdir=str(out), files=done))
-            continue
-        try:
-            files = _edit_one(src, name, model, direction, strengths, job, out)
-            results.append(ItemResult(src.origin, "ok", outdir=str(out), files=files))
-        except E4EError as exc:
-            results.append(ItemResult(src.origin, "failed", error=str(exc)))
+    try:
+        for src, name in _progress(list(zip(sources, names)), len(sources), "editing"):
+            try:
+                records = [edit_record(src, direction, s, job, model) for s in strengths]
+                done = _finished_edit_files(name, direction, strengths, records, job, out)
+                if done is not None:
+                    results.append(ItemResult(src.origin, "skipped", outdir=str(out), files=done))
+                    continue
+                files = _edit_one(src, name, model, direction, strengths, records, job, out)
+                results.append(ItemResult(src.origin, "ok", outdir=str(out), files=files))
+            except Exception as exc:  # noqa: BLE001  (see item_error)
+                results.append(ItemResult(src.origin, "failed", error=item_error(exc)))
+    finally:
+        write_summary(out, results, model, job)
     return results
 
 
-def _finished_edit_files(name: str, direction: Direction, strengths: list, job: EditJob, out: Path) -> Optional[dict]:
-    """The outputs of this edit if every one of them is already there (and not --overwrite), else None."""
-    if job.overwrite or job.paste_back or job.delta_scale is not None:
-        return None
+def edit_record(src: "Source", direction: Direction, strength: float, job: "EditJob", model) -> dict:
+    """What produced an edit output, stored beside it as `<output>.json`: a rerun skips the output
+    only when this matches, so a file made with another direction file of the same name, another
+    PCA, checkpoint, precision or delta scale is never taken for done."""
+    import hashlib
+
+    return {
+        "direction": direction.identity or {"spec": direction.label},
+        "strength": float(strength),
+        "source": src.origin,
+        "source_sha256": hashlib.sha256(np.ascontiguousarray(src.codes, dtype=np.float32).tobytes()).hexdigest(),
+        "checkpoint": checkpoint_identity(model),
+        "precision": str(getattr(model, "precision", "")).replace("torch.", ""),
+        "delta_scale": job.delta_scale,
+    }
+
+
+def _finished_edit_files(name: str, direction: Direction, strengths: list, records: list, job: "EditJob",
+                         out: Path) -> Optional[dict]:
+    """The outputs of this edit if all are there and were made by the same edit (their `.json`
+    records match `records`); None when (some of) it is to be done. An output made by a different
+    edit is an E4EError (never overwritten silently) unless --overwrite."""
     label = slug(direction.label)
-    paths = []
-    for s in strengths:
+    paths, clashes = [], []
+    for s, rec in zip(strengths, records):
         base = f"{name}_{label}_{fmt_strength(s)}"
-        paths += [out / f"{base}.png", out / f"{base}.npy"]
+        outputs = [out / f"{base}.png", out / f"{base}.npy"]
+        paths += outputs
+        if any(p.is_file() for p in outputs):
+            have = _read_record(out / f"{base}.json")
+            if have != rec:
+                what = "no record of how it was made" if have is None else \
+                    "another " + ", ".join(k.replace("_", " ") for k in rec if have.get(k) != rec[k])
+                clashes.append(f"{outputs[0].name} ({what})")
+    if clashes and not job.overwrite:
+        raise E4EError(f"{out} already holds {clashes[0]}" + (f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
+                       + ": pass --overwrite to replace, or --out DIR")
+    if job.overwrite or job.paste_back:
+        return None
     if job.sweep:
         paths += [out / f"{name}_{label}_sweep.png", out / f"{name}_{label}_sweep.gif"]
     if all(p.is_file() for p in paths):
-        return {p.stem + p.suffix: str(p) for p in paths}
+        return {p.name: str(p) for p in paths}
     return None
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _source_scale(src: Source) -> float:
@@ -580,7 +657,8 @@ def _source_scale(src: Source) -> float:
     return 1.0
 
 
-def _edit_one(src: Source, name: str, model, direction: Direction, strengths: list, job: EditJob, out: Path) -> dict:
+def _edit_one(src: Source, name: str, model, direction: Direction, strengths: list, records: list, job: EditJob,
+              out: Path) -> dict:
     import torch
 
     if src.codes.shape[0] != model.n_styles:
@@ -595,10 +673,11 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
     for start in range(0, len(strengths), step):
         chunk = edited[start : start + step]
         frames += model.to_pil(model.decode(chunk))
-    for s, codes_s, frame in zip(strengths, edited, frames):
+    for s, codes_s, frame, rec in zip(strengths, edited, frames, records):
         base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"
         files[f"{base}.png"] = str(atomic_save_image(frame, out / f"{base}.png"))
         files[f"{base}.npy"] = str(write_npy(out / f"{base}.npy", codes_s.detach().float().cpu().numpy()))
+        files[f"{base}.json"] = str(write_json(out / f"{base}.json", rec))  # last: marks the output done
     if job.sweep:
         base = f"{name}_{slug(direction.label)}_sweep"
         files[f"{base}.png"] = str(save_strip(frames, out / f"{base}.png"))

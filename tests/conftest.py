@@ -53,13 +53,21 @@ def run_e4e(*args, cwd=None, env=None, timeout=600, input=None) -> subprocess.Co
     )
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    """A failed command printed a short reason (no traceback) that mentions `needles`."""
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    err = proc.stderr
-    assert "Traceback" not in err and "Traceback" not in proc.stdout, err
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> None:
+    """A failed command's reason is exactly one line, `e4e: error: <reason>`, the last line on
+    stderr (progress lines may come before it), mentioning every needle (case-insensitive); no
+    traceback; a non-zero exit (`code` if given)."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    if code is not None:
+        assert proc.returncode == code, (proc.returncode, out)
+    assert "Traceback" not in out, out
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("e4e: error:")]
+    assert len(errors) == 1, f"want one 'e4e: error:' line, got: {proc.stderr!r}"
+    assert lines[-1] == errors[0], f"the error line must close stderr (progress may come before it): {proc.stderr!r}"
     for needle in needles:
-        assert needle.lower() in (err + proc.stdout).lower(), (needle, err, proc.stdout)
+        assert needle.lower() in errors[0].lower(), (needle, proc.stderr)
 
 
 def synthetic_checkpoint(size: int, seed: int, domain: str) -> Path:

@@ -149,7 +149,7 @@ def test_batch_with_bad_files(tmp_path, parity_dir, case_checkpoint):
 def test_no_weights_says_which_download(tmp_path, parity_dir):
     proc = run_e4e("invert", parity_dir / "images" / "car_img.jpg", "--domain", "cars",
                    env={"E4E_WEIGHTS_DIR": str(tmp_path / "empty")})
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert_one_line_error(proc, "e4e download-weights cars")
 
 

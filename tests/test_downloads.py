@@ -532,10 +532,35 @@ def test_several_failures_give_one_line_each(server, registry, tmp_path):
     results = fetch(["a", "b", "c"], tmp_path)
     with pytest.raises(E4EError) as info:
         downloads.raise_on_failures(results)
-    lines = str(info.value).splitlines()
-    assert lines[0] == "3 of 3 downloads failed:"
-    assert [ln.split()[0] for ln in lines[1:]] == ["a", "b", "c"]
-    assert all("HTTP 404" in ln for ln in lines[1:])
+    msg = str(info.value)
+    assert "\n" not in msg, "the error contract is one line"
+    assert msg.startswith("3 of 3 downloads failed: a (")
+    assert msg.count("HTTP 404") == 3 and "; b (" in msg and "; c (" in msg
+
+
+def test_unreachable_hosts_fail_at_once_and_are_tried_once(registry, tmp_path, monkeypatch):
+    """No DNS (offline) or a refused port is not transient: no retries, no back-off sleeps, and
+    a host that failed so is not tried again for the next assets; the error says offline? once."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        refused = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    for i, name in enumerate("abc"):
+        registry(name, blob(40 + i, 1000), [f"http://e4e-no-such-host.invalid/{name}.bin", f"{refused}/{name}.bin"])
+    sleeps = []
+    monkeypatch.setattr(downloads.time, "sleep", lambda s: sleeps.append(s))
+    results = fetch(["a", "b", "c"], tmp_path, retries=3, backoff=1.0)
+    assert [r.status for r in results] == ["failed"] * 3
+    assert sleeps == [], "unreachable hosts are not retried with back-off"
+    assert [r.requests for r in results] == [2, 0, 0], "each host is tried once per run"
+    assert "cannot resolve host (offline?)" in results[0].error and "connection refused" in results[0].error
+    assert "e4e-no-such-host.invalid" in results[2].error
+    with pytest.raises(E4EError) as info:
+        downloads.raise_on_failures(results)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("3 of 3 downloads failed")
+    assert not list(tmp_path.glob("*.part")), "no empty partial files left behind"
 
 
 # --------------------------------------------------------------------------------------
@@ -593,7 +618,7 @@ def test_require_asset(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError) as info:
         downloads.require_asset("ffhq", tmp_path)
     msg = str(info.value)
-    assert info.value.exit_code == 2 and "\n" not in msg
+    assert info.value.exit_code == 3 and "\n" not in msg
     assert msg == (f"checkpoint e4e_ffhq_encode.pt not found in {tmp_path}: "
                    "run `e4e download-weights ffhq` (or pass --checkpoint PATH)")
     with pytest.raises(MissingWeightsError, match="e4e download-weights directions"):

@@ -151,9 +151,9 @@ def test_wrong_architecture(tmp_path, parity_dir, church):
     assert_one_line_error(proc, "wrong shape", "decoder.conv1.conv.weight")
 
 
-def test_no_weights_exit_2(tmp_path, parity_dir):
+def test_no_weights_exit_3(tmp_path, parity_dir):
     proc = run_e4e("invert", parity_dir / "images" / "input_img.jpg", env={"E4E_WEIGHTS_DIR": str(tmp_path)})
-    assert proc.returncode == 2
+    assert proc.returncode == 3
     assert_one_line_error(proc, "e4e download-weights ffhq")
     proc = run_e4e("edit", "--direction", "smile", cwd=tmp_path, env={"E4E_WEIGHTS_DIR": str(tmp_path)})
     assert_one_line_error(proc, "e4e invert")
