@@ -178,6 +178,49 @@ def test_sefa_directions_are_unit_and_orthogonal(church, layers):
     assert np.all(np.diff(vals.numpy()) <= 1e-4)  # decreasing eigenvalues
 
 
+def test_sefa_directions_satisfy_the_eigen_relation(church):
+    """SeFa from its definition: the k-th direction d is a unit eigenvector of A^T A, where A stacks
+    the chosen layers' modulation weights [in,512] with unit rows, and its eigenvalue d^T A^T A d is
+    the k-th largest (the largest also found by power iteration, independently of eigh)."""
+    model = church[0]
+    layers = [0, 1, 2, 3]
+    rows = []
+    for conv, idx in model.generator.layers():
+        if idx in layers:
+            w = conv.modulation.weight.detach().double()  # [in,512]
+            rows.append(w / w.norm(dim=1, keepdim=True))
+    a = torch.cat(rows)
+    m = a.T @ a  # [512,512]
+    dirs, vals = sefa_directions(model.generator, layers)
+    for k in range(5):
+        d = dirs[k].double()
+        lam = float(d @ m @ d)
+        assert float((m @ d - lam * d).norm()) <= 1e-4 * float(m.norm())
+        assert lam == pytest.approx(float(vals[k]), rel=1e-4)
+    v = torch.ones(512, dtype=torch.float64)
+    for _ in range(500):
+        v = m @ v
+        v = v / v.norm()
+    assert float(v @ m @ v) == pytest.approx(float(vals[0]), rel=1e-3)
+    assert abs(float(v @ dirs[0].double())) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mapping_network_matches_the_spec_by_hand(church, case_checkpoint):
+    """SPEC's mapping from the checkpoint's raw tensors with plain ops: pixel norm, then 8 x
+    [x @ (W * 0.01 / sqrt(512)).T + b * 0.01 -> leaky_relu(0.2) * sqrt(2)]."""
+    model = church[0]
+    sd = torch.load(case_checkpoint(CASE), map_location="cpu", weights_only=True, mmap=True)["state_dict"]
+    z = torch.randn(6, 512, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = z / torch.sqrt((z * z).mean(dim=1, keepdim=True) + 1e-8)
+    for i in range(1, 9):
+        w = sd[f"decoder.style.{i}.weight"].double()
+        b = sd[f"decoder.style.{i}.bias"].double()
+        x = torch.nn.functional.leaky_relu(x @ (w * 0.01 / math.sqrt(512)).T + b * 0.01, 0.2) * math.sqrt(2)
+    with torch.no_grad():
+        got = model.generator.mapping(z.float()).double()
+    assert float((got - x).abs().max() / x.abs().max()) < 1e-5
+
+
 def test_lec_of_a_zero_strength_edit_is_zero(church):
     from e4e_cli.pipeline import resolve_direction
 
@@ -191,6 +234,42 @@ def test_lec_of_a_zero_strength_edit_is_zero(church):
     assert res["drift_latent"] > 0
     assert res["lec_latent_paper"] == pytest.approx(res["drift_latent"], rel=1e-6)
     assert math.isfinite(res["lec_paper_image_psnr"])
+
+
+def test_lec_of_a_nonzero_edit_matches_a_hand_computation(church):
+    """LEC at strength 2 and delta scale 0.5, against the definition computed here with plain ops
+    (codes by hand from w0/deltas/latent_avg, the round trip through 8-bit images by hand): a
+    dropped term (the offset, the delta scale, the reference trip) changes the numbers."""
+    model, x, parts, _ = church
+    torch.manual_seed(0)
+    d = torch.randn(1, 1, 512)
+    d = d / d.norm()
+    s, a = 2.0, 0.5
+    res = analysis.lec(model, x, d, s, delta_scale=a, parts=parts)
+
+    def codes_of(p):  # latent_avg + w0 + a * [0, deltas]
+        zero = torch.zeros_like(p.deltas[:, :1])
+        return p.latent_avg[None] + p.w0[:, None] + a * torch.cat([zero, p.deltas], dim=1)
+
+    def round_trip(codes):  # decode, 8 bit, back into the encoder like a photo
+        img = model.decode(codes)
+        u8 = (((img + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        again = torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 255.0
+        return codes_of(model.encode_parts((again - 0.5) / 0.5))
+
+    with torch.inference_mode():
+        w = codes_of(parts)
+        offset = s * d.expand_as(w)
+        ref = round_trip(w)
+        back = round_trip(w + offset) - offset
+    mean_l2 = lambda u, v: float((u.double() - v.double()).norm(dim=-1).mean())  # noqa: E731
+    assert res["edit_norm"] == pytest.approx(s, rel=1e-5)
+    assert res["lec_latent"] == pytest.approx(mean_l2(back, ref), rel=1e-4, abs=1e-5)
+    assert res["lec_latent_paper"] == pytest.approx(mean_l2(back, w), rel=1e-4, abs=1e-5)
+    assert res["drift_latent"] == pytest.approx(mean_l2(ref, w), rel=1e-4, abs=1e-5)
+    # the three are different numbers, so each assertion checks its own term
+    assert res["lec_latent"] > 0 and abs(res["lec_latent"] - res["drift_latent"]) > 1e-3
+    assert abs(mean_l2(back + offset, ref) - res["lec_latent"]) > 1e-3  # without "- offset" it would differ
 
 
 def test_lec_of_a_tensor_direction_matches_the_direction_object(church):

@@ -112,9 +112,18 @@ def test_official_layout_loads_with_extras_and_without_latent_avg(tmp_path, case
     m = E4E.from_checkpoint(src, device="cpu")
     assert (m.size, m.n_styles, m.domain, m.input_size) == (256, 14, "church", (256, 256))
     torch.testing.assert_close(m.latent_avg, ckpt["latent_avg"])
-    # parameters are memory-mapped from the file, not copied
-    p = m.generator.convs[0].conv.weight
-    assert not p.requires_grad or True
+    # the generator's weights are memory-mapped from the file, not copied: their memory lies inside
+    # this process's mappings of the checkpoint file (model._file_mappings reads /proc/self/maps)
+    from e4e_cli.cputune import _file_mappings
+
+    maps = _file_mappings(str(src))
+    assert maps, "the checkpoint file is not mapped into the process"
+    for p in (m.generator.convs[0].conv.weight, m.generator.to_rgbs[-1].conv.weight, m.generator.style[1].weight):
+        lo = p.data_ptr()
+        hi = lo + p.numel() * p.element_size()
+        assert any(a <= lo and hi <= b for a, b in maps), "a generator weight was copied out of the file"
+    fresh = torch.zeros(1000)
+    assert not any(a <= fresh.data_ptr() < b for a, b in maps), "the check must tell anonymous memory apart"
     # training extras are ignored; a missing latent_avg is computed from the mapping network
     del ckpt["latent_avg"]
     ckpt["optimizer"] = {"state": {}, "param_groups": []}

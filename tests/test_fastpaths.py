@@ -271,20 +271,40 @@ def test_encoder_unknown_impl_falls_back_with_warning():
     torch.testing.assert_close(a[0], b[0])
 
 
+# Batch invariance is not promised bitwise: oneDNN and MKL may pick another kernel for another
+# batch size, which rounds differently (a fresh clone on an AVX2-only EPYC saw the encoder differ
+# in the last bits). Measured here: at most 4.3e-7 relative (float32, 20 seeds). The bound is
+# 1e-6 relative to the output's largest value in float32, 1e-2 in bfloat16 (its epsilon is 7.8e-3).
+BATCH_TOL = {None: 1e-6, torch.bfloat16: 1e-2}
+
+
+def _rel_max(a, b):
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_fast_paths_are_batch_invariant(dtype):
-    """An image's result does not depend on the batch it is in (bitwise): the CLI's --batch-size
-    must not change outputs, and library and CLI results must agree exactly."""
+    """An image's result does not depend on the batch it is in, within rounding (BATCH_TOL): the
+    CLI's --batch-size changes outputs by no more than that."""
     if dtype is not None and not _lowp_supported(dtype):
         pytest.skip(f"{dtype} convolutions are not supported on this CPU build")
-    enc, g = tiny_encoder(), tiny_generator(size=64)
-    x = torch.randn(3, 3, 64, 64)
-    codes = torch.randn(3, g.n_styles, 16)
-    with torch.no_grad():
-        one = enc(x[:1], impl="fast", dtype=dtype)
-        three = enc(x, impl="fast", dtype=dtype)
-        assert torch.equal(one[0], three[0][:1]) and torch.equal(one[1], three[1][:1])
-        assert torch.equal(g.synthesize(codes[:1], impl="fast", dtype=dtype), g.synthesize(codes, impl="fast", dtype=dtype)[:1])
+    tol = BATCH_TOL[dtype]
+    for seed in range(3):
+        torch.manual_seed(seed)
+        enc, g = tiny_encoder(), tiny_generator(size=64, seed=seed + 1)
+        x = torch.randn(3, 3, 64, 64)
+        codes = torch.randn(3, g.n_styles, 16)
+        with torch.no_grad():
+            one = enc(x[:1], impl="fast", dtype=dtype)
+            three = enc(x, impl="fast", dtype=dtype)
+            assert _rel_max(one[0], three[0][:1]) <= tol and _rel_max(one[1], three[1][:1]) <= tol
+            last = enc(x[2:], impl="fast", dtype=dtype)
+            assert _rel_max(last[1], three[1][2:]) <= tol
+            img1 = g.synthesize(codes[:1], impl="fast", dtype=dtype)
+            img3 = g.synthesize(codes, impl="fast", dtype=dtype)
+            assert _rel_max(img1, img3[:1]) <= tol
+            # and the bound is tight enough to see a real difference: another image is far off
+            assert _rel_max(img3[1:2], img3[:1]) > 10 * tol
 
 
 # ---------------------------------------------------------------------------------------------

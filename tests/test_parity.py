@@ -16,6 +16,16 @@ pytestmark = pytest.mark.slow
 CASE_NAMES = ["church_256_s3", "cars_512_s2", "ffhq_1024_s1"]
 
 
+def _cases_with(key: str) -> list[str]:
+    """The cases whose spec has `key` (alignment, edits); all of them where the fixtures are
+    absent (the parity_dir fixture then skips, or fails under E4E_REQUIRE_PARITY=1)."""
+    from e4e_cli.synthetic import parity_available, parity_dir
+
+    if not parity_available():
+        return CASE_NAMES
+    return [n for n in CASE_NAMES if json.loads((parity_dir() / "cases" / f"{n}.json").read_text()).get(key)]
+
+
 def rel_l2(a, b):
     a, b = torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32)
     return float((a - b).norm() / b.norm())
@@ -48,19 +58,19 @@ def test_codes_and_images(case, impl, parity_dir):
     assert rel_l2(pool256(image), data["image_pool256"]) <= 1e-4
 
 
+@pytest.mark.parametrize("case", _cases_with("align"), indirect=True)
 def test_aligned_input_matches_preprocessing(case):
     name, spec, data, model = case
-    if "aligned" not in data.files:
-        pytest.skip("case is not aligned")
+    assert "aligned" in data.files
     x = model.preprocess(Image.fromarray(data["aligned"]))
     assert torch.equal(x, torch.from_numpy(data["input"]))
 
 
+@pytest.mark.parametrize("case", _cases_with("edits"), indirect=True)
 def test_edits(case, parity_dir):
     name, spec, data, model = case
     codes = torch.from_numpy(data["codes"])
-    if not spec.get("edits"):
-        pytest.skip("case has no edits")
+    assert spec["edits"]
     for e in spec["edits"]:
         if e["kind"] == "interfacegan":
             direction = editing.load_direction(parity_dir / e["file"], n_styles=model.n_styles)
@@ -72,3 +82,23 @@ def test_edits(case, parity_dir):
         assert float((edited - torch.from_numpy(ref)).abs().max()) <= 1e-4, e["name"]
         image = model.decode(edited)
         assert rel_l2(pool256(image), data[f"edit/{e['name']}/image_pool256"]) <= 1e-4, e["name"]
+
+
+def test_required_parity_turns_the_skip_into_a_failure(tmp_path):
+    """With E4E_REQUIRE_PARITY=1 (as .ci/run sets it) a missing parity folder fails the parity
+    tests instead of skipping them; without it they skip."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, E4E_PARITY_DIR=str(tmp_path / "nowhere"), E4E_TEST_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_parity.py",
+           "-k", "aligned_input", "-x"]
+    env["E4E_REQUIRE_PARITY"] = "1"
+    required = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert required.returncode == 1 and "E4E_REQUIRE_PARITY=1 requires them" in required.stdout, required.stdout[-800:]
+    env["E4E_REQUIRE_PARITY"] = "0"
+    optional = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert optional.returncode == 0 and "skipped" in optional.stdout, optional.stdout[-800:]
