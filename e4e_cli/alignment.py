@@ -165,25 +165,27 @@ def parse_face_choice(value: FaceChoice) -> FaceChoice:
 
 
 def face_quad(lm: "np.ndarray") -> Tuple["np.ndarray", float]:
-    """The oriented crop square of the FFHQ procedure from 68 landmarks: (quad [4,2], qsize)."""
+    """The oriented square that the FFHQ procedure crops, from 68 landmarks (SPEC: eyes are the
+    means of points 36-41 and 42-47, the mouth corners points 48 and 54).
+
+    Returns (corners [4,2] in photo pixels, in the order the QUAD warp reads them: the square's
+    top-left, bottom-left, bottom-right, top-right; side length qsize)."""
     import numpy as np
 
-    lm = np.asarray(lm, dtype=np.float64)
-    eye_left = np.mean(lm[36:42], axis=0)
-    eye_right = np.mean(lm[42:48], axis=0)
-    eye_avg = (eye_left + eye_right) * 0.5
-    eye_to_eye = eye_right - eye_left
-    mouth_avg = (lm[48] + lm[54]) * 0.5
-    eye_to_mouth = mouth_avg - eye_avg
-
-    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
-    x /= np.hypot(*x)
-    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
-    y = np.flipud(x) * [-1, 1]
-    c = eye_avg + eye_to_mouth * 0.1
-    quad = np.stack([c - x - y, c - x + y, c + x + y, c + x - y])
-    qsize = float(np.hypot(*x) * 2)
-    return quad, qsize
+    pts = np.asarray(lm, dtype=np.float64)
+    left_eye, right_eye = pts[36:42].mean(axis=0), pts[42:48].mean(axis=0)
+    eyes_mid = (left_eye + right_eye) * 0.5
+    across = right_eye - left_eye  # eye to eye
+    down = (pts[48] + pts[54]) * 0.5 - eyes_mid  # eyes to mouth
+    # the square's "right" half-axis: the eye line tilted by the mouth, rotated a quarter turn
+    half_w = across - np.flipud(down) * [-1, 1]
+    half_w /= np.hypot(*half_w)
+    half_w *= max(np.hypot(*across) * 2.0, np.hypot(*down) * 1.8)
+    half_h = np.flipud(half_w) * [-1, 1]  # perpendicular, same length
+    centre = eyes_mid + down * 0.1
+    corners = np.stack([centre - half_w - half_h, centre - half_w + half_h,
+                        centre + half_w + half_h, centre + half_w - half_h])
+    return corners, float(np.hypot(*half_w) * 2)
 
 
 def _gaussian_kernel(sigma: float, truncate: float = 4.0) -> "np.ndarray":
@@ -245,94 +247,107 @@ def _outer_box(quad: "np.ndarray") -> Tuple[int, int, int, int]:
     """Whole-pixel box around `quad` [4,2]: (left, top, right, bottom), floored / ceiled."""
     import numpy as np
 
-    return (
-        int(np.floor(min(quad[:, 0]))),
-        int(np.floor(min(quad[:, 1]))),
-        int(np.ceil(max(quad[:, 0]))),
-        int(np.ceil(max(quad[:, 1]))),
-    )
+    lo, hi = np.floor(quad.min(axis=0)), np.ceil(quad.max(axis=0))
+    return int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+
+
+class _Working:
+    """The image the warp will read, and how its pixel coordinates map back to the photo's.
+
+    Shrinking, cropping and padding each change the working image; `to_photo` undoes all of
+    them for a point (continuous coordinates: photo = (working + 0.5 + shift) * stretch - 0.5).
+    """
+
+    def __init__(self, image: "Image.Image", quad: "np.ndarray", qsize: float):
+        import numpy as np
+
+        self.image, self.quad, self.qsize = image, quad, qsize
+        self.shift = np.zeros(2)  # working -> unshrunk photo, in shrunk pixels
+        self.stretch = np.ones(2)  # shrunk pixels -> photo pixels
+
+    def shrink(self, output_size: int) -> None:
+        """Downscale a photo whose face is over twice the output size (Lanczos, by a whole factor)."""
+        import numpy as np
+        from PIL import Image
+
+        factor = int(np.floor(self.qsize / output_size * 0.5))
+        if factor <= 1:
+            return
+        w, h = self.image.size
+        size = (int(np.rint(float(w) / factor)), int(np.rint(float(h) / factor)))
+        self.image = self.image.resize(size, Image.Resampling.LANCZOS)
+        self.stretch = np.array([w / size[0], h / size[1]])
+        self.quad = self.quad / factor
+        self.qsize = self.qsize / factor
+
+    def margin(self) -> int:
+        """How far beyond the face square the crop reaches: a tenth of its side, 3 pixels at least."""
+        import numpy as np
+
+        return max(int(np.rint(self.qsize * 0.1)), 3)
+
+    def crop(self, margin: int) -> None:
+        """Keep the face square plus `margin` (within the image), when that is smaller than the image."""
+        l, t, r, b = _outer_box(self.quad)
+        w, h = self.image.size
+        box = (max(l - margin, 0), max(t - margin, 0), min(r + margin, w), min(b + margin, h))
+        if box[2] - box[0] < w or box[3] - box[1] < h:
+            self.image = self.image.crop(box)
+            self.quad = self.quad - box[:2]
+            self.shift = self.shift + box[:2]
+
+    def overhang(self, margin: int) -> Tuple[int, int, int, int]:
+        """How far the face square plus `margin` reaches past each side: (left, top, right, bottom), >= 0."""
+        l, t, r, b = _outer_box(self.quad)
+        w, h = self.image.size
+        return max(margin - l, 0), max(margin - t, 0), max(r - w + margin, 0), max(b - h + margin, 0)
+
+    def pad(self, margin: int) -> None:
+        """Extend the image where the square overhangs by more than margin - 4 pixels: mirror it
+        out, then fade the mirrored band towards a blurred copy and then towards the median colour,
+        the further from the original pixels the stronger (SPEC: weights clip(3m+1) and clip(m))."""
+        import numpy as np
+        from PIL import Image
+
+        need = self.overhang(margin)
+        if max(need) <= margin - 4:
+            return
+        left, top, right, bottom = np.maximum(need, int(np.rint(self.qsize * 0.3)))
+        px = np.pad(np.float32(self.image), ((top, bottom), (left, right), (0, 0)), "reflect")
+        h, w, _ = px.shape
+        rows, cols, _ = np.ogrid[:h, :w, :1]
+        # m: 0 on the original pixels' edge, rising to 1 at the outer edge of the widest band
+        from_x = 1.0 - np.minimum(np.float32(cols) / left, np.float32(w - 1 - cols) / right)
+        from_y = 1.0 - np.minimum(np.float32(rows) / top, np.float32(h - 1 - rows) / bottom)
+        m = np.maximum(from_x, from_y)
+        px += (gaussian_filter_hw(px, self.qsize * 0.02) - px) * np.clip(m * 3.0 + 1.0, 0.0, 1.0)
+        px += (np.median(px, axis=(0, 1)) - px) * np.clip(m, 0.0, 1.0)
+        self.image = Image.fromarray(np.uint8(np.clip(np.rint(px), 0, 255)), "RGB")
+        self.quad = self.quad + (left, top)
+        self.shift = self.shift - np.array([left, top], dtype=np.float64)
+
+    def warp(self, output_size: int) -> "Image.Image":
+        """Resample the quad to an output_size square (PIL's QUAD transform, bilinear, corners at
+        pixel centres: hence + 0.5)."""
+        from PIL import Image
+
+        return self.image.transform((output_size, output_size), Image.Transform.QUAD,
+                                    (self.quad + 0.5).flatten(), Image.Resampling.BILINEAR)
+
+    def to_photo(self, pts: "np.ndarray") -> "np.ndarray":
+        return (pts + 0.5 + self.shift) * self.stretch - 0.5
 
 
 def _transform(img: "Image.Image", lm: "np.ndarray", output_size: int) -> Tuple["Image.Image", "np.ndarray"]:
-    """Crop, pad and warp `img` (PIL RGB) for landmarks `lm`; returns (aligned, quad in the
-    coordinates of `img`) exactly as the reference does, output `output_size` square."""
-    import numpy as np
-    from PIL import Image
-
+    """Align one face of `img` (PIL RGB) from its landmarks `lm` (SPEC "Face alignment"): the
+    output_size square and the quad it was read from, in the photo's pixel coordinates."""
     quad, qsize = face_quad(lm)
-    photo_w, photo_h = img.size
-    transform_size = output_size
-
-    # Track how coordinates of the working image map back to `img`: continuous (pixel
-    # edge) coordinates c_img = (c_work + offset) * scale.
-    offset = np.zeros(2)
-    scale = np.ones(2)
-
-    # Shrink.
-    shrink = int(np.floor(qsize / output_size * 0.5))
-    if shrink > 1:
-        rsize = (int(np.rint(float(img.size[0]) / shrink)), int(np.rint(float(img.size[1]) / shrink)))
-        img = img.resize(rsize, Image.Resampling.LANCZOS)
-        scale = np.array([photo_w / rsize[0], photo_h / rsize[1]])
-        quad /= shrink
-        qsize /= shrink
-
-    # Crop.
-    border = max(int(np.rint(qsize * 0.1)), 3)
-    crop = _outer_box(quad)
-    crop = (
-        max(crop[0] - border, 0),
-        max(crop[1] - border, 0),
-        min(crop[2] + border, img.size[0]),
-        min(crop[3] + border, img.size[1]),
-    )
-    if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
-        img = img.crop(crop)
-        quad -= crop[0:2]
-        offset += crop[0:2]
-
-    # Pad.
-    pad = _outer_box(quad)
-    pad = (
-        max(-pad[0] + border, 0),
-        max(-pad[1] + border, 0),
-        max(pad[2] - img.size[0] + border, 0),
-        max(pad[3] - img.size[1] + border, 0),
-    )
-    if max(pad) > border - 4:
-        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
-        arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
-        h, w, _ = arr.shape
-        y, x, _ = np.ogrid[:h, :w, :1]
-        mask = np.maximum(
-            1.0 - np.minimum(np.float32(x) / pad[0], np.float32(w - 1 - x) / pad[2]),
-            1.0 - np.minimum(np.float32(y) / pad[1], np.float32(h - 1 - y) / pad[3]),
-        )
-        blur = qsize * 0.02
-        arr += (gaussian_filter_hw(arr, blur) - arr) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
-        arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
-        img = Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
-        quad += pad[:2]
-        offset -= np.asarray(pad[:2], dtype=np.float64)
-
-    # Transform.
-    out = img.transform(
-        (transform_size, transform_size),
-        Image.Transform.QUAD,
-        (quad + 0.5).flatten(),
-        Image.Resampling.BILINEAR,
-    )
-    if output_size < transform_size:  # kept for fidelity with the reference; never true here
-        out = out.resize((output_size, output_size), Image.Resampling.LANCZOS)
-
-    # The quad the warp used, in pixel coordinates of the input image.
-    quad_img = (quad + 0.5 + offset) * scale - 0.5
-    return out, quad_img
-
-
-# --------------------------------------------------------------------------------------
-# Detection and landmarks
-# --------------------------------------------------------------------------------------
+    work = _Working(img, quad, qsize)
+    work.shrink(output_size)
+    margin = work.margin()
+    work.crop(margin)
+    work.pad(margin)
+    return work.warp(output_size), work.to_photo(work.quad)
 
 
 @dataclass

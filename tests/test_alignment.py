@@ -404,3 +404,60 @@ def test_cli_align_all_faces_and_folder(photos, tmp_path):
 
     bad = run_e4e("align", photos["astronaut_png"], "--face", "leftmost", "--out", out, timeout=300)
     assert_one_line_error(bad, "--face", "leftmost")
+
+
+# ---- the geometry, from SPEC's formulas written out here ----------------------------------
+
+
+def _spec_quad(lm):
+    """SPEC "Face alignment", term by term."""
+    eye_l, eye_r = lm[36:42].mean(0), lm[42:48].mean(0)
+    eye_avg, e2e = (eye_l + eye_r) / 2, eye_r - eye_l
+    e2m = (lm[48] + lm[54]) / 2 - eye_avg
+    x = e2e - np.array([-e2m[1], e2m[0]])  # flipud(e2m) * [-1, 1]
+    x = x / np.linalg.norm(x) * max(np.linalg.norm(e2e) * 2.0, np.linalg.norm(e2m) * 1.8)
+    y = np.array([-x[1], x[0]])
+    c = eye_avg + 0.1 * e2m
+    return np.array([c - x - y, c - x + y, c + x + y, c + x - y]), 2 * np.linalg.norm(x)
+
+
+def test_face_near_the_border_pads_as_spec_says():
+    """A face whose square sticks out of the photo's top-left: the quad, the margin and the pad
+    amounts equal SPEC's formulas evaluated here; the pad branch runs; inside the photo the
+    aligned image samples the photo where the quad says (a linear ramp, which bilinear
+    resampling reproduces exactly)."""
+    from e4e_cli import alignment
+
+    w, h = 300, 240
+    xs, ys = np.meshgrid(np.arange(w), np.arange(h))
+    ramp = np.stack([xs * 0.5, ys * 0.8, 100 + 0 * xs], axis=-1).astype(np.uint8)
+    photo = Image.fromarray(ramp, "RGB")
+    lm = np.zeros((68, 2))
+    lm[36:42] = [30.0, 40.0]
+    lm[42:48] = [70.0, 42.0]
+    lm[48], lm[54] = [38.0, 95.0], [66.0, 96.0]
+
+    quad, qsize = alignment.face_quad(lm)
+    want_quad, want_qsize = _spec_quad(lm)
+    np.testing.assert_allclose(quad, want_quad, rtol=0, atol=1e-9)
+    assert qsize == pytest.approx(want_qsize, rel=1e-12)
+
+    work = alignment._Working(photo, quad, qsize)
+    work.shrink(256)
+    assert work.image.size == (w, h), "a small face is not shrunk"
+    margin = work.margin()
+    assert margin == max(int(np.rint(0.1 * want_qsize)), 3)
+    box = (np.floor(want_quad.min(0)), np.ceil(want_quad.max(0)))
+    need = (max(margin - box[0][0], 0), max(margin - box[0][1], 0), max(box[1][0] - w + margin, 0), max(box[1][1] - h + margin, 0))
+    work.crop(margin)  # the box reaches past the top-left: the crop keeps the photo's origin
+    assert work.overhang(margin) == tuple(int(v) for v in need)
+    assert max(need) > margin - 4, "this face must take the pad branch"
+
+    aligned, photo_quad = alignment._transform(photo, lm, 256)
+    np.testing.assert_allclose(photo_quad, want_quad, atol=1e-6)  # reported in the photo's coordinates
+    # a pixel well inside the photo: the quad's centre maps to the output's centre
+    centre = want_quad.mean(0)
+    assert 0 < centre[0] < w - 1 and 0 < centre[1] < h - 1
+    got = np.asarray(aligned, dtype=np.float64)[128, 128]
+    exp = [centre[0] * 0.5, centre[1] * 0.8, 100]
+    assert np.abs(got - exp).max() <= 2.0, (got, exp)
