@@ -451,6 +451,10 @@ def raise_on_failures(results: Sequence[Result]) -> None:
     hints = list(dict.fromkeys(r.hint for r in failed if r.hint))
     reasons = "; ".join(f"{r.name} ({r.error})" for r in failed)
     offline = " (offline?)" if any("offline?" in (r.error or "") for r in failed) and "offline?" not in reasons else ""
+    first = reasons.find("(offline?)")
+    if first >= 0:  # say it once
+        cut = first + len("(offline?)")
+        reasons = reasons[:cut] + reasons[cut:].replace(" (offline?)", "")
     raise E4EError(f"{len(failed)} of {len(results)} downloads failed{offline}: {reasons}"
                    + (f"; {' / '.join(hints)}" if hints else ""))
 

@@ -81,7 +81,9 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def fmt_strength(s: float) -> str:
-    return f"{s:+g}".replace(".", "p")
+    """A strength as a file-name part: +3, -1p5; up to 10 significant digits, so two strengths
+    of one run never share a name (`:g`'s 6 digits made +1 of both 1 and 1.000001)."""
+    return f"{s:+.10g}".replace(".", "p")
 
 
 def slug(text: str) -> str:

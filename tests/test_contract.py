@@ -51,6 +51,11 @@ def test_exit_codes_are_documented():
 # ---- names -------------------------------------------------------------------------------
 
 
+def test_strengths_never_share_a_file_name():
+    labels = [pipeline.fmt_strength(v) for v in (1.0, 1.000001, -1.5, 3, 0.25)]
+    assert labels == ["+1", "+1p000001", "-1p5", "+3", "+0p25"]
+
+
 def test_unique_stems_example_from_the_issue():
     stems = pipeline.unique_stems([Path("photo.jpg"), Path("photo.png"), Path("photo_2.jpg")])
     assert stems == ["photo", "photo_3", "photo_2"]
