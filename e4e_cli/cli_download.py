@@ -48,7 +48,7 @@ def _print_table(names: Optional[List[str]], folder: Path, verify: bool, where: 
     table.add_column("description", overflow="fold")
     for r in rows:
         style = "green" if r.present else ("yellow" if r.state.startswith("missing") else "red")
-        table.add_row(r.name, r.filename, downloads.human_size(r.size), f"[{style}]{r.state}[/]", str(r.path),
+        table.add_row(r.name, r.filename, downloads.human_size(r.size) if r.size else "?", f"[{style}]{r.state}[/]", str(r.path),
                       r.description)
     console.print(table)
     missing = [r for r in rows if not r.present]

@@ -203,6 +203,28 @@ _REGISTRY: Tuple[Asset, ...] = (
     ),
 )
 
+# Loss networks for `e4e train` (issue 14). Their publishers give no SHA-256 (torchvision only
+# an 8-digit prefix in the file name), so size 0 / sha256 "" mark them unverified: they are
+# downloaded as they come and reported as "unverified" (see _fetch_unverified).
+_REGISTRY = _REGISTRY + (
+    Asset(name="lpips_alexnet", filename="alexnet-owt-7be5be79.pth", size=0, sha256="",
+          urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",), group="lpips",
+          description="AlexNet ImageNet features (torchvision), the backbone of the LPIPS loss",
+          licence="BSD-3-Clause (torchvision)"),
+    Asset(name="lpips_alex", filename="lpips_alex_v0.1.pth", size=0, sha256="",
+          urls=("https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth",),
+          group="lpips", description="LPIPS v0.1 linear layers on AlexNet features",
+          licence="BSD-2-Clause (richzhang/PerceptualSimilarity)"),
+    Asset(name="ir_se50", filename="model_ir_se50.pth", size=0, sha256="",
+          urls=(_GDRIVE + "1KW7bjndL3QG3sxBbZxreGHigcCCpsDgn",), group="ir_se50",
+          description="ArcFace IR-SE50 face recognition (identity loss for faces; encoder initialisation)",
+          licence="MIT (TreB1eN/InsightFace_Pytorch)"),
+    Asset(name="moco", filename="moco_v2_800ep_pretrain.pth.tar", size=0, sha256="",
+          urls=("https://dl.fbaipublicfiles.com/moco/moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar",),
+          group="moco", description="MoCo-v2 ResNet-50 (identity-like loss for cars, horses, churches)",
+          licence="CC-BY-NC 4.0 (facebookresearch/moco): non-commercial use"),
+)
+
 #: file-level name -> asset
 ASSETS: Dict[str, Asset] = {a.name: a for a in _REGISTRY}
 
@@ -214,6 +236,10 @@ GROUPS: Dict[str, List[str]] = {
     "church": ["church"],
     "directions": ["age", "smile", "pose", "ffhq_pca", "cars_pca"],
     "landmarks": ["landmarks"],
+    "lpips": ["lpips_alexnet", "lpips_alex"],
+    "ir_se50": ["ir_se50"],
+    "moco": ["moco"],
+    "train": ["lpips_alexnet", "lpips_alex", "ir_se50", "moco"],
     "all": [a.name for a in _REGISTRY],
 }
 
@@ -931,6 +957,9 @@ def _download_one(
     result = Result(asset.name, asset.filename, final, "failed")
 
     # 1. already there?
+    if final.is_file() and not asset.sha256:  # unpublished hash: nothing to check it against
+        result.status, result.source = "present", "unverified"
+        return result
     if final.is_file():
         actual = final.stat().st_size
         if actual == asset.size:
@@ -961,6 +990,9 @@ def _download_one(
         log(f"{asset.filename}: {reason}; trying {base_url}")
 
     # 3. the network
+    if not asset.sha256:
+        return _download_unverified(asset, folder, final, result, base_url=base_url, session=session,
+                                    timeout=timeout, progress=progress, log=log, dead_hosts=dead_hosts)
     wire_final = folder / asset.wire_filename
     if asset.compressed and wire_final.is_file() and wire_final.stat().st_size == asset.wire_size \
             and sha256_file(wire_final) == asset.wire_sha256:
@@ -1036,6 +1068,59 @@ def _download_one(
         os.replace(part.path, final)
     _fsync_dir(folder)
     result.status, result.source = "downloaded", ok_url
+    return result
+
+
+def _download_unverified(asset: Asset, folder: Path, final: Path, result: Result, *, base_url, session, timeout,
+                         progress: bool, log, dead_hosts: Dict[str, str]) -> Result:
+    """A file whose publisher gives no size or hash: streamed into `<file>.part` (no resume: no
+    size to resume against), refused if it is an HTML page, renamed when complete."""
+    import requests
+
+    part = folder / (asset.filename + ".part")
+    failures: List[str] = []
+    for url in _sources(asset, base_url):
+        host = _host(url)
+        if host in dead_hosts:
+            failures.append(f"{host}: {dead_hosts[host]}")
+            continue
+        log(f"downloading {asset.filename} from {host} (no published hash: not verified)")
+        bar = _make_bar(0, 0, asset.filename, progress)
+        result.requests += 1
+        try:
+            with session.get(url, stream=True, timeout=(timeout, timeout)) as resp, open(part, "wb") as fh:
+                if resp.status_code != 200:
+                    raise _SourceFailed(f"HTTP {resp.status_code}")
+                first = True
+                for chunk in resp.iter_content(chunk_size=CHUNK):
+                    if first and ("text/html" in (resp.headers.get("Content-Type") or "").lower()
+                                  or looks_like_html(chunk[:HTML_SNIFF])):
+                        raise _SourceFailed("got an HTML page instead of the file")
+                    first = False
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+            if part.stat().st_size == 0:
+                raise _SourceFailed("empty file")
+            os.replace(part, final)
+            result.status, result.source = "downloaded", url + " (unverified)"
+            return result
+        except requests.exceptions.ConnectionError as exc:
+            kind = _kind(exc)
+            if kind in _UNREACHABLE:
+                dead_hosts[host] = kind
+            failures.append(f"{host}: {kind}")
+        except requests.exceptions.RequestException as exc:
+            failures.append(f"{host}: {_kind(exc)}")
+        except _SourceFailed as exc:
+            failures.append(f"{host}: {exc}")
+        finally:
+            bar.close()
+            with contextlib.suppress(OSError):
+                part.unlink()
+    result.error = "; ".join(failures) or "no source to download from"
+    result.hint = "fetch it yourself and copy it into the weights folder, or use --from DIR"
     return result
 
 
@@ -1122,7 +1207,9 @@ def list_assets(weights_dir: Optional[os.PathLike | str] = None, *, verify: bool
     rows: List[AssetStatus] = []
     for asset in ASSETS.values():
         path = folder / asset.filename
-        if path.is_file():
+        if path.is_file() and not asset.sha256:
+            state = "present (unverified: no published hash)"
+        elif path.is_file():
             actual = path.stat().st_size
             if actual != asset.size:
                 state = f"wrong size ({human_size(actual)})"

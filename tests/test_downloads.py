@@ -582,9 +582,35 @@ def test_registry_holds_the_issue_facts():
     lm = a["landmarks"]
     assert lm.compressed.size == 64040097 and lm.size == 99693937
     assert lm.urls[0] == "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2"
+    unverified = set(downloads.GROUPS["train"])  # loss networks: their publishers give no SHA-256
     for asset in a.values():
-        assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0
+        if asset.name in unverified:
+            assert asset.sha256 == "" and asset.size == 0
+        else:
+            assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0
         assert asset.urls and asset.licence and asset.description
+    assert downloads.GROUPS["lpips"] == ["lpips_alexnet", "lpips_alex"]
+    assert a["moco"].licence.startswith("CC-BY-NC")
+
+
+def test_unverified_asset_downloads_and_refuses_html(server, registry, tmp_path):
+    """A file without a published hash is fetched as it comes (never an HTML page) and then
+    counts as present without a request."""
+    data = blob(7, 5000)
+    registry("u", data, [server.add("u.bin", data)])
+    object.__setattr__(downloads.ASSETS["u"], "size", 0)
+    object.__setattr__(downloads.ASSETS["u"], "sha256", "")
+    (res,) = fetch(["u"], tmp_path)
+    assert res.status == "downloaded" and res.source.endswith("(unverified)")
+    assert (tmp_path / "u.bin").read_bytes() == data
+    (again,) = fetch(["u"], tmp_path)
+    assert again.status == "present" and again.requests == 0
+    registry("h", data, [server.add("h.bin", b"<!DOCTYPE html><html>quota</html>")])
+    object.__setattr__(downloads.ASSETS["h"], "size", 0)
+    object.__setattr__(downloads.ASSETS["h"], "sha256", "")
+    (bad,) = fetch(["h"], tmp_path)
+    assert bad.status == "failed" and "HTML" in bad.error and not (tmp_path / "h.bin").exists()
+    assert not list(tmp_path.glob("*.part"))
     assert downloads.DOMAIN_CHECKPOINTS == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
     for name in downloads.DOMAIN_CHECKPOINTS.values():
         assert downloads._is_drive_url(a[name].urls[1]) and not downloads._is_drive_url(a[name].urls[0])
