@@ -591,6 +591,9 @@ def test_registry_holds_the_issue_facts():
         assert asset.urls and asset.licence and asset.description
     assert downloads.GROUPS["lpips"] == ["lpips_alexnet", "lpips_alex"]
     assert a["moco"].licence.startswith("CC-BY-NC")
+    assert downloads.DOMAIN_CHECKPOINTS == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
+    for name in downloads.DOMAIN_CHECKPOINTS.values():
+        assert downloads._is_drive_url(a[name].urls[1]) and not downloads._is_drive_url(a[name].urls[0])
 
 
 def test_unverified_asset_downloads_and_refuses_html(server, registry, tmp_path):
@@ -611,9 +614,6 @@ def test_unverified_asset_downloads_and_refuses_html(server, registry, tmp_path)
     (bad,) = fetch(["h"], tmp_path)
     assert bad.status == "failed" and "HTML" in bad.error and not (tmp_path / "h.bin").exists()
     assert not list(tmp_path.glob("*.part"))
-    assert downloads.DOMAIN_CHECKPOINTS == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
-    for name in downloads.DOMAIN_CHECKPOINTS.values():
-        assert downloads._is_drive_url(a[name].urls[1]) and not downloads._is_drive_url(a[name].urls[0])
 
 
 def test_expand_names():
