@@ -51,6 +51,29 @@ def _available_memory() -> int:
     return 1 << 40
 
 
+def _architecture(opts: dict) -> dict:
+    """Encoder and generator arguments: the released architecture, unless the checkpoint's opts
+    say otherwise (checkpoints from `e4e train` with a narrow encoder or generator record it)."""
+    enc, gen = {}, {}
+    try:
+        if opts.get("encoder_widths"):
+            enc["widths"] = tuple(int(v) for v in opts["encoder_widths"])
+            enc["style_dim"] = enc["widths"][-1]
+        if opts.get("encoder_units"):
+            enc["units"] = tuple(int(v) for v in opts["encoder_units"])
+        if opts.get("input_size"):
+            enc["input_size"] = int(opts["input_size"])
+        if opts.get("style_dim"):
+            gen["style_dim"] = int(opts["style_dim"])
+        if opts.get("n_mlp"):
+            gen["n_mlp"] = int(opts["n_mlp"])
+        if opts.get("generator_channels"):
+            gen["channels"] = {int(k): int(v) for k, v in opts["generator_channels"].items()}
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise E4EError(f"checkpoint opts describe an unreadable architecture ({exc})") from None
+    return {"encoder": enc, "generator": gen}
+
+
 _WARNED: set[str] = set()
 
 
@@ -149,9 +172,10 @@ class E4E:
         ckpt = read_checkpoint(path, mmap=mmap)
         info = infer_info(ckpt, path=path)
         enc_sd, dec_sd = split_state_dict(ckpt["state_dict"])
+        arch = _architecture(info.opts)
         with torch.device("meta"):
-            encoder = Encoder4Editing(n_styles=info.n_styles)
-            generator = Generator(info.size)
+            encoder = Encoder4Editing(n_styles=info.n_styles, **arch["encoder"])
+            generator = Generator(info.size, **arch["generator"])
         load_into(encoder, enc_sd, prefix="encoder.", path=path)
         load_into(generator, dec_sd, prefix="decoder.", path=path)
         dev = resolve_device(device)
@@ -245,7 +269,8 @@ class E4E:
     @property
     def input_size(self) -> tuple[int, int]:
         """Encoder input (height, width): 256x256, cars 192x256."""
-        return (192, 256) if self.domain == "cars" else (256, 256)
+        s = int((self.info.opts or {}).get("input_size") or 256)  # 256 for every released checkpoint
+        return (s * 3 // 4, s) if self.domain == "cars" else (s, s)
 
     @property
     def output_size(self) -> tuple[int, int]:

@@ -1,0 +1,4 @@
+"""`python -m e4e_cli ...` (what torchrun runs): the e4e command line."""
+from .cli import main
+
+raise SystemExit(main())

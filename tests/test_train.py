@@ -1,0 +1,299 @@
+"""`e4e train` (issue 14), at tiny scale on the CPU: the recipe's pieces against hand-computed
+values, learning, progressive stages, checkpoints in the released layout, exact resume, bad input."""
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from e4e_cli.networks import Generator
+from e4e_cli.train import checkpoints
+from e4e_cli.train.coach import Trainer, delta_mask, progressive_stage, run
+from e4e_cli.train.discriminator import CodePool, LatentDiscriminator, d_loss, delta_penalty, g_adv_loss, r1_penalty
+from e4e_cli.train.generators import load_generator, save_rosinality_checkpoint
+from e4e_cli.train.options import TrainOptions
+from e4e_cli.train.ranger import Ranger
+
+from conftest import assert_one_line_error, run_e4e
+
+TINY = dict(input_size=64, loss_size=64, encoder_widths=(16, 16, 32, 32), encoder_units=(1, 1, 1, 1),
+            lpips_lambda=0.0, id_lambda=0.0, dataset_type="church_encode", image_every=0, save_every=0,
+            log_every=10, val_fraction=0.25, device="cpu")
+
+
+def tiny_generator(seed: int = 0) -> Generator:
+    """A narrow 64 px StyleGAN2 generator with 32-d styles (the checkpoint conventions: modulation bias 1)."""
+    torch.manual_seed(seed)
+    g = Generator(64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8})
+    with torch.no_grad():
+        for name, p in g.named_parameters():
+            if name.endswith("modulation.bias"):
+                p.fill_(1.0)
+            elif name.endswith("noise.weight"):
+                p.fill_(0.0)
+    return g.eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A generator file and 48 images it generated (from truncated W codes)."""
+    root = tmp_path_factory.mktemp("tiny")
+    g = tiny_generator()
+    with torch.no_grad():
+        avg = g.mean_latent(2000)
+        save_rosinality_checkpoint(root / "g.pt", generator=g, latent_avg=avg)
+        z = torch.randn(48, 32, generator=torch.Generator().manual_seed(1))
+        w = avg + 0.7 * (g.mapping(z) - avg)
+        imgs = g.synthesize(w[:, None].repeat(1, g.n_styles, 1))
+    (root / "img").mkdir()
+    for i, im in enumerate(imgs):
+        a = ((im.clamp(-1, 1) + 1) / 2 * 255).round().byte().permute(1, 2, 0).numpy()
+        Image.fromarray(a).save(root / "img" / f"{i:03d}.png")
+    return root
+
+
+def tiny_opts(root: Path, out: Path, **kw) -> TrainOptions:
+    return TrainOptions(images=str(root / "img"), generator=str(root / "g.pt"), out=str(out), **{**TINY, **kw})
+
+
+# ---- the recipe's pieces, by hand ----------------------------------------------------------
+
+
+def test_delta_penalty_by_hand():
+    codes = torch.tensor([[[1.0, 0.0], [4.0, 4.0], [1.0, 2.0], [9.0, 9.0]],
+                          [[0.0, 0.0], [0.0, 3.0], [4.0, 0.0], [9.0, 9.0]]])  # [2 images, 4 layers, 2]
+    # stage 2: layers 1 and 2; per layer the batch mean of ||w_i - w_0||_2
+    want = ((5.0 + 3.0) / 2) + ((2.0 + 4.0) / 2)
+    assert float(delta_penalty(codes, 2)) == pytest.approx(want)
+    assert float(delta_penalty(codes, 0)) == 0.0
+    assert float(delta_penalty(codes, 1, p=1)) == pytest.approx(((3 + 4) + 3) / 2)
+
+
+def test_discriminator_losses_and_r1_by_hand():
+    real, fake = torch.tensor([[0.5], [-1.0]]), torch.tensor([[2.0], [0.0]])
+    sp = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    assert float(d_loss(real, fake)) == pytest.approx((sp(-0.5) + sp(1.0)) / 2 + (sp(2.0) + sp(0.0)) / 2)
+    assert float(g_adv_loss(fake)) == pytest.approx((sp(-2.0) + sp(0.0)) / 2)
+    disc = LatentDiscriminator(4, hidden=4, layers=0)  # D(w) = a.w + b: dD/dw = a everywhere
+    with torch.no_grad():
+        disc.net[0].weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 3.0]]))
+    w = torch.randn(5, 4, requires_grad=True)
+    assert float(r1_penalty(disc, w).detach()) == pytest.approx(1 + 4 + 0.25 + 9)
+    full = LatentDiscriminator(512)
+    assert [type(m).__name__ for m in full.net] == ["Linear", "LeakyReLU"] * 3 + ["Linear"]
+    assert full.net[1].negative_slope == 0.2 and full(torch.zeros(3, 512)).shape == (3, 1)
+
+
+def test_code_pool_by_hand():
+    pool = CodePool(3, random.Random(5))
+    first = torch.arange(6.0).reshape(3, 2)
+    assert torch.equal(pool.query(first), first)  # not full yet: stored and passed through
+    twin = random.Random(5)  # the pool's draws, replayed
+    new = torch.tensor([[10.0, 10.0], [20.0, 20.0]])
+    stored = [r.clone() for r in first]
+    want = []
+    for row in new:
+        if twin.random() > 0.5:
+            j = twin.randrange(3)
+            want.append(stored[j].clone())
+            stored[j] = row.clone()
+        else:
+            want.append(row)
+    assert torch.equal(pool.query(new), torch.stack(want))
+    assert torch.equal(torch.cat(pool.codes), torch.stack(stored))
+    sd = pool.state_dict()
+    again = CodePool(3)
+    again.load_state_dict(sd)
+    assert torch.equal(again.query(new), pool.query(new))  # same contents and random state
+    assert torch.equal(CodePool(0).query(new), new)
+
+
+def test_ranger_matches_its_update_rules_by_hand():
+    """Seven steps on f(x) = x^2 / 2 (gradient x), against the three methods' formulas:
+    RAdam's un-rectified steps while rho_t <= 5, rectified after, Lookahead at step 6."""
+    lr, b1, b2, eps, alpha, k = 0.1, 0.95, 0.999, 1e-5, 0.5, 6
+    p = torch.nn.Parameter(torch.tensor([2.0]))
+    opt = Ranger([p], lr=lr)
+    x, slow, m, v = 2.0, 2.0, 0.0, 0.0
+    rho_inf = 2 / (1 - b2) - 1
+    for t in range(1, 8):
+        p.grad = p.detach().clone()
+        opt.step()
+        g = x
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        if rho > 5:
+            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            x = x - lr * r * math.sqrt(1 - b2**t) / (1 - b1**t) * m / (math.sqrt(v) + eps)
+        else:
+            x = x - lr / (1 - b1**t) * m
+        if t % k == 0:
+            slow = slow + alpha * (x - slow)
+            x = slow
+        assert float(p) == pytest.approx(x, rel=1e-5), t
+    # gradient centralisation: a matrix's gradient loses its mean over the input dimension
+    w = torch.nn.Parameter(torch.zeros(2, 3))
+    opt = Ranger([w], lr=0.1)
+    w.grad = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
+    opt.step()
+    assert float(w[1].abs().max()) == 0.0 and float(w[0, 1]) == 0.0 and float(w[0, 0]) > 0 > float(w[0, 2])
+
+
+def test_progressive_stages():
+    stages = [progressive_stage(s, start=20000, every=2000, n_styles=18) for s in (0, 19999, 20000, 21999, 22000, 99999999)]
+    assert stages == [0, 0, 1, 1, 2, 17]
+    assert delta_mask(2, 5).tolist() == [1.0, 1.0, 0.0, 0.0]
+
+
+def test_codes_follow_the_stage(tiny_setup, tmp_path):
+    """Before progressive-start every layer's code equals w0 (+ latent_avg); at stage k exactly
+    deltas 1..k are non-zero."""
+    tr = Trainer(tiny_opts(tiny_setup, tmp_path / "run", w_discriminator_lambda=0.0), log=lambda m: None)
+    x = tr.batches.batch(0)
+    with torch.no_grad():
+        for stage in (0, 1, 3, tr.n_styles - 1):
+            codes = tr.codes(x, stage)
+            deltas = (codes - codes[:, :1]).abs().amax(dim=(0, 2))  # per layer
+            assert deltas[0] == 0
+            assert bool((deltas[1 : stage + 1] > 0).all()), (stage, deltas)
+            assert bool((deltas[stage + 1 :] == 0).all()), (stage, deltas)
+    tr.close()
+
+
+# ---- learning, checkpoints, resume ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_few_hundred_steps_halve_the_held_out_error(tiny_setup, tmp_path):
+    """The whole recipe (discriminator, delta penalty, progressive stages; LPIPS and identity
+    off: their weights cannot be downloaded here), 300 steps of batch 4, lr 2e-3."""
+    opts = tiny_opts(tiny_setup, tmp_path / "run", max_steps=300, batch_size=4, lr=2e-3, val_every=300,
+                     progressive_start=50, progressive_step_every=10)
+    last = run(opts, log=lambda m: None, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    val = {r["step"]: r["val_mse"] for r in rows if "val_mse" in r}
+    assert set(val) >= {0, 300}
+    assert val[300] <= 0.5 * val[0], val
+    assert last["val_mse"] == val[300]
+    assert (tmp_path / "run" / "log.csv").read_text().startswith("step,")
+
+
+def _encoder_params(trainer_or_path):
+    obj = torch.load(trainer_or_path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in obj["state_dict"].items() if k.startswith("encoder.")}
+
+
+@pytest.mark.slow
+def test_resume_after_an_interrupt_equals_an_uninterrupted_run(tiny_setup, tmp_path):
+    kw = dict(max_steps=24, batch_size=4, val_every=0, progressive_start=6, progressive_step_every=4, d_reg_every=4,
+              w_pool_size=5, seed=3)
+    run(tiny_opts(tiny_setup, tmp_path / "a", **kw), log=lambda m: None, progress=False)
+    run(tiny_opts(tiny_setup, tmp_path / "b", **kw), log=lambda m: None, progress=False, stop_after=10)
+    assert checkpoints.latest(tmp_path / "b").name == "step_0000010.pt"
+    run(tiny_opts(tiny_setup, tmp_path / "b", **kw), resume=True, log=lambda m: None, progress=False)
+    a = _encoder_params(checkpoints.latest(tmp_path / "a"))
+    b = _encoder_params(checkpoints.latest(tmp_path / "b"))
+    assert checkpoints.latest(tmp_path / "b").name == "step_0000024.pt"
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    assert worst <= 1e-6, worst  # float32; in practice identical
+
+
+@pytest.mark.slow
+def test_checkpoint_is_the_released_layout_and_loads_in_invert(tmp_path, case_checkpoint, parity_dir):
+    """The full-size encoder for a 256 generator (the synthetic church e4e checkpoint's decoder):
+    keys and shapes equal the released manifest; E4E and `e4e invert` reproduce its codes."""
+    from e4e_cli.model import E4E
+
+    src = Path(parity_dir) / "images" / "church_img.jpg"
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        Image.open(src).convert("RGB").resize((256, 256)).rotate(i * 5).save(tmp_path / "img" / f"{i}.png")
+    opts = TrainOptions(images=str(tmp_path / "img"), generator=str(case_checkpoint("church_256_s3")),
+                        out=str(tmp_path / "run"), dataset_type="church_encode", batch_size=2, max_steps=1,
+                        lpips_lambda=0.0, id_lambda=0.0, val_every=0, image_every=0, save_every=0, val_fraction=0.0,
+                        device="cpu")
+    run(opts, log=lambda m: None, progress=False)
+    ckpt = checkpoints.latest(tmp_path / "run")
+    obj = torch.load(ckpt, map_location="cpu", weights_only=True)
+    manifest = json.loads((Path(parity_dir) / "manifest_256.json").read_text())
+    want = {k: tuple(shape) for k, shape, _ in manifest["tensors"]}
+    got = {k: tuple(v.shape) for k, v in obj["state_dict"].items()}
+    assert got == want
+    assert obj["opts"]["encoder_type"] == "Encoder4Editing" and obj["opts"]["stylegan_size"] == 256
+    assert tuple(obj["latent_avg"].shape) == (14, 512)
+
+    model = E4E.from_checkpoint(ckpt, device="cpu", precision="fp32")
+    x = model.preprocess([Image.open(tmp_path / "img" / "0.png")])
+    enc = model.encoder
+    with torch.no_grad():
+        w0, deltas = enc(x, impl="ref")
+        mine = obj["latent_avg"][None] + w0[:, None] + torch.cat([torch.zeros_like(w0)[:, None], deltas], 1)
+    codes = model.encode(x)  # the fast path, as `e4e invert` runs it
+    assert float((codes - mine).abs().max()) <= 1e-4
+    proc = run_e4e("invert", tmp_path / "img" / "0.png", "--checkpoint", ckpt, "--domain", "church", "--no-align",
+                   "--precision", "fp32", "--out", tmp_path / "inv")
+    assert proc.returncode == 0, proc.stderr
+    assert float(np.abs(np.load(tmp_path / "inv" / "0" / "latent.npy") - mine[0].numpy()).max()) <= 1e-4
+
+
+# ---- bad input: one line, nothing written ------------------------------------------------------
+
+
+def _train(root, out, *extra, generator=None):
+    return run_e4e("train", root, "--generator", generator, "--out", out, "--max-steps", "1", "--lpips-lambda", "0",
+                   "--id-lambda", "0", "--input-size", "64", "--loss-size", "64", "--encoder-widths", "16,16,32,32",
+                   "--encoder-units", "1,1,1,1", "--batch-size", "2", *extra)
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tiny_setup, tmp_path):
+    g = tiny_setup / "g.pt"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "run"
+    assert_one_line_error(_train(empty, out, generator=g), "holds no images")
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.png").write_bytes(b"not an image at all")
+    assert_one_line_error(_train(junk, out, generator=g), "readable image")
+    html = tmp_path / "g.html.pt"
+    html.write_text("<!DOCTYPE html><html><body>quota exceeded</body></html>")
+    assert_one_line_error(_train(tiny_setup / "img", out, generator=html), "HTML")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(g.read_bytes()[: g.stat().st_size // 2])
+    assert_one_line_error(_train(tiny_setup / "img", out, generator=cut), "truncated")
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"G_ema": Evil()}))
+    assert_one_line_error(_train(tiny_setup / "img", out, generator=evil), "refusing to load", "system")
+    assert not marker.exists(), "the pickle's code ran"
+    assert_one_line_error(_train(tiny_setup / "img", out, "--size", "256", generator=g), "64x64", "256")
+    assert not out.exists(), "nothing may be written for bad input"
+    assert_one_line_error(_train(tiny_setup / "img", out, "--encoder-widths", "1,2", generator=g), "--encoder-widths")
+
+
+def test_generator_files_round_trip(tmp_path):
+    g = tiny_generator(seed=4)
+    avg = torch.randn(32)
+    save_rosinality_checkpoint(tmp_path / "g.pt", generator=g, latent_avg=avg)
+    lg = load_generator(tmp_path / "g.pt")
+    assert (lg.size, lg.kind, lg.channel_multiplier) == (64, "rosinality", None)
+    assert torch.equal(lg.latent_avg, avg)
+    codes = torch.randn(2, g.n_styles, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(lg.generator.synthesize(codes), g.synthesize(codes))
+    assert not any(p.requires_grad for p in lg.generator.parameters())
