@@ -321,6 +321,16 @@ def startup() -> dict:
     return {"what": what, "best_of_5_s": best, "heavy_modules_imported_by_cli": heavy or "none"}
 
 
+def _sibling(name: str):
+    """Another benchmark script of this folder, as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def alignment() -> dict | str:
     path = ROOT / "bench" / "align_bench.py"
     if not path.is_file():
@@ -527,6 +537,9 @@ def main(argv=None) -> int:
     results["startup"] = startup()
     log("alignment ...")
     results["alignment"] = alignment()
+    if within_budget(t_start, args.budget_s, 0.8):
+        log("training steps (bench/bench_train.py) ...")
+        results["train"] = _sibling("bench_train").bench_train(quick=args.quick)
     results["machine"]["load_avg_end"] = load_avg()
     results["bench_s"] = time.perf_counter() - t_start
 
@@ -592,6 +605,8 @@ def print_table(r: dict) -> None:
         print(f"  {k:<52}{v}")
     s = r["startup"]
     print(f"start-up: {s['what']}: {s['best_of_5_s']:.3f} s (best of 5); heavy modules imported by the CLI: {s['heavy_modules_imported_by_cli']}")
+    if isinstance(r.get("train"), dict):
+        print("training: " + ", ".join(f"{k} {v}" for k, v in r["train"].items()))
     a = r["alignment"]
     if isinstance(a, dict):
         print("alignment: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in a.items()))

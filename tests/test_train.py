@@ -297,3 +297,39 @@ def test_generator_files_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(lg.generator.synthesize(codes), g.synthesize(codes))
     assert not any(p.requires_grad for p in lg.generator.parameters())
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(tiny_setup, tmp_path):
+    """2 processes (gloo, CPU) with a global batch of 4: both ranks end with identical encoder
+    weights (bitwise: DDP averages the gradients, the optimizers step alike), and they match one
+    process with the same global batch whose BatchNorm sees the batch in 2 chunks (--bn-groups 2),
+    within 1e-4 (the gradient sums run in another order). Code pools are off: they are per process."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["train", tiny_setup / "img", "--generator", tiny_setup / "g.pt", "--max-steps", "6", "--batch-size", "4",
+            "--lpips-lambda", "0", "--id-lambda", "0", "--input-size", "64", "--loss-size", "64",
+            "--encoder-widths", "16,16,32,32", "--encoder-units", "1,1,1,1", "--w-pool-size", "0",
+            "--progressive-start", "2", "--progressive-step-every", "2", "--d-reg-every", "3", "--val-every", "0",
+            "--image-every", "0", "--save-every", "0", "--device", "cpu", "--dataset-type", "church_encode"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", E4E_NO_PROGRESS="1")
+    two, one = tmp_path / "two", tmp_path / "one"
+    two.mkdir(), one.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "e4e_cli",
+           *map(str, args), "--out", str(tmp_path / "run2")]
+    proc = subprocess.run(cmd, env=dict(env, E4E_TRAIN_DUMP_PARAMS=str(two)), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "global batch 4 (2 x 2 process(es))" in proc.stderr
+    proc = run_e4e(*args, "--out", tmp_path / "run1", "--bn-groups", "2", env={"E4E_TRAIN_DUMP_PARAMS": str(one)})
+    assert proc.returncode == 0, proc.stderr
+    r0, r1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
+    single = torch.load(one / "rank0.pt")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    worst = max(float((r0[k] - single[k]).abs().max()) for k in r0)
+    assert worst <= 1e-4, worst
+    moved = max(float((r0[k] - torch.load(two / "rank0.pt")[k]).abs().max()) for k in r0)
+    assert moved == 0.0
+    assert checkpoints.latest(tmp_path / "run2").name == "step_0000006.pt"

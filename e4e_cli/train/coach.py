@@ -137,10 +137,15 @@ class Trainer:
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            import warnings
+
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.enc = DDP(self.encoder, device_ids=ids, broadcast_buffers=False)
-            if self.disc is not None:
-                self.dsc = DDP(self.disc, device_ids=ids)
+            with warnings.catch_warnings():  # broadcast_buffers=False is what we mean (rank-local BN statistics)
+                warnings.simplefilter("ignore", FutureWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                self.enc = DDP(self.encoder, device_ids=ids, broadcast_buffers=False)
+            # the discriminator's gradients are averaged by hand (_sync_grads): its R1 step
+            # leaves the last bias without a gradient, which DDP's bucketing does not allow
 
     # ---- pieces -----------------------------------------------------------------------
 
@@ -249,6 +254,7 @@ class Trainer:
         loss = d_loss(self.dsc(real), self.dsc(fake))
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        self._sync_grads(self.disc)
         self.opt_d.step()
         out = {"d_loss": float(loss.detach())}
         if step % opts.d_reg_every == 0:
@@ -256,9 +262,20 @@ class Trainer:
             r1 = r1_penalty(self.dsc, real)
             self.opt_d.zero_grad(set_to_none=True)
             (opts.r1 / 2 * r1 * opts.d_reg_every).backward()
+            self._sync_grads(self.disc)
             self.opt_d.step()
             out["r1"] = float(r1.detach())
         return out
+
+    def _sync_grads(self, module) -> None:
+        """Average `module`'s gradients over the processes (a missing gradient counts as zero)."""
+        if not self.dist.active:
+            return
+        for p in module.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= self.dist.world
 
     # ---- outputs ------------------------------------------------------------------------
 
@@ -423,6 +440,10 @@ def run(opts: TrainOptions, *, resume: bool = False, log: Callable[[str], None] 
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old)
+    dump = os.environ.get("E4E_TRAIN_DUMP_PARAMS")  # tests: every rank's encoder parameters
+    if dump:
+        torch.save({k: v.detach().cpu() for k, v in trainer.encoder.named_parameters()},
+                   Path(dump) / f"rank{trainer.dist.rank}.pt")
     try:
         path = trainer.save()
         if rank0:
