@@ -333,3 +333,37 @@ def test_torchrun_two_processes_match_one(tiny_setup, tmp_path):
     moved = max(float((r0[k] - torch.load(two / "rank0.pt")[k]).abs().max()) for k in r0)
     assert moved == 0.0
     assert checkpoints.latest(tmp_path / "run2").name == "step_0000006.pt"
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_and_resume_finishes(tiny_setup, tmp_path):
+    """SIGINT mid-run: exit 130, a checkpoint of the steps done, the command to continue; --resume
+    then runs to --max-steps."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import e4e_executable
+
+    out = tmp_path / "run"
+    args = [e4e_executable(), "train", str(tiny_setup / "img"), "--generator", str(tiny_setup / "g.pt"), "--out", str(out),
+            "--max-steps", "100000", "--batch-size", "2", "--lpips-lambda", "0", "--id-lambda", "0", "--input-size", "64",
+            "--loss-size", "64", "--encoder-widths", "16,16,32,32", "--encoder-units", "1,1,1,1", "--log-every", "1",
+            "--val-every", "0", "--image-every", "0", "--save-every", "0", "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, E4E_NO_PROGRESS="1"))
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err and "Traceback" not in err
+    ckpt = checkpoints.latest(out)
+    done = int(checkpoints.STEP_FILE.search(ckpt.name).group(1))
+    assert done >= 3
+    assert not list(out.rglob("*.part")), "no half-written files"
+    proc = run_e4e("train", "--resume", "--out", out, "--max-steps", str(done + 2))
+    assert proc.returncode == 0, proc.stderr
+    assert checkpoints.latest(out).name == f"step_{done + 2:07d}.pt"
