@@ -537,6 +537,9 @@ def main(argv=None) -> int:
     results["startup"] = startup()
     log("alignment ...")
     results["alignment"] = alignment()
+    if within_budget(t_start, args.budget_s, 0.75):
+        log("dataset inversion, 1 and 2 processes (bench/bench_dataset.py) ...")
+        results["dataset"] = _sibling("bench_dataset").bench_dataset(n=12 if args.quick else 24)
     if within_budget(t_start, args.budget_s, 0.8):
         log("training steps (bench/bench_train.py) ...")
         results["train"] = _sibling("bench_train").bench_train(quick=args.quick)
@@ -605,6 +608,8 @@ def print_table(r: dict) -> None:
         print(f"  {k:<52}{v}")
     s = r["startup"]
     print(f"start-up: {s['what']}: {s['best_of_5_s']:.3f} s (best of 5); heavy modules imported by the CLI: {s['heavy_modules_imported_by_cli']}")
+    if isinstance(r.get("dataset"), dict):
+        print("invert-dataset: " + ", ".join(f"{k} {v}" for k, v in r["dataset"].items()))
     if isinstance(r.get("train"), dict):
         print("training: " + ", ".join(f"{k} {v}" for k, v in r["train"].items()))
     a = r["alignment"]

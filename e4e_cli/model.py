@@ -298,17 +298,7 @@ class E4E:
 
     def preprocess(self, images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> encoder input [B,3,H,W]: bilinear resize, (pixel/255 - 0.5)/0.5."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        h, w = self.input_size
-        arrs = []
-        for im in images:
-            im = im.convert("RGB")
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
-            arrs.append(np.asarray(im, dtype=np.uint8))
-        x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255.0
-        return ((x - 0.5) / 0.5).contiguous()
+        return preprocess_images(images, self.input_size)
 
     @staticmethod
     def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -398,6 +388,22 @@ class E4E:
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n, self.generator.style_dim, generator=gen).to(self.device)
         return self.generator.mapping(z)
+
+
+def preprocess_images(images: Image.Image | Sequence[Image.Image], size_hw: tuple[int, int]) -> torch.Tensor:
+    """PIL images -> encoder input [B,3,H,W] of size_hw: bilinear resize, (pixel/255 - 0.5)/0.5
+    (SPEC "Encoder"; also used by worker processes that have no model)."""
+    if isinstance(images, Image.Image):
+        images = [images]
+    h, w = size_hw
+    arrs = []
+    for im in images:
+        im = im.convert("RGB")
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        arrs.append(np.asarray(im, dtype=np.uint8))
+    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float() / 255.0
+    return ((x - 0.5) / 0.5).contiguous()
 
 
 def pool256(images: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,67 @@
+"""`e4e invert-dataset`: a thin wrapper over `dataset.invert_dataset` (runs under torchrun too)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import E4EError
+
+
+def invert_dataset_command(
+    root: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Prefix of the outputs: PREFIX-00000.npz ..., PREFIX.index.json, PREFIX.failures.jsonl."),
+    domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: picked for memory)."),
+    workers: int = typer.Option(2, "--workers", help="Processes that read (and align) images."),
+    no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq images are aligned by default)."),
+    delta_scale: float = typer.Option(1.0, "--delta-scale", help="0 = pure W, 1 = e4e."),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as e4e invert)."),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
+):
+    """Invert a whole folder into latent shards: sharded, resumable, on torchrun for several processes."""
+    import os
+    import sys
+
+    from . import dataset, pipeline
+    from .cli_invert import _check_domain
+
+    _check_domain(domain)
+    if workers < 0:
+        raise E4EError(f"--workers must be >= 0, got {workers}")
+    if batch_size is not None and batch_size < 1:
+        raise E4EError(f"--batch-size must be >= 1, got {batch_size}")
+    pipeline.check_delta_scale(delta_scale)
+    rank = int(os.environ.get("RANK", "0"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "auto":
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    model = pipeline.load_model(pipeline.ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
+                                                      precision=precision, weights_dir=weights_dir))
+    opts = dataset.DatasetOptions(root=root, prefix=out, shard_size=shard_size, batch_size=batch_size, workers=workers,
+                                  align=not no_align, delta_scale=delta_scale)
+
+    def log(msg: str) -> None:
+        if rank == 0:
+            typer.echo(msg, err=True)
+
+    index = dataset.invert_dataset(model, opts, log=log, progress=sys.stderr.isatty())
+    if rank != 0:
+        return
+    if index["n_ok"] == 0:
+        raise E4EError(f"none of the {index['n_images']} images could be inverted (see {out}.failures.jsonl)")
+    run = index["this_run"]
+    msg = (f"{index['n_ok']} of {index['n_images']} images inverted into {len(index['shards'])} shard(s): "
+           f"{out}.index.json ({run['shards_done']} shard(s) done now, {run['shards_skipped']} already done")
+    if run["shards_done"]:
+        msg += f", {run['images_per_s']:.2f} images/s on rank 0"
+    msg += ")"
+    if index["n_failed"]:
+        msg += f"; {index['n_failed']} failed, listed in {out}.failures.jsonl"
+    typer.echo(msg)

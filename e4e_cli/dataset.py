@@ -1,0 +1,293 @@
+"""Inverting a whole dataset: `e4e invert-dataset DIR --out PREFIX` (issue 17).
+
+The sorted list of images under DIR is cut into shards of `shard_size` images (shard k holds
+images k*N .. (k+1)*N-1); under torchrun, rank r does the shards k with k % world == r, so the
+result does not depend on the number of processes. Each shard is one `.npz`, written to a
+temporary name and renamed:
+
+    PREFIX-00000.npz: codes float32 [m, n_styles, 512], paths [m] (relative to DIR),
+                      ok bool [m] (False where the image failed: its codes are zeros),
+                      errors [m] (one-line reasons, '' where ok), fingerprint (what made it)
+
+When every rank is done, rank 0 writes `PREFIX.index.json` (shards, counts, SHA-256 of each
+shard, checkpoint, options, source list) and `PREFIX.failures.jsonl` (one line per bad image).
+A rerun verifies each shard that exists (it loads, holds the expected paths, and was made by
+the same checkpoint and options) and skips it; a corrupt or foreign one is redone. Images are
+read (and for faces aligned) in DataLoader worker processes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from .errors import E4EError
+from .fsutil import atomic_write, ensure_dir
+
+FORMAT = "e4e-latent-shards/1"
+
+
+@dataclass
+class DatasetOptions:
+    root: Path
+    prefix: Path
+    shard_size: int = 1000
+    batch_size: Optional[int] = None
+    workers: int = 2
+    align: bool = True
+    face: str = "largest"
+    delta_scale: float = 1.0
+
+
+def list_dataset(root: Path) -> list[str]:
+    """Image files under `root`, as sorted relative POSIX paths."""
+    from .images import IMAGE_SUFFIXES
+
+    root = Path(root)
+    if not root.is_dir():
+        raise E4EError(f"{root} is not a folder")
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise E4EError(f"{root} holds no images")
+    return files
+
+
+def shard_path(prefix: Path, k: int) -> Path:
+    return Path(f"{prefix}-{k:05d}.npz")
+
+
+def fingerprint(model, opts: DatasetOptions) -> str:
+    from .pipeline import checkpoint_identity
+
+    return json.dumps({"checkpoint": checkpoint_identity(model), "precision": str(model.precision),
+                       "align": bool(opts.align and model.domain == "ffhq"), "face": opts.face,
+                       "delta_scale": opts.delta_scale}, sort_keys=True)
+
+
+def shard_is_done(path: Path, paths: Sequence[str], fp: str) -> bool:
+    """A finished shard: it loads, and holds exactly these paths made with this fingerprint."""
+    if not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return (list(z["paths"]) == list(paths) and str(z["fingerprint"]) == fp
+                    and z["codes"].shape[0] == len(paths) and z["ok"].shape[0] == len(paths))
+    except Exception:  # noqa: BLE001  (a corrupt shard is simply redone)
+        return False
+
+
+class _Images:
+    """A torch Dataset over one shard's images: (index, encoder input [3,H,W] or None, error)."""
+
+    def __init__(self, root: Path, rel: Sequence[str], *, domain: str, align: bool, face: str, size_hw):
+        self.root, self.rel, self.domain, self.align, self.face, self.size_hw = root, list(rel), domain, align, face, size_hw
+
+    def __len__(self):
+        return len(self.rel)
+
+    def __getitem__(self, i):
+        from .model import preprocess_images
+        from .pipeline import InvertOptions, _prepare, item_error
+
+        class _Domain:  # what _prepare reads of a model
+            domain = self.domain
+
+        try:
+            item = _prepare(self.root / self.rel[i], _Domain(), InvertOptions(out=Path("."), align=self.align, face=self.face))
+            return i, preprocess_images(item["image"], self.size_hw)[0], ""
+        except Exception as exc:  # noqa: BLE001  (a bad image never stops the run)
+            return i, None, item_error(exc)
+
+
+def _collate(items):
+    return items
+
+
+def invert_shards(model, root: Path, shards: Sequence[tuple[int, Sequence[str]]], opts: DatasetOptions, *,
+                  batch_size: int, on_shard: Callable[[int, Sequence[str], dict], None],
+                  on_images: Callable[[int], None] = lambda n: None) -> None:
+    """Codes for the given shards' images; `on_shard(k, paths, {"codes", "ok", "errors"})` as each
+    completes. One DataLoader (its workers read and align) for all of them; a batch never spans
+    two shards, so a shard's numbers do not depend on which others this process does."""
+    import torch
+
+    flat = [(k, j, r) for k, part in shards for j, r in enumerate(part)]
+    ds = _Images(root, [r for _, _, r in flat], domain=model.domain, align=opts.align, face=opts.face,
+                 size_hw=model.input_size)
+    batches, start = [], 0
+    for k, part in shards:
+        for b in range(0, len(part), batch_size):
+            batches.append(list(range(start + b, start + min(len(part), b + batch_size))))
+        start += len(part)
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=opts.workers, collate_fn=_collate)
+    sizes = {k: len(part) for k, part in shards}
+    pending: dict[int, dict] = {}
+    for items in loader:
+        k = flat[items[0][0]][0]
+        res = pending.setdefault(k, {"codes": np.zeros((sizes[k], model.n_styles, model.generator.style_dim), np.float32),
+                                     "ok": np.zeros(sizes[k], bool), "errors": [""] * sizes[k], "left": sizes[k]})
+        good = [(flat[i][1], x) for i, x, _ in items if x is not None]
+        for i, x, err in items:
+            if x is None:
+                res["errors"][flat[i][1]] = err
+        if good:
+            try:
+                c = model.encode(torch.stack([x for _, x in good]), delta_scale=opts.delta_scale).float().cpu().numpy()
+                for (j, _), cj in zip(good, c):
+                    res["codes"][j], res["ok"][j] = cj, True
+            except Exception as exc:  # noqa: BLE001
+                from .pipeline import item_error
+
+                for j, _ in good:
+                    res["errors"][j] = item_error(exc)
+        res["left"] -= len(items)
+        on_images(len(items))
+        if res["left"] == 0:
+            on_shard(k, dict(shards)[k], pending.pop(k))
+
+
+def write_shard(path: Path, rel: Sequence[str], result: dict, fp: str) -> None:
+    def write(fh):
+        buf = io.BytesIO()
+        np.savez(buf, codes=result["codes"], ok=result["ok"], errors=np.array(result["errors"], dtype=str),
+                 paths=np.array(list(rel), dtype=str), fingerprint=np.array(fp), format=np.array(FORMAT))
+        fh.write(buf.getvalue())
+
+    atomic_write(path, write)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dist():
+    """(rank, world); joins torchrun's process group when there are several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def invert_dataset(model, opts: DatasetOptions, *, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """Invert every image under opts.root into shards; returns the index (rank 0) or this rank's summary."""
+    if opts.shard_size < 1:
+        raise E4EError(f"--shard-size must be >= 1, got {opts.shard_size}")
+    rank, world = _dist()
+    rel = list_dataset(opts.root)
+    prefix = Path(opts.prefix)
+    ensure_dir(prefix.parent if str(prefix.parent) else ".")
+    fp = fingerprint(model, opts)
+    n_shards = (len(rel) + opts.shard_size - 1) // opts.shard_size
+    mine = [k for k in range(n_shards) if k % world == rank]
+    todo, skipped = [], 0
+    for k in mine:
+        part = rel[k * opts.shard_size : (k + 1) * opts.shard_size]
+        if shard_is_done(shard_path(prefix, k), part, fp):
+            skipped += 1
+        else:
+            todo.append((k, part))
+    batch = opts.batch_size or model.default_batch_size()
+    total = sum(len(p) for _, p in todo)
+    if rank == 0:
+        log(f"{len(rel)} images in {n_shards} shard(s) of {opts.shard_size}; {world} process(es); "
+            f"this one: {len(todo)} to do, {skipped} already done")
+    stop_after = int(os.environ.get("E4E_DATASET_STOP_AFTER_SHARDS", "0"))  # tests: die like a killed run
+    bar = _bar(progress and rank == 0, total)
+    t0, done_images = time.perf_counter(), 0
+    written = [0]
+
+    def finish(k: int, part: Sequence[str], result: dict) -> None:
+        write_shard(shard_path(prefix, k), part, result, fp)
+        written[0] += 1
+        if stop_after and written[0] >= stop_after:
+            os._exit(3)
+
+    try:
+        if todo:
+            invert_shards(model, opts.root, todo, opts, batch_size=batch, on_shard=finish, on_images=bar.advance)
+        done_images = total
+    finally:
+        bar.close()
+    rate = done_images / max(1e-9, time.perf_counter() - t0)
+    _barrier(world)
+    summary = {"rank": rank, "shards_done": len(todo), "shards_skipped": skipped, "images_per_s": rate}
+    if rank == 0:
+        index = write_index(prefix, rel, opts, model, fp, n_shards)
+        index["this_run"] = summary
+        _barrier(world)
+        return index
+    _barrier(world)
+    return summary
+
+
+def write_index(prefix: Path, rel: Sequence[str], opts: DatasetOptions, model, fp: str, n_shards: int) -> dict:
+    shards, failures = [], []
+    for k in range(n_shards):
+        path = shard_path(prefix, k)
+        with np.load(path, allow_pickle=False) as z:
+            ok, errors, paths = z["ok"], z["errors"], z["paths"]
+            failures += [{"path": str(p), "error": str(e)} for p, o, e in zip(paths, ok, errors) if not o]
+            shards.append({"file": path.name, "first": k * opts.shard_size, "count": int(len(paths)),
+                           "failed": int((~ok).sum()), "sha256": _sha256(path)})
+    index = {"format": FORMAT, "root": str(Path(opts.root).resolve()), "n_images": len(rel),
+             "n_ok": len(rel) - len(failures), "n_failed": len(failures), "n_styles": model.n_styles,
+             "shard_size": opts.shard_size, "shards": shards, "fingerprint": json.loads(fp),
+             "domain": model.domain, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sources": list(rel)}
+    atomic_write(Path(f"{prefix}.failures.jsonl"),
+                 lambda fh: fh.write("".join(json.dumps(f) + "\n" for f in failures).encode()))
+    atomic_write(Path(f"{prefix}.index.json"), lambda fh: fh.write((json.dumps(index, indent=1) + "\n").encode()))
+    return index
+
+
+def load_latents(prefix) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """All codes in source order: (codes [N,n_styles,512], paths, ok [N]) from the index and shards."""
+    index = json.loads(Path(f"{prefix}.index.json").read_text())
+    codes, paths, ok = [], [], []
+    for s in index["shards"]:
+        with np.load(Path(prefix).parent / s["file"], allow_pickle=False) as z:
+            codes.append(z["codes"])
+            paths += [str(p) for p in z["paths"]]
+            ok.append(z["ok"])
+    return np.concatenate(codes), paths, np.concatenate(ok)
+
+
+class _bar:
+    """Images/s and ETA on rank 0 (tqdm on stderr), or nothing."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.t = None
+        if enabled and total and os.environ.get("E4E_NO_PROGRESS", "") in ("", "0"):
+            from tqdm import tqdm
+
+            self.t = tqdm(total=total, unit="img", desc="inverting", dynamic_ncols=True)
+
+    def advance(self, n: int) -> None:
+        if self.t is not None:
+            self.t.update(n)
+
+    def close(self) -> None:
+        if self.t is not None:
+            self.t.close()
