@@ -26,7 +26,7 @@ $(STAMP): setup.cfg setup.py
 	$(PY) -c "import torch" 2>/dev/null || \
 	  $(PIP) install --quiet $(if $(wildcard $(LOCAL_WHEELS)),--find-links $(LOCAL_WHEELS)) "$(TORCH_SPEC)" || \
 	  $(PIP) install --quiet --index-url $(TORCH_CPU_INDEX) torch
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -e ".[test,ui]"
 	touch $(STAMP)
 
 test: $(STAMP)

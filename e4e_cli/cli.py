@@ -28,7 +28,7 @@ app = typer.Typer(
 def _register() -> None:
     # Each command lives in its own module (one concern per module); registering them here
     # keeps `cli.py` the single place that lists the commands.
-    from . import cli_align, cli_dataset, cli_download, cli_evaluate, cli_invert, cli_train
+    from . import cli_align, cli_dataset, cli_download, cli_evaluate, cli_invert, cli_train, cli_ui
 
     app.command("download-weights")(cli_download.download_weights_command)
     app.command("align")(cli_align.align_command)
@@ -38,6 +38,7 @@ def _register() -> None:
     app.command("evaluate")(cli_evaluate.evaluate_command)
     app.command("train")(cli_train.train_command)
     app.command("invert-dataset")(cli_dataset.invert_dataset_command)
+    app.command("ui")(cli_ui.ui_command)
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:

@@ -1,0 +1,60 @@
+"""`e4e ui`: serve the local editing page (an optional extra: pip install -e ".[ui]")."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import E4EError
+
+
+def ui_command(
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="e4e checkpoint (default: the domain's file in the weights folder)."),
+    domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (this machine only by default)."),
+    port: int = typer.Option(7860, "--port"),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
+    latents: Optional[Path] = typer.Option(None, "--latents", help="An `e4e invert` output folder whose latents the page may open."),
+    precision: str = typer.Option("auto", "--precision"),
+    device: str = typer.Option("auto", "--device"),
+    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
+):
+    """A local page to edit a photo with sliders and a live preview."""
+    from . import pipeline
+    from .cli_invert import _check_domain
+
+    try:
+        import fastapi  # noqa: F401  (present?)
+        import uvicorn
+    except ImportError:
+        raise E4EError('e4e ui needs its extra: pip install -e ".[ui]" (fastapi, uvicorn, python-multipart)') from None
+    from .ui.server import Editor, create_app, port_free
+
+    _check_domain(domain)
+    if not 0 < port < 65536:
+        raise E4EError(f"--port must be 1..65535, got {port}")
+    if not port_free(host, port):
+        raise E4EError(f"port {port} on {host} is in use (another e4e ui?): choose another with --port")
+    if latents is not None and not latents.is_dir():
+        raise E4EError(f"--latents {latents} is not a folder")
+    model = pipeline.load_model(pipeline.ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
+                                                      precision=precision, weights_dir=weights_dir))
+    editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model))
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    typer.echo(f"e4e ui: {url} ({model.domain}, {model.size}px; Ctrl-C stops it)")
+    if not no_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    uvicorn.run(create_app(editor), host=host, port=port, log_level="warning")
+
+
+def _not_released(model) -> bool:
+    """True unless the checkpoint is the registry's released file (by name and size): synthetic
+    and unknown checkpoints get a label on the page."""
+    from .downloads import ASSETS, DOMAIN_CHECKPOINTS
+
+    asset = ASSETS.get(DOMAIN_CHECKPOINTS.get(model.domain, ""))
+    path = Path(model.path or "")
+    return not (asset and path.name == asset.filename and path.is_file() and path.stat().st_size == asset.size)
