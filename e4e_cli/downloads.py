@@ -203,15 +203,18 @@ _REGISTRY: Tuple[Asset, ...] = (
     ),
 )
 
-# Loss networks for `e4e train` (issue 14). Their publishers give no SHA-256 (torchvision only
-# an 8-digit prefix in the file name), so size 0 / sha256 "" mark them unverified: they are
-# downloaded as they come and reported as "unverified" (see _fetch_unverified).
+# Loss networks for `e4e train` (issue 14). AlexNet's SHA-256 starts with the 8 digits in
+# torchvision's file name; LPIPS's linear layers are the file the `lpips` package ships. IR-SE50
+# and MoCo-v2 have no published size or hash: size 0 / sha256 "" mark them unverified, downloaded
+# as they come (never as an HTML page) and listed as such (see _download_unverified).
 _REGISTRY = _REGISTRY + (
-    Asset(name="lpips_alexnet", filename="alexnet-owt-7be5be79.pth", size=0, sha256="",
+    Asset(name="lpips_alexnet", filename="alexnet-owt-7be5be79.pth", size=244408911,
+          sha256="7be5be791159472b1fbf3c69796f7cb30dca7ad8466c2df70058c37116cdee02",
           urls=("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",), group="lpips",
           description="AlexNet ImageNet features (torchvision), the backbone of the LPIPS loss",
           licence="BSD-3-Clause (torchvision)"),
-    Asset(name="lpips_alex", filename="lpips_alex_v0.1.pth", size=0, sha256="",
+    Asset(name="lpips_alex", filename="lpips_alex_v0.1.pth", size=6009,
+          sha256="df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0",
           urls=("https://raw.githubusercontent.com/richzhang/PerceptualSimilarity/master/lpips/weights/v0.1/alex.pth",),
           group="lpips", description="LPIPS v0.1 linear layers on AlexNet features",
           licence="BSD-2-Clause (richzhang/PerceptualSimilarity)"),

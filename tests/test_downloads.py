@@ -582,7 +582,7 @@ def test_registry_holds_the_issue_facts():
     lm = a["landmarks"]
     assert lm.compressed.size == 64040097 and lm.size == 99693937
     assert lm.urls[0] == "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2"
-    unverified = set(downloads.GROUPS["train"])  # loss networks: their publishers give no SHA-256
+    unverified = {"ir_se50", "moco"}  # their publishers give no size or SHA-256
     for asset in a.values():
         if asset.name in unverified:
             assert asset.sha256 == "" and asset.size == 0
@@ -591,6 +591,7 @@ def test_registry_holds_the_issue_facts():
         assert asset.urls and asset.licence and asset.description
     assert downloads.GROUPS["lpips"] == ["lpips_alexnet", "lpips_alex"]
     assert a["moco"].licence.startswith("CC-BY-NC")
+    assert a["lpips_alexnet"].sha256.startswith("7be5be79") and a["lpips_alexnet"].size == 244408911
     assert downloads.DOMAIN_CHECKPOINTS == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
     for name in downloads.DOMAIN_CHECKPOINTS.values():
         assert downloads._is_drive_url(a[name].urls[1]) and not downloads._is_drive_url(a[name].urls[0])
