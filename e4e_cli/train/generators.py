@@ -1,168 +1,385 @@
-"""The StyleGAN2 generator an encoder is trained for, read from a file without running code.
+"""The frozen StyleGAN2 generator that `e4e train` inverts into, read from any of three layouts.
 
-Accepted: a rosinality-layout checkpoint (`{"g_ema": state_dict, "latent_avg": [512]}`, what
-the reference trainer reads), an e4e checkpoint (its `decoder.*`), or a bare generator state
-dict. Size, style dimension, mapping depth and every resolution's channel count are read off the
-weights, so narrow generators work too. StyleGAN2-ADA `.pkl` files are opened with a restricted
-unpickler that never runs their embedded code: a pickle that asks for anything outside the
-allow-list is refused, and the conversion of ADA networks to this layout is not implemented yet
-(a one-line error says so).
+- rosinality: `{"g_ema": state_dict, "latent_avg": [style_dim]}` (what the reference trainer reads);
+- e4e: a released-layout e4e checkpoint (`state_dict` with `decoder.*`), via `e4e_cli.checkpoint`;
+- stylegan2-ada: a NVlabs `.pkl` (`{"G_ema": ...}`) pickled with `torch_utils.persistence`, which
+  embeds module source code. We read it with a restricted unpickler that never imports or runs
+  that code: persistent objects come back as plain `_PersistentState` records of their pickled
+  attributes, and anything outside a short whitelist is refused.
+
+Size, style_dim, n_mlp and the channel table are inferred from the weights, so narrow
+generators work too.
+
+ADA conversion, verified once by hand (not shipped): a random 32 px NVlabs StyleGAN2-ADA
+Generator built and pickled by its own code, loaded here without `torch_utils` importable,
+gives the same mapping (max diff 0) and the same image (noise_mode='const', force_fp32;
+max diff 1e-6 on a range of 2.4) as NVlabs' forward pass. Refused: c_dim > 0, non-RGB,
+synthesis architectures other than 'skip', non-lrelu activations, StyleGAN3 networks.
+`conv_clamp` is ignored with a warning (an fp16 safety clamp; float32 synthesis does not clamp).
 """
 from __future__ import annotations
 
 import io
+import logging
 import math
 import pickle
 import re
+import zipfile
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from ..checkpoint import read_checkpoint, split_state_dict
 from ..errors import E4EError
 from ..fsutil import atomic_write, looks_like_html
 from ..networks import Generator, default_channels
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadedGenerator:
-    generator: Generator  # float32, eval(), requires_grad False
-    latent_avg: torch.Tensor  # [style_dim], the mean of W
-    size: int
-    channel_multiplier: Optional[int]  # None when the channels match no multiplier
-    kind: str  # "rosinality", "e4e" or "state_dict"
+    generator: Generator  # float32, eval(), all requires_grad False
+    latent_avg: torch.Tensor  # [style_dim] float32, mean W (w_avg)
+    size: int  # output resolution
+    channel_multiplier: Optional[int]  # 1, 2, 4..., None if channels match no multiplier
+    kind: str  # "rosinality" | "e4e" | "stylegan2-ada"
 
 
-def _sniff(p: Path) -> bytes:
+# --------------------------------------------------------------------------------------
+# public API
+
+
+def load_generator(path, *, size: Optional[int] = None) -> LoadedGenerator:
+    """Read a generator file of any supported layout; E4EError (one line) on any bad file or size mismatch."""
+    p = Path(path)
+    head = _check_file(p)
+    if head[:2] == b"PK" or zipfile.is_zipfile(p):
+        loaded = _load_torch_file(p)
+    elif head[:1] == b"\x80":  # a plain pickle stream (protocol >= 2): .pkl from NVlabs, or a legacy torch.save
+        loaded = _load_pickle_file(p)
+    else:
+        raise E4EError(f"generator {p} is neither a PyTorch checkpoint nor a pickle (first bytes {head[:8]!r})")
+    if size is not None and int(size) != loaded.size:
+        raise E4EError(f"generator {p} is {loaded.size}x{loaded.size}, but size {int(size)} was asked for")
+    return loaded
+
+
+def save_rosinality_checkpoint(path, *, generator: Generator, latent_avg: torch.Tensor) -> Path:
+    """Write `{"g_ema": state_dict, "latent_avg": [style_dim]}` atomically (what the reference trainer reads)."""
+    sd = OrderedDict((k, v.detach().cpu().clone()) for k, v in generator.state_dict().items())
+    obj = {"g_ema": sd, "latent_avg": latent_avg.detach().reshape(-1)[: generator.style_dim].float().cpu().clone()}
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+# --------------------------------------------------------------------------------------
+# file checks shared by all layouts
+
+
+def _check_file(p: Path) -> bytes:
     if not p.exists():
         raise E4EError(f"generator {p} not found")
     if p.is_dir():
         raise E4EError(f"generator {p} is a folder, not a file")
-    with open(p, "rb") as fh:
-        head = fh.read(1024)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(1024)
+    except OSError as exc:
+        raise E4EError(f"cannot read generator {p}: {exc.strerror or exc}") from None
     if not head:
         raise E4EError(f"generator {p} is empty")
     if looks_like_html(head):
-        raise E4EError(f"generator {p} is an HTML page, not a generator (a failed download?)")
+        raise E4EError(f"generator {p} is an HTML page, not a generator (a failed download?): download it again")
     return head
 
 
-class _Refusing(pickle.Unpickler):
-    """Unpickles plain containers only; any other global is refused before it can run."""
-
-    ALLOWED = {("collections", "OrderedDict")}
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        if module.startswith("torch_utils") or module.startswith("dnnlib"):
-            raise E4EError("a StyleGAN2-ADA network pickle: converting ADA networks is not implemented yet; "
-                           "export its G_ema to a rosinality-layout checkpoint ({'g_ema': state_dict, 'latent_avg': w_avg})")
-        raise E4EError(f"refusing to load: the pickle wants to run {module}.{name}")
-
-
-def _read_object(p: Path) -> object:
-    head = _sniff(p)
-    import zipfile
-
-    if zipfile.is_zipfile(p):
-        try:
-            return torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise E4EError(f"generator {p} was refused: it holds Python objects that would run code") from None
-        except Exception as exc:  # noqa: BLE001
-            raise E4EError(f"generator {p} is truncated or corrupt ({type(exc).__name__}): fetch it again") from None
-    if head[:2] == b"PK":
+def _load_torch_file(p: Path, *, legacy: bool = False) -> LoadedGenerator:
+    """A torch.save file (zip, or the legacy format): rosinality dict, or a released e4e checkpoint."""
+    is_zip = zipfile.is_zipfile(p)
+    if not is_zip and not legacy:
         raise E4EError(f"generator {p} is truncated or corrupt (incomplete zip archive)")
-    if head[:1] == b"\x80":  # a plain pickle (.pkl): restricted, never runs code
-        try:
-            with open(p, "rb") as fh:
-                return _Refusing(io.BufferedReader(fh)).load()
-        except E4EError as exc:
-            raise E4EError(f"generator {p}: {exc}") from None
-        except Exception as exc:  # noqa: BLE001
-            raise E4EError(f"generator {p} is truncated or corrupt ({type(exc).__name__})") from None
-    raise E4EError(f"generator {p} is not a PyTorch checkpoint or pickle")
-
-
-def _generator_state(obj, p: Path) -> tuple[dict, Optional[torch.Tensor], str]:
-    if not isinstance(obj, dict):
-        raise E4EError(f"generator {p} holds a {type(obj).__name__}, not a checkpoint dict")
-    if isinstance(obj.get("g_ema"), dict):
-        return obj["g_ema"], obj.get("latent_avg"), "rosinality"
-    if isinstance(obj.get("state_dict"), dict):
-        sd = {k[len("decoder."):]: v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}
-        if sd:
-            avg = obj.get("latent_avg")
-            if isinstance(avg, torch.Tensor) and avg.ndim >= 2:
-                avg = avg.reshape(-1, avg.shape[-1])[0]
-            return sd, avg, "e4e"
-    if any(isinstance(k, str) and k.startswith("convs.") for k in obj):
-        return obj, None, "state_dict"
-    raise E4EError(f"generator {p} has no generator weights ('g_ema', or an e4e checkpoint's decoder.*)")
-
-
-def architecture(sd: dict) -> dict:
-    """size, style_dim, n_mlp and channels {resolution: width} read off a rosinality state dict."""
     try:
-        n_mlp = len({int(m.group(1)) for k in sd if (m := re.fullmatch(r"style\.(\d+)\.weight", k))})
-        style_dim = int(sd["conv1.conv.modulation.weight"].shape[1])
-        channels = {4: int(sd["conv1.conv.weight"].shape[1])}
-        k = 0
-        while f"convs.{2 * k}.conv.weight" in sd:
-            channels[2 ** (k + 3)] = int(sd[f"convs.{2 * k}.conv.weight"].shape[1])
-            k += 1
-    except (KeyError, AttributeError, IndexError) as exc:
-        raise E4EError(f"not a StyleGAN2 generator state dict (missing {exc})") from None
-    if k == 0 or n_mlp == 0:
-        raise E4EError("not a StyleGAN2 generator state dict (no up-sampling layers or no mapping network)")
-    return {"size": 2 ** (k + 2), "style_dim": style_dim, "n_mlp": n_mlp, "channels": channels}
+        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=is_zip)  # 1.2 GB e4e files: no RAM copy
+    except pickle.UnpicklingError:
+        raise E4EError(f"generator {p} was refused: it holds Python objects that would run code when unpickled") from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, TypeError, KeyError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise E4EError(f"generator {p} is truncated or corrupt ({first})") from None
+    return _from_object(obj, p)
 
 
-def channel_multiplier(size: int, channels: dict) -> Optional[int]:
-    for cm in (1, 2, 4):
-        ref = default_channels(size, cm)
-        if all(ref.get(r) == c for r, c in channels.items()):
+def _from_object(obj: Any, p: Path) -> LoadedGenerator:
+    if not isinstance(obj, dict):
+        raise E4EError(f"generator {p} holds a {type(obj).__name__}, not a generator checkpoint dict")
+    if isinstance(obj.get("g_ema"), dict):
+        avg = obj.get("latent_avg")
+        return _build(obj["g_ema"], avg if isinstance(avg, torch.Tensor) else None, p, kind="rosinality")
+    if isinstance(obj.get("state_dict"), dict):
+        ckpt = read_checkpoint(p, mmap=False)
+        _, dec = split_state_dict(ckpt["state_dict"])
+        if not dec:
+            raise E4EError(f"generator {p} is an e4e checkpoint without decoder.* weights")
+        avg = ckpt.get("latent_avg")
+        if isinstance(avg, torch.Tensor) and avg.ndim == 2:
+            avg = avg[0]  # released checkpoints repeat w_avg on every row
+        return _build(dec, avg if isinstance(avg, torch.Tensor) else None, p, kind="e4e")
+    if "G_ema" in obj:
+        return _from_ada(obj["G_ema"], p)
+    keys = ", ".join(sorted(str(k) for k in obj)[:6]) or "none"
+    raise E4EError(f"generator {p} has no generator weights ('g_ema', 'state_dict' or 'G_ema'; keys found: {keys})")
+
+
+# --------------------------------------------------------------------------------------
+# building our Generator from a rosinality-layout state dict
+
+
+def _infer_arch(sd: dict[str, torch.Tensor], p: Path) -> tuple[int, int, int, dict[int, int]]:
+    """(size, style_dim, n_mlp, channels {res: ch}) from the tensor names and shapes."""
+    if "input.input" not in sd or "conv1.conv.weight" not in sd:
+        raise E4EError(f"generator {p} does not look like a StyleGAN2 generator (no input.input / conv1 weights)")
+    n_rgb = len({k.split(".")[1] for k in sd if k.startswith("to_rgbs.")})
+    size = 2 ** (n_rgb + 2)
+    n_mlp = len({k.split(".")[1] for k in sd if re.match(r"style\.\d+\.weight$", k)})
+    style_dim = int(sd["conv1.conv.modulation.weight"].shape[1])
+    channels = {4: int(sd["input.input"].shape[1])}
+    for k in range(n_rgb):
+        key = f"convs.{2 * k}.conv.weight"
+        if key not in sd:
+            raise E4EError(f"generator {p} misses {key}")
+        channels[2 ** (k + 3)] = int(sd[key].shape[1])
+    return size, style_dim, n_mlp, channels
+
+
+def _channel_multiplier(size: int, channels: dict[int, int]) -> Optional[int]:
+    for cm in (1, 2, 4, 8):
+        if default_channels(size, cm) == channels:
             return cm
     return None
 
 
-def load_generator(path, *, size: Optional[int] = None) -> LoadedGenerator:
-    """Read and build the generator in `path`; `size` (if given) must match the file's."""
-    p = Path(path)
-    obj = _read_object(p)
-    sd, avg, kind = _generator_state(obj, p)
+def _build(sd: dict[str, torch.Tensor], latent_avg: Optional[torch.Tensor], p: Path, *, kind: str) -> LoadedGenerator:
+    sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    size, style_dim, n_mlp, channels = _infer_arch(sd, p)
+    g = Generator(size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+    expected = g.state_dict()
+    # blur kernels are fixed buffers; older files may omit them
+    for k, v in expected.items():
+        if k.endswith("kernel") and k not in sd:
+            sd[k] = v
+    missing = [k for k in expected if k not in sd]
+    wrong = [k for k in expected if k in sd and tuple(sd[k].shape) != tuple(expected[k].shape)]
+    if missing or wrong:
+        what = f"missing {', '.join(missing[:3])}" if missing else f"wrong shape for {', '.join(wrong[:3])}"
+        raise E4EError(f"generator {p} does not fit a {size}px StyleGAN2 generator: {what}")
+    g.load_state_dict({k: sd[k].float() for k in expected}, strict=True)
+    g.eval().requires_grad_(False)
+    if latent_avg is None:
+        log.warning("generator %s has no latent_avg: using the mean of 10,000 mapping outputs", p)
+        latent_avg = g.mean_latent(10_000)
+    latent_avg = latent_avg.detach().float().reshape(-1)
+    if latent_avg.numel() != style_dim:
+        raise E4EError(f"generator {p}: latent_avg has {latent_avg.numel()} values, expected {style_dim}")
+    return LoadedGenerator(generator=g, latent_avg=latent_avg.clone(), size=size,
+                           channel_multiplier=_channel_multiplier(size, channels), kind=kind)
+
+
+# --------------------------------------------------------------------------------------
+# StyleGAN2-ADA pickles: a restricted unpickler
+
+
+class _PersistentState:
+    """What a `torch_utils.persistence` object pickled: its attribute dict, its class name. No code runs."""
+
+    def __init__(self, class_name: str, state: dict):
+        self.class_name = class_name
+        self.state = state if isinstance(state, dict) else {}
+
+    def __setstate__(self, state):  # only reached if a pickle BUILDs on our record; keep it inert
+        if isinstance(state, dict):
+            self.state.update(state)
+
+    def child(self, name: str) -> "_PersistentState":
+        mods = self.state.get("_modules") or {}
+        c = mods.get(name)
+        if not isinstance(c, _PersistentState):
+            raise KeyError(name)
+        return c
+
+    def tensor(self, name: str) -> torch.Tensor:
+        for group in ("_parameters", "_buffers"):
+            t = (self.state.get(group) or {}).get(name)
+            if isinstance(t, torch.Tensor):
+                return t.detach().float()
+        raise KeyError(name)
+
+
+def _reconstruct_persistent(meta):
+    """Stand-in for `torch_utils.persistence._reconstruct_persistent_obj`: ignore module_src, keep the state."""
+    if not isinstance(meta, dict) or meta.get("type") != "class":
+        raise pickle.UnpicklingError("unexpected persistence record")
+    return _PersistentState(str(meta.get("class_name")), meta.get("state") or {})
+
+
+def _storage_from_bytes(b):
+    """Stand-in for `torch.storage._load_from_bytes`, which would run a nested unrestricted torch.load."""
+    return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+
+
+class _PlainDict(dict):
+    """Stand-in for `dnnlib.util.EasyDict`: a dict, no attribute tricks."""
+
+
+def _numpy_scalar(dtype, *args):
+    """Stand-in for numpy's scalar reconstructor (ADA stores gains like 1/np.sqrt(n)); numeric dtypes only."""
+    import numpy as np
+
+    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or len(args) != 1 or not isinstance(args[0], bytes):
+        raise pickle.UnpicklingError("numpy scalar of a non-numeric type")
+    return np.frombuffer(args[0], dtype=dtype)[0].item()
+
+
+def _numpy_dtype(name, *args):
+    import numpy as np
+
+    dt = np.dtype(name)
+    if dt.kind not in "biuf":
+        raise pickle.UnpicklingError(f"numpy dtype {name!r}")
+    return dt
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks, *rest):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent,
+    ("dnnlib.util", "EasyDict"): _PlainDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("torch", "Size"): torch.Size,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy", "dtype"): _numpy_dtype,
+}
+for _name in ("FloatStorage", "HalfStorage", "DoubleStorage", "BFloat16Storage", "LongStorage", "IntStorage",
+              "ByteStorage", "BoolStorage"):
+    if hasattr(torch, _name):
+        _ALLOWED[("torch", _name)] = getattr(torch, _name)
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Resolves only whitelisted globals (to safe stand-ins); anything else stops the load before it runs."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise _RefusedGlobal(f"{module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not used by NVlabs pickles")
+
+
+def _load_pickle_file(p: Path) -> LoadedGenerator:
     try:
-        arch = architecture(sd)
-    except E4EError as exc:
-        raise E4EError(f"generator {p}: {exc}") from None
-    if size is not None and int(size) != arch["size"]:
-        raise E4EError(f"generator {p} makes {arch['size']}x{arch['size']} images, but {size} was asked for")
-    g = Generator(arch["size"], style_dim=arch["style_dim"], n_mlp=arch["n_mlp"], channels=arch["channels"])
-    missing, unexpected = g.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
-    missing = [m for m in missing if not m.endswith("blur.kernel") and not m.endswith("upsample.kernel")]
-    if missing:
-        raise E4EError(f"generator {p} lacks {len(missing)} tensor(s), e.g. {missing[0]}")
-    g = g.float().eval().requires_grad_(False)
-    if avg is None:
-        avg = g.mean_latent(10_000, seed=0)
-    avg = torch.as_tensor(avg).float().reshape(-1)
-    if avg.numel() != arch["style_dim"]:
-        raise E4EError(f"generator {p}: latent_avg has {avg.numel()} values, expected {arch['style_dim']}")
-    return LoadedGenerator(g, avg, arch["size"], channel_multiplier(arch["size"], arch["channels"]), kind)
+        with open(p, "rb") as fh:
+            obj = _RestrictedUnpickler(fh).load()
+    except _RefusedGlobal as exc:
+        raise E4EError(f"refusing to load {p}: the pickle wants to run {exc}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, TypeError, AttributeError, IndexError,
+            KeyError, OSError, MemoryError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__
+        raise E4EError(f"generator {p} is truncated or corrupt ({first})") from None
+    if isinstance(obj, int) and not isinstance(obj, bool):  # the magic number of a legacy (pre-1.6) torch.save
+        return _load_torch_file(p, legacy=True)
+    return _from_object(obj, p)
 
 
-def save_rosinality_checkpoint(path, *, generator: Generator, latent_avg: torch.Tensor) -> Path:
-    """{"g_ema": state_dict, "latent_avg": [style_dim]}, written atomically."""
-    obj = {"g_ema": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
-           "latent_avg": latent_avg.detach().cpu().reshape(-1)}
-    return atomic_write(path, lambda fh: torch.save(obj, fh))
+def _from_ada(g: Any, p: Path) -> LoadedGenerator:
+    """Convert a StyleGAN2-ADA G_ema (as `_PersistentState` records) to our rosinality layout."""
+    if not isinstance(g, _PersistentState):
+        raise E4EError(f"generator {p}: G_ema is not a StyleGAN2-ADA network")
+    st = g.state
+    if int(st.get("c_dim") or 0) > 0:
+        raise E4EError(f"generator {p} is class-conditional (c_dim={st.get('c_dim')}); only unconditional generators can be inverted")
+    if int(st.get("img_channels") or 3) != 3:
+        raise E4EError(f"generator {p} makes {st.get('img_channels')}-channel images; only RGB is supported")
+    try:
+        mapping, synth = g.child("mapping"), g.child("synthesis")
+        size = int(st.get("img_resolution") or synth.state.get("img_resolution"))
+        if size < 8 or 2 ** int(math.log2(size)) != size:
+            raise E4EError(f"generator {p} has resolution {size}; only powers of two >= 8 are supported")
+        sd: dict[str, torch.Tensor] = {}
+        fcs = sorted((k for k in (mapping.state.get("_modules") or {}) if re.fullmatch(r"fc\d+", k)), key=lambda s: int(s[2:]))
+        if not fcs:
+            raise E4EError(f"generator {p}: the mapping network has no fc layers")
+        for i, name in enumerate(fcs):
+            _linear(sd, f"style.{i + 1}", mapping.child(name), lr_mul=0.01)
+        latent_avg = mapping.tensor("w_avg")
+        b4 = synth.child("b4")
+        sd["input.input"] = b4.tensor("const")[None]
+        _styled(sd, "conv1", b4.child("conv1"), "noises.noise_0", p)
+        _to_rgb(sd, "to_rgb1", b4.child("torgb"))
+        n = 1
+        for k, lvl in enumerate(range(3, int(math.log2(size)) + 1)):
+            blk = synth.child(f"b{2 ** lvl}")
+            arch = blk.state.get("architecture", "skip")
+            if arch != "skip":
+                raise E4EError(f"generator {p} uses the '{arch}' synthesis architecture; only 'skip' (StyleGAN2's default) is supported")
+            _styled(sd, f"convs.{2 * k}", blk.child("conv0"), f"noises.noise_{n}", p)
+            _styled(sd, f"convs.{2 * k + 1}", blk.child("conv1"), f"noises.noise_{n + 1}", p)
+            _to_rgb(sd, f"to_rgbs.{k}", blk.child("torgb"))
+            n += 2
+    except KeyError as exc:
+        raise E4EError(f"generator {p}: the StyleGAN2-ADA network misses {exc.args[0]!r} (a StyleGAN3 or other architecture?)") from None
+    return _build(sd, latent_avg, p, kind="stylegan2-ada")
 
 
-def n_styles_of(size: int) -> int:
-    return 2 * int(math.log2(size)) - 2
+def _linear(sd, prefix: str, fc: "_PersistentState", *, lr_mul: float) -> None:
+    """ADA FullyConnectedLayer (raw weight * weight_gain, bias * bias_gain) -> our EqualLinear with `lr_mul`."""
+    w, b = fc.tensor("weight"), fc.tensor("bias")
+    wg = float(fc.state.get("weight_gain", 1.0 / math.sqrt(w.shape[1])))
+    bg = float(fc.state.get("bias_gain", 1.0))
+    sd[f"{prefix}.weight"] = w * (wg / (lr_mul / math.sqrt(w.shape[1])))
+    sd[f"{prefix}.bias"] = b * (bg / lr_mul)
 
 
-__all__ = ["LoadedGenerator", "load_generator", "save_rosinality_checkpoint", "architecture", "channel_multiplier",
-           "n_styles_of"]
+_CLAMP_WARNED: set = set()
+
+
+def _styled(sd, prefix: str, layer: "_PersistentState", noise_key: str, p: Path) -> None:
+    """ADA SynthesisLayer -> StyledConv. The up-sampling conv needs no flip: both transpose-convolve with
+    the unflipped [O,I,k,k] weight (stride 2, no padding) and then blur with 1 pixel of padding each side."""
+    if layer.state.get("conv_clamp") is not None and p not in _CLAMP_WARNED:
+        _CLAMP_WARNED.add(p)
+        log.warning("generator %s: ignoring conv_clamp=%s (a safety clamp for fp16 training; our float32 "
+                    "synthesis does not clamp)", p, layer.state.get("conv_clamp"))
+    if str(layer.state.get("activation", "lrelu")) != "lrelu":
+        raise E4EError(f"generator {p}: activation {layer.state.get('activation')!r} is not supported")
+    _linear(sd, f"{prefix}.conv.modulation", layer.child("affine"), lr_mul=1.0)
+    sd[f"{prefix}.conv.weight"] = layer.tensor("weight")[None]  # the scale cancels in demodulation
+    sd[f"{prefix}.noise.weight"] = layer.tensor("noise_strength").reshape(1)
+    sd[f"{prefix}.activate.bias"] = layer.tensor("bias")
+    noise = layer.tensor("noise_const")
+    sd[noise_key] = noise.reshape(1, 1, *noise.shape[-2:])
+
+
+def _to_rgb(sd, prefix: str, layer: "_PersistentState") -> None:
+    """ADA ToRGBLayer (styles * 1/sqrt(I)) -> our ToRGB (weight * 1/sqrt(I)): same product, no demodulation."""
+    _linear(sd, f"{prefix}.conv.modulation", layer.child("affine"), lr_mul=1.0)
+    w = layer.tensor("weight")
+    wg = float(layer.state.get("weight_gain", 1.0 / math.sqrt(w.shape[1])))
+    sd[f"{prefix}.conv.weight"] = (w * (wg * math.sqrt(w.shape[1])))[None]
+    sd[f"{prefix}.bias"] = layer.tensor("bias").reshape(1, 3, 1, 1)
