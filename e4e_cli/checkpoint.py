@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from .errors import E4EError
-from .fsutil import looks_like_html
+from .fsutil import read_head
 
 DOMAIN_SIZES = {"ffhq": 1024, "cars": 512, "horse": 256, "church": 256}
 
@@ -42,22 +42,7 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, 
     file, a truncated download, or a pickle that would run code.
     """
     p = Path(path)
-    if not p.exists():
-        raise E4EError(f"checkpoint {p} not found")
-    if p.is_dir():
-        raise E4EError(f"checkpoint {p} is a folder, not a file")
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(1024)
-    except OSError as exc:
-        raise E4EError(f"cannot read checkpoint {p}: {exc.strerror or exc}") from None
-    if not head:
-        raise E4EError(f"checkpoint {p} is empty: download it again with `e4e download-weights`")
-    if looks_like_html(head):
-        raise E4EError(
-            f"checkpoint {p} is an HTML page, not a checkpoint (a quota or login page saved by a failed download): "
-            "delete it and run `e4e download-weights`"
-        )
+    head = read_head(p, what="checkpoint", hint="delete it and run `e4e download-weights`")
     is_zip = zipfile.is_zipfile(p)
     if head[:2] == b"PK" and not is_zip:
         raise E4EError(f"checkpoint {p} is truncated or corrupt (incomplete zip archive): download it again")

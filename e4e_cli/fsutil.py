@@ -50,6 +50,26 @@ def looks_like_html(head: bytes) -> bool:
     return h.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in h
 
 
+def read_head(path: str | os.PathLike, *, what: str, hint: str, n: int = 1024) -> bytes:
+    """The first `n` bytes of a weights file, or a one-line E4EError naming `what` it should be:
+    missing, a folder, unreadable, empty, or a web page saved by a failed download (then `hint`)."""
+    p = Path(path)
+    if not p.exists():
+        raise E4EError(f"{what} {p} not found")
+    if p.is_dir():
+        raise E4EError(f"{what} {p} is a folder, not a file")
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(n)
+    except OSError as exc:
+        raise E4EError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+    if not head:
+        raise E4EError(f"{what} {p} is empty: {hint}")
+    if looks_like_html(head):
+        raise E4EError(f"{what} {p} is an HTML page, not a {what} (a quota or login page saved by a failed download): {hint}")
+    return head
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents) or fail with a one-line reason."""
     p = Path(path)

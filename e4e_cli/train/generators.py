@@ -34,7 +34,7 @@ import torch
 
 from ..checkpoint import read_checkpoint, split_state_dict
 from ..errors import E4EError
-from ..fsutil import atomic_write, looks_like_html
+from ..fsutil import atomic_write, read_head
 from ..networks import Generator, default_channels
 
 log = logging.getLogger(__name__)
@@ -80,20 +80,7 @@ def save_rosinality_checkpoint(path, *, generator: Generator, latent_avg: torch.
 
 
 def _check_file(p: Path) -> bytes:
-    if not p.exists():
-        raise E4EError(f"generator {p} not found")
-    if p.is_dir():
-        raise E4EError(f"generator {p} is a folder, not a file")
-    try:
-        with open(p, "rb") as fh:
-            head = fh.read(1024)
-    except OSError as exc:
-        raise E4EError(f"cannot read generator {p}: {exc.strerror or exc}") from None
-    if not head:
-        raise E4EError(f"generator {p} is empty")
-    if looks_like_html(head):
-        raise E4EError(f"generator {p} is an HTML page, not a generator (a failed download?): download it again")
-    return head
+    return read_head(p, what="generator", hint="fetch it again")
 
 
 def _load_torch_file(p: Path, *, legacy: bool = False) -> LoadedGenerator:
