@@ -354,7 +354,7 @@ def _read_csv(path):
 def test_cli_invert_report(church, parity_dir, case_checkpoint, cache_dir, tmp_path):
     data = church[3]
     proc = run_e4e("invert", parity_dir / "images" / "church_img.jpg", "--domain", "church", "--checkpoint",
-                   case_checkpoint(CASE), "--device", "cpu", "--delta-scale", "0.5", "--report", "--out", tmp_path,
+                   case_checkpoint(CASE), "--device", "cpu", "--precision", "fp32", "--delta-scale", "0.5", "--report", "--out", tmp_path,
                    env={"E4E_CACHE_DIR": str(cache_dir)})
     assert proc.returncode == 0, proc.stderr
     d = tmp_path / "church_img"

@@ -119,7 +119,9 @@ def test_invert_then_edit_as_typed(tmp_path, weights, parity_dir):
     ed = run_e4e("edit", "--direction", "smile", "--strength", "3", cwd=work, env=env)
     assert ed.returncode == 0, ed.stderr
     edits = work / "e4e-out" / "edits"
-    assert sorted(p.name for p in edits.iterdir()) == ["photo_smile_+3.npy", "photo_smile_+3.png"]
+    # the edit, its record of what made it, and the run's summary
+    assert sorted(p.name for p in edits.iterdir()) == ["photo_smile_+3.json", "photo_smile_+3.npy", "photo_smile_+3.png",
+                                                       "summary.json"]
     codes = np.load(work / "e4e-out" / "photo" / "latent.npy")
     smile = np.load(edits / "photo_smile_+3.npy")
     import torch
