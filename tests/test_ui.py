@@ -160,17 +160,28 @@ def test_bad_uploads_get_a_message_and_the_server_lives(server, tmp_path):
 
 
 def test_a_newer_preview_overtakes_an_older_one(server):
-    """While the model is busy, an older request that a newer one overtook is answered without decoding."""
-    ed = server["editor"]
+    """A request that a newer one of its session has overtaken is answered without decoding:
+    at once if the newer one came first, and after the wait if it came while the model was busy."""
     import torch
 
-    sid = ed._new(__import__("e4e_cli.ui.server", fromlist=["Session"]).Session(
-        codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512)))
-    with ed.lock:  # the model is busy
-        newer = ed.sessions[sid]
-        newer.seq = 5
-        assert ed.render(sid, {}, 1.0, False, seq=3) is None
-    out = ed.render(sid, {}, 1.0, False, seq=6)
+    from e4e_cli.ui.server import Session
+
+    ed = server["editor"]
+    sid = ed._new(Session(codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512)))
+    ed.sessions[sid].seq = 5
+    assert ed.render(sid, {}, 1.0, False, seq=3) is None  # older than what the page already asked for
+    results = {}
+    ed.lock.acquire()  # the model is busy with another decode
+    try:
+        waiting = threading.Thread(target=lambda: results.update(old=ed.render(sid, {}, 1.0, False, seq=6)))
+        waiting.start()
+        time.sleep(0.5)
+        ed.sessions[sid].seq = 7  # a newer request arrives while request 6 waits
+    finally:
+        ed.lock.release()
+    waiting.join(timeout=60)
+    assert results == {"old": None}
+    out = ed.render(sid, {}, 1.0, False, seq=8)
     assert out is not None and out[0].size == (1024, 1024)
 
 

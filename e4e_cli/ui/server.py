@@ -187,8 +187,10 @@ class Editor:
             with s.lock:
                 s.seq = max(s.seq, seq)
         codes = self.edited_codes(s, strengths, delta_scale)
+        if seq is not None and seq < s.seq:  # overtaken already: do not even wait for the model
+            return None
         with self.lock:
-            if seq is not None and seq < s.seq:
+            if seq is not None and seq < s.seq:  # overtaken while waiting
                 return None
             with torch.inference_mode():
                 image = self.model.to_pil(self.model.decode(codes))[0]
