@@ -198,6 +198,12 @@ def ablation(model, torch, codes, repeat: int, *, bf16: bool = True) -> dict:
                 g.fast_up_mode, g.fast_mode = "auto", "activation"
                 out[f"fast {prec}, all layers activation mode"] = best_of(lambda: g.synthesize(codes, impl="fast", dtype=dt), repeat)
             g.fast_up_mode, g.fast_mode = "auto", "auto"
+            g.fast_conv3x3 = "direct"
+            try:
+                out["fast fp32, 3x3 convs direct (no Winograd)"] = best_of(lambda: g.synthesize(codes, impl="fast"), repeat)
+            finally:
+                g.fast_conv3x3 = "auto"
+            out["fast fp32, 3x3 convs auto (Winograd where it pays)"] = best_of(lambda: g.synthesize(codes, impl="fast"), repeat)
             fused = dict(ops._FUSED_LRELU)
             try:
                 if not bf16:

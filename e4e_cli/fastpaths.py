@@ -3,7 +3,8 @@
 `networks.py` is the plain reference that reads like SPEC.md; this module computes the same
 functions faster and is tested against it (tests/test_fastpaths.py): BatchNorm folded into
 the convolutions, channels-last activations, all styles in one matmul, modulation applied to
-activations or weights (whichever is cheaper per layer), up-sampling and blur fused, and an
+activations or weights (whichever is cheaper per layer), up-sampling and blur fused, the
+generator's large float32 3x3 convolutions by Winograd where that pays (`ops.conv3x3`), and an
 optional reduced precision for the convolutions. Derived tensors are cached on the module
 (`_fast_plans`) and dropped by `clear_fast_cache()`.
 """
@@ -373,7 +374,7 @@ def _per_sample_if_tiny(conv, x):
     return torch.cat([conv(x[i : i + 1]) for i in range(x.shape[0])])
 
 
-def _conv_activation_mode(st: _Step, x, s, nz, cdt):
+def _conv_activation_mode(st: _Step, x, s, nz, cdt, conv3x3_impl: str = "auto"):
     """Batched modulated conv for low resolutions: scale x by the style, demodulate the output."""
     m = st.mod
     w0 = m.weight[0]
@@ -382,6 +383,8 @@ def _conv_activation_mode(st: _Step, x, s, nz, cdt):
     w = st.shared_weight(cdt)
     if m.up:
         y = _each(lambda v: ops.blur2d(F.conv_transpose2d(v, w, stride=2), m.blur.kernel), x)
+    elif k == 3:
+        y = _each(lambda v: ops.conv3x3(v, w, impl=conv3x3_impl), x)
     else:
         y = _each(lambda v: F.conv2d(v, w, padding=k // 2), x)
     del x
@@ -407,7 +410,7 @@ def _plus_minus(v):
     return torch.cat([v, -v], dim=1)
 
 
-def _conv_weight_mode(st: _Step, x, s, nz, cdt, extras=None):
+def _conv_weight_mode(st: _Step, x, s, nz, cdt, extras=None, conv3x3_impl: str = "auto"):
     """One sample's modulated conv with style and demodulation folded into its (small) weights.
 
     `x` may carry the noise channels described above after its I real ones. For a polyphase
@@ -440,10 +443,14 @@ def _conv_weight_mode(st: _Step, x, s, nz, cdt, extras=None):
         y = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
         del x
         y = ops.blur2d(y, m.blur.kernel, bias=bias)
+        y.add_(_noise_term(st, nz, cdt))
+    elif k == 3:  # direct or Winograd, whichever is faster here (ops.conv3x3), noise added in its last pass
+        y = ops.conv3x3(x, w, _lowp(bias, cdt), addend=_noise_term(st, nz, cdt), impl=conv3x3_impl)
+        del x
     else:
         y = F.conv2d(x, w, _lowp(bias, cdt), padding=c)
         del x
-    y.add_(_noise_term(st, nz, cdt))
+        y.add_(_noise_term(st, nz, cdt))
     return F.leaky_relu_(y, 0.2)
 
 
@@ -506,7 +513,7 @@ def synthesize_fast(g: "Generator", codes, noise, dtype):
     first_w = next((i for i, st in enumerate(steps) if st.weight_mode), len(steps))
     for j, st in enumerate(steps[:first_w]):  # low resolutions: the whole batch at once
         if st.kind == "conv":
-            x = _conv_activation_mode(st, x, svec[j], noise[st.noise], cdt)
+            x = _conv_activation_mode(st, x, svec[j], noise[st.noise], cdt, g.fast_conv3x3)
         else:
             skip = _to_rgb_fast(st, x, svec[j], skip, cdt)
     if first_w == len(steps):
@@ -530,7 +537,7 @@ def synthesize_fast(g: "Generator", codes, noise, dtype):
                     extras = _plus_minus(nterm(rest[j + 1]) / 1.2)
                 nz = noise[st.noise]
                 nz = nz[i : i + 1] if nz.shape[0] > 1 else nz
-                xi = _conv_weight_mode(st, xi, svec[first_w + j][i : i + 1], nz, cdt, extras)
+                xi = _conv_weight_mode(st, xi, svec[first_w + j][i : i + 1], nz, cdt, extras, g.fast_conv3x3)
             else:
                 si = _to_rgb_fast(st, xi, svec[first_w + j][i : i + 1], si, cdt)
         del xi

@@ -292,6 +292,7 @@ class Generator(nn.Module):
     # fast path knobs (see fastpaths.synthesize_fast); derived tensors are cached per setting and device
     fast_up_mode = "auto"
     fast_mode = "auto"
+    fast_conv3x3 = "auto"  # ops.conv3x3's impl for the high-resolution 3x3 convolutions
 
     def __init__(self, size: int = 1024, *, style_dim: int = 512, n_mlp: int = 8, channels: dict[int, int] | None = None):
         super().__init__()

@@ -109,6 +109,90 @@ def test_demod_from_wsq_equals_demod_coefficients():
     torch.testing.assert_close(ops.demod_from_wsq(w.pow(2).sum([2, 3]), s), ops.demod_coefficients(w, s))
 
 
+@pytest.mark.parametrize("shape", [(2, 600, 80, 70), (1, 7, 80, 70), (2, 3, 5, 5)])
+def test_relayout_is_an_exact_copy_in_the_other_layout(shape):
+    """Blocked (600 channels: blocks of 436 pixels and a remainder), one block, and tiny (PyTorch's own copy)."""
+    x = torch.randn(*shape)
+    cl = ops.relayout(x, torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous() or shape[1] == 1
+    assert torch.equal(cl, x)
+    back = ops.relayout(cl, torch.contiguous_format)
+    assert back.is_contiguous() and torch.equal(back, x)
+    assert ops.relayout(back, torch.contiguous_format) is back  # already so: no copy
+    strided = x.transpose(2, 3)  # neither layout: still exact
+    assert torch.equal(ops.relayout(strided, torch.channels_last), strided)
+
+
+def test_relayout_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="NCHW"):
+        ops.relayout(torch.zeros(3, 4), torch.channels_last)
+    with pytest.raises(ValueError, match="memory_format"):
+        ops.relayout(torch.zeros(1, 2, 3, 4), torch.preserve_format)
+
+
+needs_winograd = pytest.mark.skipif(not ops.winograd_available(), reason="this PyTorch build has no NNPACK")
+
+
+@needs_winograd
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_conv3x3_winograd_matches_the_direct_convolution(channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(2, 24, 40, 36)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w, b, noise = torch.randn(20, 24, 3, 3) / 15, torch.randn(20), torch.randn(1, 1, 40, 36)
+    want = F.conv2d(x.double(), w.double(), b.double(), padding=1) + noise.double()  # float64
+    with torch.no_grad():
+        got = ops.conv3x3(x, w, b, addend=noise, impl="winograd")
+        direct = ops.conv3x3(x, w, b, addend=noise, impl="direct")
+    assert got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last  # x's layout back
+    assert rel(got, want) < 5e-5 and rel(direct, want) < 1e-6
+    assert rel(got, want) > 0  # it really is another method (Winograd rounds differently)
+
+
+@needs_winograd
+def test_conv3x3_auto_takes_winograd_only_where_it_can_run_and_pays(monkeypatch):
+    calls = []
+    real = torch._nnpack_spatial_convolution
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(a[0].shape) or real(*a))
+    big, small = torch.randn(1, 8, 16, 16), torch.randn(1, 8, 6, 6)
+    w = torch.randn(8, 8, 3, 3)
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_CHANNELS", 8)
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_SIDE", 16)
+    with torch.no_grad():
+        ops.conv3x3(big, w)  # pays: Winograd
+        ops.conv3x3(small, w)  # too small: direct
+        ops.conv3x3(big, w, impl="direct")
+        ops.conv3x3(big.double(), w.double())  # float64: direct
+        ops.conv3x3(big.bfloat16(), w.bfloat16())  # reduced precision: direct
+    assert calls == [big.shape]
+    y = ops.conv3x3(big, w.clone().requires_grad_())  # gradients wanted: direct, and they flow
+    assert y.requires_grad and len(calls) == 1
+    with pytest.warns(UserWarning, match="cannot run here"):
+        with torch.no_grad():
+            out = ops.conv3x3(big.double(), w.double(), impl="winograd")
+    torch.testing.assert_close(out, F.conv2d(big.double(), w.double(), padding=1))
+    with pytest.warns(UserWarning, match="unknown impl"):
+        ops.conv3x3(big, w, impl="fft")
+    with pytest.raises(ValueError, match="do not fit"):
+        ops.conv3x3(big, torch.randn(8, 5, 3, 3))
+
+
+@needs_winograd
+def test_generator_with_winograd_convolutions_matches_the_reference():
+    g = tiny_generator(size=64)
+    codes = torch.randn(2, g.n_styles, 16)
+    with torch.no_grad():
+        ref = g.synthesize(codes, impl="ref")
+        g.fast_conv3x3 = "direct"
+        direct = g.synthesize(codes, impl="fast")
+        g.fast_conv3x3 = "winograd"
+        wino = g.synthesize(codes, impl="fast")
+    assert rel(wino, ref) < 1e-4 and rel(wino, direct) < 1e-4
+    assert not torch.equal(wino, direct)  # the Winograd path really ran
+
+
 # ---------------------------------------------------------------------------------------------
 # generator
 
