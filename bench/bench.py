@@ -525,7 +525,13 @@ def main(argv=None) -> int:
         if bf16:
             log("bf16 error against fp32 ...")
             results["bf16_error"] = bf16_errors(model, torch, x1)
-        if not args.quick and within_budget(t_start, args.budget_s, 0.45):
+    # on an AVX-512 CPU, the AVX2-only numbers come first among the optional parts: they stand
+    # for the other kind of CPU users have (the targets are for both kinds)
+    if "avx512f" in isa["flags"] and within_budget(t_start, args.budget_s, 0.8):
+        log("the same on AVX2 only (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2; separate process) ...")
+        results["avx2_only"] = isa_child(ckpt, "avx2")
+    with torch.inference_mode():
+        if not args.quick and within_budget(t_start, args.budget_s, 0.8):
             log("ablation of the generator's fast path (decode, batch 1) ...")
             results["ablation_decode_s"] = ablation(model, torch, codes1, 3, bf16=bf16)
     del model
@@ -534,9 +540,6 @@ def main(argv=None) -> int:
         log("the reference's way without huge pages (separate process) ...")
         r = reference_way(ckpt, quick=True, thp=False)
         results["reference_way_without_thp"] = r if isinstance(r, str) else r[0]
-    if "avx512f" in isa["flags"] and within_budget(t_start, args.budget_s, 0.65):
-        log("the same on AVX2 only (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2; separate process) ...")
-        results["avx2_only"] = isa_child(ckpt, "avx2")
     log("memory (separate processes) ...")
     results["memory"] = memory(ckpt, IMAGE_ARG)
     log("start-up ...")

@@ -6,7 +6,12 @@ are computed, and each can be switched off:
 - transparent huge pages for torch's CPU allocator (`THP_MEM_ALLOC_ENABLE=1`, set before torch
   is imported, so import this module first; `THP_MEM_ALLOC_ENABLE=0` opts out): the 1024
   generator's large activations cost far fewer page faults. Measured about 10% faster invert
-  at 1024 on the AMX machine (Xeon, 2 cores), same peak memory;
+  at 1024 on the AMX machine (Xeon, 2 cores), same peak memory. On the Zen 4 EPYC machine
+  (2 cores, a VM with about 7 GB of free huge pages, so no compaction stalls) it was not
+  faster: 10 inverts at 1024, twice, median 2.03-2.06 s with it and 1.92-1.96 s without in
+  float32 (bfloat16: 1.22-1.28 vs 1.18-1.22 s), and the decode's spread was wider with it
+  (0.82-1.30 s vs 0.94-1.08 s). The best times were equal or a little better with it. Kept on
+  (one machine each way); THP_MEM_ALLOC_ENABLE=0 turns it off where it does not pay;
 - one intra-op thread per physical core (`configure_threads`; `E4E_NUM_THREADS` overrides):
   oneDNN's convolutions gain nothing from hyper-threads;
 - glibc heap reuse for the float32 generator's large activations (`HeapReuse`;

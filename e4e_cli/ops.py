@@ -17,6 +17,7 @@ tests/test_fastpaths.py.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import torch
@@ -440,7 +441,7 @@ def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto"):
 
     impl: "direct" (PyTorch's convolution: oneDNN on CPUs); "winograd" (NNPACK; float32 CPU
     inference only, falls back to direct with a warning elsewhere); "auto": Winograd where it
-    can run and pays by the table above, else direct.
+    can run and pays by the table above, else direct (E4E_WINOGRAD=0: always direct).
     """
     _check_nchw(x, "conv3x3")
     if tuple(weight.shape[2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
@@ -455,7 +456,7 @@ def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto"):
             warnings.warn("conv3x3: Winograd (NNPACK) cannot run here (it needs float32 CPU inference and "
                           "NNPACK in PyTorch), using direct", stacklevel=2)
     elif impl == "auto":
-        winograd = _winograd_pays(x, weight) and _winograd_can_run(x, weight)
+        winograd = _winograd_pays(x, weight) and _winograd_can_run(x, weight) and os.environ.get("E4E_WINOGRAD", "1") != "0"
     if not winograd:
         y = F.conv2d(x, weight, bias, padding=1)
         return y if addend is None else y.add_(addend)

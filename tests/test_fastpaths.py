@@ -167,6 +167,11 @@ def test_conv3x3_auto_takes_winograd_only_where_it_can_run_and_pays(monkeypatch)
         ops.conv3x3(big.double(), w.double())  # float64: direct
         ops.conv3x3(big.bfloat16(), w.bfloat16())  # reduced precision: direct
     assert calls == [big.shape]
+    monkeypatch.setenv("E4E_WINOGRAD", "0")  # the off switch
+    with torch.no_grad():
+        ops.conv3x3(big, w)
+    assert calls == [big.shape]
+    monkeypatch.delenv("E4E_WINOGRAD")
     y = ops.conv3x3(big, w.clone().requires_grad_())  # gradients wanted: direct, and they flow
     assert y.requires_grad and len(calls) == 1
     with pytest.warns(UserWarning, match="cannot run here"):
