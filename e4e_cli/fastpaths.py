@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from . import cputune, ops
 from .networks import upsample_add
 
 if TYPE_CHECKING:
@@ -478,10 +478,12 @@ def _to_rgb_fast(st: _Step, x, s, skip, cdt):
 # Up-sampling layers in weight mode. "transpose": stride-2 transposed conv, then a depthwise
 # blur with the bias; "polyphase": one 3x3 conv with 4*O outputs (transposed conv and blur
 # folded together: 4x the multiply-adds), then the pixel shuffle fused with the noise add:
-# one pass less over the large output. "auto": polyphase in reduced precision (the convolution
-# is cheap there: AMX on CPUs, tensor cores on GPUs), transpose in float32. Measured at 1024 on
-# 2 Sapphire Rapids cores (bench/bench.py's ablation): float32 transpose ~0.6 s vs polyphase
-# ~0.85 s; bfloat16 about equal, polyphase slightly ahead.
+# one pass less over the large output. "auto": polyphase in reduced precision where the
+# convolution is cheap (a matrix engine: AMX on CPUs, tensor cores on GPUs; see
+# cputune.matrix_engine), transpose otherwise. Measured at 1024 (bench/bench.py's ablation,
+# 2 cores): Sapphire Rapids (AMX) float32 transpose ~0.6 s vs polyphase ~0.85 s, bfloat16 about
+# equal with polyphase slightly ahead; Zen 4 (AVX512-BF16, no AMX) float32 0.80 vs 1.30 s,
+# bfloat16 0.43 vs 0.68 s.
 FAST_UP_MODES = ("auto", "transpose", "polyphase")
 # "auto": weight mode where the weights are smaller than one image's input activations;
 # "activation" / "weight": every layer in that mode (tests use these to cover both).
@@ -492,7 +494,8 @@ def synthesize_fast(g: "Generator", codes, noise, dtype):
     up_mode, mode = g.fast_up_mode, g.fast_mode
     if up_mode == "auto":
         lowp = dtype is not None and dtype not in (torch.float32, torch.float64)
-        up_mode = "polyphase" if lowp else "transpose"
+        engine = codes.device.type != "cpu" or cputune.matrix_engine()
+        up_mode = "polyphase" if lowp and engine else "transpose"
     if mode == "auto" and codes.device.type != "cpu":
         mode = "activation"  # GPUs: batched convolutions everywhere (elementwise passes are cheap there)
     key = (str(codes.device), g.input.input.dtype, up_mode, mode)

@@ -39,6 +39,28 @@ def test_native_bf16_follows_the_cpu_flags(flags, names, native):
     assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16
 
 
+@pytest.mark.parametrize("names, engine", [
+    (("avx2", "fma"), False),
+    (("avx2", "avx512f", "avx512_bf16"), False),    # Zen 4: bf16 dot products, no matrix engine
+    (("avx2", "amx_tile", "amx_bf16"), True),       # Sapphire Rapids
+])
+def test_up_sampling_is_fused_in_reduced_precision_only_with_a_matrix_engine(flags, monkeypatch, names, engine):
+    from conftest import tiny_generator
+
+    flags(*names)
+    monkeypatch.delenv("E4E_MATRIX_ENGINE", raising=False)
+    assert cputune.matrix_engine() is engine
+    g = tiny_generator(size=64)
+    codes = torch.randn(1, g.n_styles, 16)
+    with torch.no_grad():
+        g.synthesize(codes, impl="fast", dtype=torch.bfloat16)
+        g.synthesize(codes, impl="fast")  # float32: never fused
+    up_modes = sorted(key[2] for key in g._fast_plans)
+    assert up_modes == (["polyphase", "transpose"] if engine else ["transpose"])
+    monkeypatch.setenv("E4E_MATRIX_ENGINE", "1" if not engine else "0")  # the override
+    assert cputune.matrix_engine() is (not engine)
+
+
 def test_native_bf16_override(monkeypatch):
     monkeypatch.setattr(cputune, "_FLAGS", frozenset({"avx512_bf16"}))
     monkeypatch.setenv("E4E_NATIVE_BF16", "0")
