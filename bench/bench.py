@@ -208,8 +208,9 @@ def ablation(model, torch, codes, repeat: int, *, bf16: bool = True) -> dict:
             try:
                 if not bf16:
                     return out
-                ops._FUSED_LRELU[torch.bfloat16] = False
-                out["fast bf16, without fused conv+lrelu (noise channels)"] = best_of(
+                ops._FUSED_LRELU[torch.bfloat16] = False  # (it only runs after a polyphase layer)
+                g.fast_up_mode = "polyphase"
+                out["fast bf16, up=polyphase, without fused conv+lrelu (noise channels)"] = best_of(
                     lambda: g.synthesize(codes, impl="fast", dtype=torch.bfloat16), repeat)
             finally:
                 ops._FUSED_LRELU.clear()
