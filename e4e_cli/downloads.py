@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
 from .errors import E4EError, MissingWeightsError
-from .fsutil import looks_like_html
+from .fsutil import looks_like_html, sniff_head
 
 __all__ = [
     "Asset",
@@ -352,20 +352,19 @@ def require_asset(name: str, weights_dir: Optional[os.PathLike | str] = None) ->
     path = folder / asset.filename
     kind = "checkpoint" if asset.name in DOMAIN_CHECKPOINTS.values() else "file"
     alt = " (or pass --checkpoint PATH)" if kind == "checkpoint" else ""
-    if not path.is_file():
-        raise MissingWeightsError(f"{kind} {asset.filename} not found in {folder}: {_download_hint(asset)}{alt}")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(HTML_SNIFF)
-    except OSError as exc:
-        raise MissingWeightsError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if not head:
-        raise MissingWeightsError(f"{path} is empty: {_download_hint(asset)}{alt}")
-    if looks_like_html(head):
-        raise MissingWeightsError(
-            f"{path} is an HTML page, not the {kind} (a failed download?): delete it and {_download_hint(asset)}"
-        )
-    return path
+    not_found = f"{kind} {asset.filename} not found in {folder}: {_download_hint(asset)}{alt}"
+    if not path.is_file():  # missing, a folder, or not a regular file
+        raise MissingWeightsError(not_found)
+    problem, detail = sniff_head(path, HTML_SNIFF)
+    if problem == "ok":
+        return path
+    raise MissingWeightsError({
+        "missing": not_found,  # changed since the check above
+        "folder": not_found,
+        "unreadable": f"cannot read {path}: {detail}",
+        "empty": f"{path} is empty: {_download_hint(asset)}{alt}",
+        "html": f"{path} is an HTML page, not the {kind} (a failed download?): delete it and {_download_hint(asset)}",
+    }[problem])
 
 
 def checkpoint_path(domain: str, weights_dir: Optional[os.PathLike | str] = None) -> Path:

@@ -50,24 +50,41 @@ def looks_like_html(head: bytes) -> bool:
     return h.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in h
 
 
-def read_head(path: str | os.PathLike, *, what: str, hint: str, n: int = 1024) -> bytes:
-    """The first `n` bytes of a weights file, or a one-line E4EError naming `what` it should be:
-    missing, a folder, unreadable, empty, or a web page saved by a failed download (then `hint`)."""
+def sniff_head(path: str | os.PathLike, n: int = 1024) -> tuple[str, bytes | str]:
+    """Look at the first `n` bytes of a weights file: ("ok", head), or (problem, detail) with
+    problem "missing", "folder", "unreadable" (detail: the OS's reason), "empty" or "html" (a web
+    page saved by a failed download). Callers word the problem for their context."""
     p = Path(path)
     if not p.exists():
-        raise E4EError(f"{what} {p} not found")
+        return "missing", ""
     if p.is_dir():
-        raise E4EError(f"{what} {p} is a folder, not a file")
+        return "folder", ""
     try:
         with open(p, "rb") as fh:
             head = fh.read(n)
     except OSError as exc:
-        raise E4EError(f"cannot read {what} {p}: {exc.strerror or exc}") from None
+        return "unreadable", str(exc.strerror or exc)
     if not head:
-        raise E4EError(f"{what} {p} is empty: {hint}")
+        return "empty", ""
     if looks_like_html(head):
-        raise E4EError(f"{what} {p} is an HTML page, not a {what} (a quota or login page saved by a failed download): {hint}")
-    return head
+        return "html", head
+    return "ok", head
+
+
+def read_head(path: str | os.PathLike, *, what: str, hint: str, n: int = 1024) -> bytes:
+    """The first `n` bytes of a weights file, or a one-line E4EError naming `what` it should be:
+    missing, a folder, unreadable, empty, or a web page saved by a failed download (then `hint`)."""
+    p = Path(path)
+    problem, detail = sniff_head(p, n)
+    if problem == "ok":
+        return detail
+    raise E4EError({
+        "missing": f"{what} {p} not found",
+        "folder": f"{what} {p} is a folder, not a file",
+        "unreadable": f"cannot read {what} {p}: {detail}",
+        "empty": f"{what} {p} is empty: {hint}",
+        "html": f"{what} {p} is an HTML page, not a {what} (a quota or login page saved by a failed download): {hint}",
+    }[problem])
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
