@@ -653,6 +653,12 @@ def test_require_asset(tmp_path, monkeypatch):
     (tmp_path / "e4e_cars_encode.pt").write_text("<!DOCTYPE html><html>Quota exceeded</html>")
     with pytest.raises(MissingWeightsError, match="HTML page"):
         downloads.checkpoint_path("cars", tmp_path)
+    (tmp_path / "e4e_church_encode.pt").write_bytes(b"")
+    with pytest.raises(MissingWeightsError, match=r"e4e_church_encode.pt is empty: run `e4e download-weights church`"):
+        downloads.checkpoint_path("church", tmp_path)
+    (tmp_path / "e4e_horse_encode.pt").mkdir()
+    with pytest.raises(MissingWeightsError, match="checkpoint e4e_horse_encode.pt not found in"):
+        downloads.checkpoint_path("horse", tmp_path)
     (tmp_path / "smile.pt").write_bytes(b"PK\3\4 anything")
     assert downloads.require_asset("smile", tmp_path) == tmp_path / "smile.pt"
     monkeypatch.setenv("E4E_WEIGHTS_DIR", str(tmp_path))
