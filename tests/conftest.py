@@ -98,6 +98,17 @@ def case_checkpoint():
     return lambda name: synthetic_checkpoint(*CASES[name])
 
 
+class RunsCode:
+    """Unpickling this would run `touch marker`: a stand-in for a hostile checkpoint or pickle.
+    Tests assert the marker never appears."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def tiny_generator(size=32, dtype=None, seed=1):
     """A small StyleGAN2 generator (16-d styles) with the checkpoint's conventions for the
     modulation bias (1) and noise strength (0.1), for tests of the ops and fast paths."""

@@ -1,26 +1,16 @@
 """Checkpoint loading: the released layout loads; broken or hostile files are refused clearly."""
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 
 import pytest
 import torch
 
+from conftest import RunsCode
 from e4e_cli.checkpoint import infer_info, read_checkpoint
 from e4e_cli.errors import E4EError
 from e4e_cli.model import E4E
-
-
-class RunsCode:
-    """Unpickling this would create a file: a stand-in for a hostile checkpoint."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_hostile_pickle_is_refused_and_never_runs(tmp_path):

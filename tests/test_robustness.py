@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import assert_one_line_error, e4e_executable, run_e4e
+from conftest import RunsCode, assert_one_line_error, e4e_executable, run_e4e
 
 pytestmark = pytest.mark.slow
 
@@ -111,14 +111,6 @@ def test_no_face(tmp_path, case_checkpoint):
 
 
 # ---- checkpoints ------------------------------------------------------------------------
-
-
-class RunsCode:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_bad_checkpoints(tmp_path, parity_dir, church):

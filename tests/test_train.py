@@ -21,7 +21,7 @@ from e4e_cli.train.generators import load_generator, save_rosinality_checkpoint
 from e4e_cli.train.options import TrainOptions
 from e4e_cli.train.ranger import Ranger
 
-from conftest import assert_one_line_error, run_e4e
+from conftest import RunsCode, assert_one_line_error, run_e4e
 
 TINY = dict(input_size=64, loss_size=64, encoder_widths=(16, 16, 32, 32), encoder_units=(1, 1, 1, 1),
             lpips_lambda=0.0, id_lambda=0.0, dataset_type="church_encode", image_every=0, save_every=0,
@@ -270,15 +270,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tiny_setup, tmp_path):
     cut.write_bytes(g.read_bytes()[: g.stat().st_size // 2])
     assert_one_line_error(_train(tiny_setup / "img", out, generator=cut), "truncated")
     marker = tmp_path / "pwned"
-
-    class Evil:
-        def __reduce__(self):
-            import os
-
-            return (os.system, (f"touch {marker}",))
-
     evil = tmp_path / "evil.pkl"
-    evil.write_bytes(pickle.dumps({"G_ema": Evil()}))
+    evil.write_bytes(pickle.dumps({"G_ema": RunsCode(marker)}))
     assert_one_line_error(_train(tiny_setup / "img", out, generator=evil), "refusing to load", "system")
     assert not marker.exists(), "the pickle's code ran"
     assert_one_line_error(_train(tiny_setup / "img", out, "--size", "256", generator=g), "64x64", "256")

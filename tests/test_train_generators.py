@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import RunsCode
 from e4e_cli.errors import E4EError
 from e4e_cli.networks import Generator
 from e4e_cli.train.generators import load_generator, save_rosinality_checkpoint
@@ -194,19 +195,10 @@ def test_ada_unsupported_configs(tmp_path, kw, msg):
         load_generator(tmp_path / "g.pkl")
 
 
-class _Evil:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        import os
-        return (os.system, (f"touch {self.target}",))
-
-
 def test_pickle_with_code_is_refused_and_not_run(tmp_path):
     target = tmp_path / "pwned"
     with open(tmp_path / "evil.pkl", "wb") as fh:
-        pickle.dump({"G_ema": _Evil(target)}, fh, protocol=4)
+        pickle.dump({"G_ema": RunsCode(target)}, fh, protocol=4)
     with pytest.raises(E4EError, match=r"refusing to load .*wants to run (posix|os)\.system"):
         load_generator(tmp_path / "evil.pkl")
     assert not target.exists()
