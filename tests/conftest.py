@@ -109,19 +109,20 @@ class RunsCode:
         return (os.system, (f"touch {self.marker}",))
 
 
-def tiny_generator(size=32, dtype=None, seed=1):
-    """A small StyleGAN2 generator (16-d styles) with the checkpoint's conventions for the
-    modulation bias (1) and noise strength (0.1), for tests of the ops and fast paths."""
+def tiny_generator(size=32, dtype=None, seed=1, *, style_dim=16, channels=None, noise=0.1):
+    """A small StyleGAN2 generator (16-d styles by default) with the checkpoint's conventions for
+    the modulation bias (1) and a noise strength (0.1 by default), for tests of the ops, the
+    fast paths and training."""
     import torch
 
     from e4e_cli.networks import Generator
 
     torch.manual_seed(seed)
-    g = Generator(size, style_dim=16, n_mlp=2, channels={4: 16, 8: 12, 16: 8, 32: 8, 64: 4})
+    g = Generator(size, style_dim=style_dim, n_mlp=2, channels=channels or {4: 16, 8: 12, 16: 8, 32: 8, 64: 4})
     with torch.no_grad():
         for name, p in g.named_parameters():
             if name.endswith("modulation.bias"):
                 p.fill_(1.0)
             elif name.endswith("noise.weight"):
-                p.fill_(0.1)
+                p.fill_(noise)
     return g.to(dtype or torch.float32).eval()

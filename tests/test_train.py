@@ -21,6 +21,7 @@ from e4e_cli.train.generators import load_generator, save_rosinality_checkpoint
 from e4e_cli.train.options import TrainOptions
 from e4e_cli.train.ranger import Ranger
 
+import conftest
 from conftest import RunsCode, assert_one_line_error, run_e4e
 
 TINY = dict(input_size=64, loss_size=64, encoder_widths=(16, 16, 32, 32), encoder_units=(1, 1, 1, 1),
@@ -29,16 +30,8 @@ TINY = dict(input_size=64, loss_size=64, encoder_widths=(16, 16, 32, 32), encode
 
 
 def tiny_generator(seed: int = 0) -> Generator:
-    """A narrow 64 px StyleGAN2 generator with 32-d styles (the checkpoint conventions: modulation bias 1)."""
-    torch.manual_seed(seed)
-    g = Generator(64, style_dim=32, n_mlp=2, channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8})
-    with torch.no_grad():
-        for name, p in g.named_parameters():
-            if name.endswith("modulation.bias"):
-                p.fill_(1.0)
-            elif name.endswith("noise.weight"):
-                p.fill_(0.0)
-    return g.eval()
+    """A narrow 64 px StyleGAN2 generator with 32-d styles and no noise, for training."""
+    return conftest.tiny_generator(64, seed=seed, style_dim=32, channels={4: 32, 8: 32, 16: 16, 32: 16, 64: 8}, noise=0.0)
 
 
 @pytest.fixture(scope="module")
