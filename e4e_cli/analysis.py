@@ -5,7 +5,7 @@ Building blocks of `e4e invert --report` and `e4e evaluate`:
 - `w_statistics(model)`: mean and covariance of W, the mapping network's output, from
   `n` samples (10,000 by default). Computed once per checkpoint and kept in memory and in a
   small .npz under `$E4E_CACHE_DIR/wstats/` (default `$XDG_CACHE_HOME/e4e/wstats/`, i.e.
-  `~/.cache/e4e/wstats/`), keyed by the checkpoint's path, size and modification time.
+  `~/.cache/e4e/wstats/`), keyed by the checkpoint's content (SHA-256).
 - `mahalanobis(codes, mean, cov)`: each 512-d style vector's distance from W.
 - `latent_report(model, w0, deltas, delta_scale)`: per-layer delta norms, the variance of the
   style vectors across layers and each layer's distance from W (also at delta scale 0);
@@ -54,7 +54,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from .errors import E4EError
-from .fsutil import atomic_write, ensure_dir
+from .fsutil import atomic_write, cache_dir, ensure_dir
 
 WSTATS_VERSION = 1
 DEFAULT_W_SAMPLES = 10_000
@@ -68,24 +68,15 @@ _WSTATS_MEMORY: dict = {}
 # W statistics
 
 
-def cache_dir() -> Path:
-    """`$E4E_CACHE_DIR`, else `$XDG_CACHE_HOME/e4e`, else `~/.cache/e4e`."""
-    env = os.environ.get("E4E_CACHE_DIR", "").strip()
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "e4e"
-
-
 def _checkpoint_key(model, n: int, seed: int) -> Optional[str]:
     path = getattr(model, "path", None)
     if not path:
         return None
-    p = Path(path)
+    from .digests import content_sha256
+
     try:
-        st = p.stat()
-        ident = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|n={n}|seed={seed}|v{WSTATS_VERSION}"
-    except OSError:
+        ident = f"{content_sha256(path)}|n={n}|seed={seed}|v{WSTATS_VERSION}"
+    except E4EError:
         return None
     return hashlib.sha1(ident.encode("utf-8")).hexdigest()[:20]
 
@@ -108,8 +99,8 @@ def w_statistics(model, n: int = DEFAULT_W_SAMPLES, seed: int = 0, *,
     """Mean [512] and covariance [512,512] (float64, unbiased) of `n` mapping-network samples.
 
     z ~ N(0, I) from a CPU generator seeded with `seed`, w = mapping(z). The result is kept in
-    memory and on disk (see `cache_dir()`), keyed by the checkpoint file's path, size and
-    mtime plus `n` and `seed`, so every later call for the same checkpoint is instant.
+    memory and on disk (see `cache_dir()`), keyed by the checkpoint file's content (SHA-256) plus
+    `n` and `seed`, so every later call for the same checkpoint is instant.
     """
     if n < 2:
         raise E4EError(f"W statistics need at least 2 samples, got {n}")

@@ -6,19 +6,21 @@ from typing import Optional
 
 import typer
 
+from .cli_invert import DOMAIN_HELP
 from .errors import E4EError
 
 
 def invert_dataset_command(
     root: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Prefix of the outputs: PREFIX-00000.npz ..., PREFIX.index.json, PREFIX.failures.jsonl."),
-    domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
+    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: picked for memory)."),
     workers: int = typer.Option(2, "--workers", help="Processes that read (and align) images."),
     no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq images are aligned by default)."),
     delta_scale: float = typer.Option(1.0, "--delta-scale", help="0 = pure W, 1 = e4e."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again: replace an index made with another checkpoint or options and redo every shard."),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as e4e invert)."),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
@@ -45,7 +47,7 @@ def invert_dataset_command(
     model = pipeline.load_model(pipeline.ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
                                                       precision=precision, weights_dir=weights_dir))
     opts = dataset.DatasetOptions(root=root, prefix=out, shard_size=shard_size, batch_size=batch_size, workers=workers,
-                                  align=not no_align, delta_scale=delta_scale)
+                                  align=not no_align, delta_scale=delta_scale, overwrite=overwrite)
 
     def log(msg: str) -> None:
         if rank == 0:

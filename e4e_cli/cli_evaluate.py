@@ -24,6 +24,7 @@ from typing import List, Optional
 
 import typer
 
+from .cli_invert import DOMAIN_HELP
 from .errors import E4EError
 
 BASE_COLUMNS = ["image", "delta_scale", "mse", "psnr", "ssim", "lpips", "delta_norm", "layer_variance", "w_distance"]
@@ -147,7 +148,7 @@ def evaluate_command(
     direction: Optional[str] = typer.Option(None, "--direction", "-d", help="Also measure the Latent Editing Consistency of this edit (preset, file, ganspace:..., sefa:K[:LAYERS])."),
     strength: float = typer.Option(3.0, "--strength", "-s", help="Edit strength S for the LEC (+S, then -S)."),
     delta_scales: str = typer.Option("0,0.25,0.5,1", "--delta-scales", help="Comma-separated delta scales to evaluate (0 = pure W, 1 = e4e)."),
-    domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
+    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="e4e checkpoint (default: the domain's file in the weights folder)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or mps."),
     out: Path = typer.Option(Path("e4e-out/evaluate"), "--out", help="Output folder (results.csv, curve.csv, curve.png)."),

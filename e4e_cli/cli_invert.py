@@ -14,8 +14,12 @@ from .errors import E4EError
 DOMAINS = ("ffhq", "cars", "horse", "church")
 
 
-def _check_domain(domain: str) -> str:
-    if domain not in DOMAINS:
+DOMAIN_HELP = "ffhq, cars, horse or church (default: what --checkpoint records, else ffhq; an explicit one wins)."
+
+
+def _check_domain(domain: Optional[str]) -> Optional[str]:
+    """A known domain, or None (not given)."""
+    if domain is not None and domain not in DOMAINS:
         raise E4EError(f"unknown domain {domain!r}: choose from {', '.join(DOMAINS)}")
     return domain
 
@@ -37,7 +41,7 @@ BATCH_HELP = "Images per forward pass (default: picked to keep memory low, e.g. 
 
 def invert_command(
     inputs: List[Path] = typer.Argument(..., help="Photos or folders of photos."),
-    domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
+    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="e4e checkpoint (default: the domain's file in the weights folder)."),
     out: Path = typer.Option(Path("e4e-out"), "--out", help="Output folder."),
     no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq photos are aligned by default)."),
@@ -112,8 +116,7 @@ def edit_command(
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
     from . import pipeline
 
-    if domain is not None:
-        _check_domain(domain)
+    _check_domain(domain)
     strengths = [pipeline.editing_strength(s) for s in (strength or [])]
     sweep_values = pipeline.parse_sweep(sweep) if sweep else None
     if delta_scale is not None:

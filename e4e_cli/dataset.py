@@ -12,12 +12,15 @@ temporary name and renamed:
 When every rank is done, rank 0 writes `PREFIX.index.json` (shards, counts, SHA-256 of each
 shard, checkpoint, options, source list) and `PREFIX.failures.jsonl` (one line per bad image).
 A rerun verifies each shard that exists (it loads, holds the expected paths, and was made by
-the same checkpoint and options) and skips it; a corrupt or foreign one is redone. Images are
-read (and for faces aligned) in DataLoader worker processes.
+the same checkpoint and options) and skips it; a corrupt or foreign one is redone. The
+checkpoint is named by its content (SHA-256, `digests`), never by file name, size or mtime.
+A run whose fingerprint differs from an existing index's is refused unless `overwrite`
+(which removes the old index first), and `load_latents` checks every shard's SHA-256 and
+fingerprint against the index: codes of two checkpoints are never mixed. Images are read
+(and for faces aligned) in DataLoader worker processes.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -29,6 +32,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from .errors import E4EError
+from .digests import sha256_file
 from .fsutil import atomic_write, ensure_dir
 
 FORMAT = "e4e-latent-shards/1"
@@ -44,17 +48,17 @@ class DatasetOptions:
     align: bool = True
     face: str = "largest"
     delta_scale: float = 1.0
+    overwrite: bool = False  # start again: remove an index made with other settings, redo every shard
 
 
 def list_dataset(root: Path) -> list[str]:
     """Image files under `root`, as sorted relative POSIX paths."""
-    from .images import IMAGE_SUFFIXES
+    from .images import is_image_file
 
     root = Path(root)
     if not root.is_dir():
         raise E4EError(f"{root} is not a folder")
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if is_image_file(p))
     if not files:
         raise E4EError(f"{root} holds no images")
     return files
@@ -164,14 +168,6 @@ def write_shard(path: Path, rel: Sequence[str], result: dict, fp: str) -> None:
     atomic_write(path, write)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _dist():
     """(rank, world); joins torchrun's process group when there are several processes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -200,12 +196,17 @@ def invert_dataset(model, opts: DatasetOptions, *, log: Callable[[str], None] = 
     prefix = Path(opts.prefix)
     ensure_dir(prefix.parent if str(prefix.parent) else ".")
     fp = fingerprint(model, opts)
+    check_existing_index(prefix, fp, overwrite=opts.overwrite)
+    if opts.overwrite and rank == 0:
+        for old in (index_path(prefix), Path(f"{prefix}.failures.jsonl")):
+            old.unlink(missing_ok=True)  # before any shard is written
+    _barrier(world)
     n_shards = (len(rel) + opts.shard_size - 1) // opts.shard_size
     mine = [k for k in range(n_shards) if k % world == rank]
     todo, skipped = [], 0
     for k in mine:
         part = rel[k * opts.shard_size : (k + 1) * opts.shard_size]
-        if shard_is_done(shard_path(prefix, k), part, fp):
+        if not opts.overwrite and shard_is_done(shard_path(prefix, k), part, fp):
             skipped += 1
         else:
             todo.append((k, part))
@@ -243,6 +244,36 @@ def invert_dataset(model, opts: DatasetOptions, *, log: Callable[[str], None] = 
     return summary
 
 
+def index_path(prefix) -> Path:
+    return Path(f"{prefix}.index.json")
+
+
+def _read_index(path: Path) -> dict:
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise E4EError(f"{path} not found: run `e4e invert-dataset` first (or it was interrupted)") from None
+    except (OSError, ValueError) as exc:
+        raise E4EError(f"{path} is not a readable index ({exc}): run `e4e invert-dataset --overwrite`") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise E4EError(f"{path} is not an e4e latent index ({FORMAT})")
+    return index
+
+
+def check_existing_index(prefix, fp: str, *, overwrite: bool) -> None:
+    """Refuse to add to a finished run made with another checkpoint or other options: its index
+    would then describe shards of two runs. `overwrite` starts over instead."""
+    path = index_path(prefix)
+    if overwrite or not path.exists():
+        return
+    index = _read_index(path)
+    if index.get("fingerprint") != json.loads(fp):
+        old = index.get("fingerprint") or {}
+        what = [k for k in sorted(set(old) | set(json.loads(fp))) if old.get(k) != json.loads(fp).get(k)]
+        raise E4EError(f"{path} holds latents made with another {', '.join(what) or 'setup'}: "
+                       "use another --out, or --overwrite to replace them")
+
+
 def write_index(prefix: Path, rel: Sequence[str], opts: DatasetOptions, model, fp: str, n_shards: int) -> dict:
     shards, failures = [], []
     for k in range(n_shards):
@@ -251,25 +282,41 @@ def write_index(prefix: Path, rel: Sequence[str], opts: DatasetOptions, model, f
             ok, errors, paths = z["ok"], z["errors"], z["paths"]
             failures += [{"path": str(p), "error": str(e)} for p, o, e in zip(paths, ok, errors) if not o]
             shards.append({"file": path.name, "first": k * opts.shard_size, "count": int(len(paths)),
-                           "failed": int((~ok).sum()), "sha256": _sha256(path)})
+                           "failed": int((~ok).sum()), "sha256": sha256_file(path)})
     index = {"format": FORMAT, "root": str(Path(opts.root).resolve()), "n_images": len(rel),
              "n_ok": len(rel) - len(failures), "n_failed": len(failures), "n_styles": model.n_styles,
              "shard_size": opts.shard_size, "shards": shards, "fingerprint": json.loads(fp),
              "domain": model.domain, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sources": list(rel)}
     atomic_write(Path(f"{prefix}.failures.jsonl"),
                  lambda fh: fh.write("".join(json.dumps(f) + "\n" for f in failures).encode()))
-    atomic_write(Path(f"{prefix}.index.json"), lambda fh: fh.write((json.dumps(index, indent=1) + "\n").encode()))
+    atomic_write(index_path(prefix), lambda fh: fh.write((json.dumps(index, indent=1) + "\n").encode()))
     return index
 
 
 def load_latents(prefix) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """All codes in source order: (codes [N,n_styles,512], paths, ok [N]) from the index and shards."""
-    index = json.loads(Path(f"{prefix}.index.json").read_text())
+    """All codes in source order: (codes [N,n_styles,512], paths, ok [N]) from the index and shards.
+
+    Every shard must be the file the index lists (its SHA-256), made with the index's
+    fingerprint and holding the index's paths; anything else is an E4EError naming the shard."""
+    index = _read_index(index_path(prefix))
     codes, paths, ok = [], [], []
     for s in index["shards"]:
-        with np.load(Path(prefix).parent / s["file"], allow_pickle=False) as z:
+        path = Path(prefix).parent / s["file"]
+        try:
+            digest = sha256_file(path)
+        except OSError as exc:
+            raise E4EError(f"shard {path} cannot be read ({exc.strerror or exc}): run `e4e invert-dataset` again") from None
+        if digest != s.get("sha256"):
+            raise E4EError(f"shard {path} is not the file {index_path(prefix).name} lists (SHA-256 differs): "
+                           "it was rewritten by another run; run `e4e invert-dataset` again")
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["fingerprint"])) != index.get("fingerprint"):
+                raise E4EError(f"shard {path} was made with another checkpoint or options than its index")
+            part = [str(p) for p in z["paths"]]
+            if part != index["sources"][s["first"] : s["first"] + s["count"]]:
+                raise E4EError(f"shard {path} holds other images than its index lists")
             codes.append(z["codes"])
-            paths += [str(p) for p in z["paths"]]
+            paths += part
             ok.append(z["ok"])
     return np.concatenate(codes), paths, np.concatenate(ok)
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
+from .digests import remember as remember_digest
+from .digests import sha256_file
 from .errors import E4EError, MissingWeightsError
 from .fsutil import looks_like_html, sniff_head
 
@@ -391,12 +393,6 @@ def human_size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def sha256_file(path: os.PathLike | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _progress_enabled(progress: bool) -> bool:
@@ -1175,6 +1171,8 @@ def download_assets(
                     res = Result(asset.name, asset.filename, folder / asset.filename, "failed",
                                  error=f"cannot write in {folder}: {exc.strerror or exc}",
                                  hint="free some disk space or choose another --weights-dir")
+                if asset.sha256 and (res.status in ("downloaded", "imported") or res.source == "verified"):
+                    remember_digest(res.path, asset.sha256)  # checked against the registry just now
                 results.append(res)
     finally:
         if own_session:

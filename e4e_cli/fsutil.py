@@ -14,8 +14,25 @@ from typing import IO, Callable, Iterator, Sequence
 
 from .errors import E4EError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+
+def read_umask() -> int:
+    """The process's umask, read without changing it where the system tells it (Linux:
+    /proc/self/status). Setting it to read it back, the only other way, races with threads
+    that create files meanwhile (the UI's workers), so that fallback sets 022, not 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = read_umask()  # once, at import
 
 
 def unique_names(bases: Sequence[str], *, sep: str = "_") -> list[str]:
@@ -85,6 +102,16 @@ def read_head(path: str | os.PathLike, *, what: str, hint: str, n: int = 1024) -
         "empty": f"{what} {p} is empty: {hint}",
         "html": f"{what} {p} is an HTML page, not a {what} (a quota or login page saved by a failed download): {hint}",
     }[problem])
+
+
+def cache_dir() -> Path:
+    """The user cache folder for derived data (digests, W statistics): `$E4E_CACHE_DIR`, else
+    `$XDG_CACHE_HOME/e4e`, else `~/.cache/e4e`."""
+    env = os.environ.get("E4E_CACHE_DIR", "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "e4e"
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:

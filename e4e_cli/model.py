@@ -19,6 +19,8 @@ e4e's W+ code (1); values above 1 exaggerate the per-layer deltas.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
@@ -251,6 +253,16 @@ class E4E:
         if avg.ndim != 2 or avg.shape[-1] != generator.style_dim or avg.shape[0] not in (1, info.n_styles):
             raise E4EError(f"checkpoint {path}: latent_avg has shape {tuple(avg.shape)}, expected [{info.n_styles},512]")
         return avg.expand(info.n_styles, -1).clone()
+
+    def with_domain(self, domain: str) -> "E4E":
+        """This model (the same networks, not copied) with `domain` in place of the one its
+        checkpoint records: the user's explicit --domain decides alignment and crops (a trained
+        checkpoint may record the wrong one)."""
+        if domain == self.info.domain:
+            return self
+        other = copy.copy(self)
+        other.info = dataclasses.replace(self.info, domain=domain)
+        return other
 
     # ---- facts ------------------------------------------------------------------------
 

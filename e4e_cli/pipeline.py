@@ -29,9 +29,9 @@ import numpy as np
 
 from .errors import E4EError
 from .fsutil import atomic_save_image, atomic_write, ensure_dir, unique_names
+from .images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-LATENT_SUFFIXES = {".npy", ".pt"}
+LATENT_SUFFIXES = (".npy", ".pt")
 DEFAULT_OUT = Path("e4e-out")
 N_STYLES_DOMAIN = {18: "ffhq", 16: "cars", 14: "church"}
 MIN_SIDE = 16  # smaller inputs carry no usable content after the resize to 256
@@ -108,7 +108,7 @@ def _progress(items, total: int, desc: str):
 
 @dataclass
 class ModelOptions:
-    domain: str = "ffhq"
+    domain: Optional[str] = None  # None: the checkpoint's record (ffhq's file without --checkpoint)
     checkpoint: Optional[Path] = None
     device: str = "auto"
     precision: Optional[str] = None
@@ -119,7 +119,9 @@ _MODELS: dict = {}
 
 
 def load_model(opts: ModelOptions):
-    """The E4E model for `opts` (cached per process): --checkpoint, else the domain's file in the weights folder."""
+    """The E4E model for `opts` (cached per process): --checkpoint, else the domain's file in the
+    weights folder. An explicit domain wins over what a given checkpoint records (with a note when
+    they differ): a trained checkpoint may record the wrong one, and the user knows their photos."""
     from .model import E4E
 
     if opts.checkpoint is not None:
@@ -129,14 +131,19 @@ def load_model(opts: ModelOptions):
     else:
         from .downloads import checkpoint_path
 
-        path = checkpoint_path(opts.domain, opts.weights_dir)
+        path = checkpoint_path(opts.domain or "ffhq", opts.weights_dir)
     key = (str(Path(path).resolve()), opts.device, opts.precision)
     if key not in _MODELS:
         _MODELS[key] = E4E.from_checkpoint(path, device=opts.device, precision=opts.precision)
     model = _MODELS[key]
-    if opts.checkpoint is None and model.domain != opts.domain:
+    if opts.domain is None or opts.domain == model.domain:
+        return model
+    if opts.checkpoint is None:
         raise E4EError(f"{path} is a {model.domain} checkpoint, but --domain {opts.domain} was asked for")
-    return model
+    import warnings
+
+    warnings.warn(f"{path.name} records the {model.domain} domain; using --domain {opts.domain} as asked", stacklevel=2)
+    return model.with_domain(opts.domain)
 
 
 # --------------------------------------------------------------------------------------
@@ -379,22 +386,20 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
 
 def _file_identity(spec: str, path: Path) -> dict:
     """A direction's identity: its spec and the SHA-256 of the file it reads (small files)."""
-    import hashlib
+    from .digests import content_sha256
 
-    try:
-        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as exc:
-        raise E4EError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return {"spec": spec, "file": Path(path).name, "sha256": digest}
+    return {"spec": spec, "file": Path(path).name, "sha256": content_sha256(path)}
 
 
 def checkpoint_identity(model) -> dict:
-    """Which checkpoint made an output: its file name, size and modification time (hashing a 1 GB
-    file on every edit would cost seconds), or its domain and size for an in-memory model."""
+    """Which checkpoint made an output: its content's SHA-256 (with its file name, for people), so
+    two files of the same name, size and mtime are never taken for one (`digests` hashes each file
+    version once); its domain and size for an in-memory model."""
+    from .digests import content_sha256
+
     path = getattr(model, "path", None)
     if path and Path(path).is_file():
-        st = Path(path).stat()
-        return {"file": Path(path).name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+        return {"file": Path(path).name, "sha256": content_sha256(path), "domain": model.domain}
     return {"domain": model.domain, "size": model.size}
 
 
@@ -520,7 +525,7 @@ def _gather_sources(job: EditJob) -> tuple[list[tuple[Path, str]], list[ItemResu
     if not job.sources:
         return [(p, "latent") for p in last_invert_sources(DEFAULT_OUT)], []
     items, failures = [], []
-    for p in expand_inputs(job.sources, IMAGE_SUFFIXES | LATENT_SUFFIXES):
+    for p in expand_inputs(job.sources, (*IMAGE_SUFFIXES, *LATENT_SUFFIXES)):
         suffix = p.suffix.lower()
         if suffix in LATENT_SUFFIXES:
             items.append((p, "latent"))

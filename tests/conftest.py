@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ PARITY = synthetic.parity_dir()
 
 
 REQUIRE_PARITY = os.environ.get("E4E_REQUIRE_PARITY", "") not in ("", "0")
+
+# the tests' derived data (file digests, W statistics) never goes to the user's cache folder
+os.environ.setdefault("E4E_CACHE_DIR", tempfile.mkdtemp(prefix="e4e-test-cache-"))
 
 
 def _no_parity() -> None:

@@ -282,6 +282,19 @@ def test_download_verifies_and_second_run_makes_no_request(server, registry, tmp
     assert server.count() == before  # nothing requested the second time
 
 
+def test_verified_download_remembers_its_digest(server, registry, tmp_path, monkeypatch):
+    """A checkpoint identified by content right after its download is not hashed again."""
+    from e4e_cli import digests
+
+    monkeypatch.setenv("E4E_CACHE_DIR", str(tmp_path / "cache"))
+    data = blob(2, 50_000)
+    registry("a", data, [server.add("a.bin", data)])
+    (res,) = fetch(["a"], tmp_path / "w")
+    assert res.status == "downloaded"
+    monkeypatch.setattr(digests, "sha256_file", lambda p: pytest.fail("hashed again"))
+    assert digests.content_sha256(tmp_path / "w" / "a.bin") == hashlib.sha256(data).hexdigest()
+
+
 def test_dropped_connection_is_resumed_with_range_and_verified(server, registry, tmp_path):
     data = blob(2, 300_000)
     registry("a", data, [server.add("a.bin", data, mode="drop", drop_after=120_000, drops_left=1)])
