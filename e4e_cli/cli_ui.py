@@ -19,8 +19,11 @@ def ui_command(
     precision: str = typer.Option("auto", "--precision"),
     device: str = typer.Option("auto", "--device"),
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
+    token: Optional[str] = typer.Option(None, "--token", envvar="E4E_UI_TOKEN",
+                                        help="The page's secret, in the printed URL (default: a new random one each launch; "
+                                             "16+ characters of A-Z a-z 0-9 . _ ~ -; '' is refused)."),
 ):
-    """A local page to edit a photo with sliders and a live preview."""
+    """A local page to edit a photo with sliders and a live preview (only for the URL it prints, with its token)."""
     from . import pipeline
     from .cli_invert import _check_domain
 
@@ -29,8 +32,9 @@ def ui_command(
         import uvicorn
     except ImportError:
         raise E4EError('e4e ui needs its extra: pip install -e ".[ui]" (fastapi, uvicorn, python-multipart)') from None
-    from .ui.server import Editor, create_app, port_free
+    from .ui.server import Editor, check_token, create_app, new_token, page_url, port_free
 
+    token = new_token() if token is None else check_token(token)
     _check_domain(domain)
     if not 0 < port < 65536:
         raise E4EError(f"--port must be 1..65535, got {port}")
@@ -41,13 +45,13 @@ def ui_command(
     model = pipeline.load_model(pipeline.ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
                                                       precision=precision, weights_dir=weights_dir))
     editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model))
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    url = page_url(host, port, token)
     typer.echo(f"e4e ui: {url} ({model.domain}, {model.size}px; Ctrl-C stops it)")
     if not no_browser:
         import webbrowser
 
         webbrowser.open(url)
-    uvicorn.run(create_app(editor), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(editor, token=token, host=host, port=port), host=host, port=port, log_level="warning")
 
 
 def _not_released(model) -> bool:

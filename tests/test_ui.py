@@ -1,4 +1,6 @@
-"""`e4e ui` (issue 16): the real page in headless Chromium, and the server's answers to bad input.
+"""`e4e ui` (issue 16): the real page in headless Chromium, and the server's answers to bad input;
+(issue 21) only the page the CLI opens may use the server: Host, Origin and token checks, bodies
+cut off at their limit while they stream in, non-Latin-1 download names, bounded prepares.
 
 The browser test needs Debian's `chromium` and `chromium-driver` (.ci/run installs them); it is
 skipped only outside CI when they are missing, and fails in CI (CI=true) instead.
@@ -6,20 +8,26 @@ skipped only outside CI when they are missing, and fails in CI (CI=true) instead
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
 import os
+import select
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
 
-from conftest import assert_one_line_error, run_e4e
+from conftest import assert_one_line_error, e4e_executable, run_e4e
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.slow
@@ -37,14 +45,15 @@ def server(case_checkpoint, tmp_path_factory):
     import uvicorn
 
     from e4e_cli.model import E4E
-    from e4e_cli.ui.server import Editor, create_app
+    from e4e_cli.ui.server import Editor, create_app, new_token
 
     ckpt = case_checkpoint("ffhq_1024_s1")
     model = E4E.from_checkpoint(ckpt, device="cpu", precision="fp32")
     latents = tmp_path_factory.mktemp("latents")
     editor = Editor(model, latents_dir=latents, synthetic=True)
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(editor), host="127.0.0.1", port=port, log_level="warning"))
+    port, token = _free_port(), new_token()
+    app = create_app(editor, token=token, host="127.0.0.1", port=port)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
@@ -54,9 +63,27 @@ def server(case_checkpoint, tmp_path_factory):
             break
         except requests.ConnectionError:
             time.sleep(0.1)
-    yield {"url": url, "editor": editor, "ckpt": ckpt, "port": port, "latents": latents}
+    yield {"url": url, "editor": editor, "ckpt": ckpt, "port": port, "latents": latents, "token": token}
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+def _client(server) -> requests.Session:
+    """What a script may do: the token in a header, and the page's Origin on a POST."""
+    http = requests.Session()
+    http.headers.update({"Authorization": f"token {server['token']}", "Origin": server["url"]})
+    return http
+
+
+def _raw(server, method, path, headers, body=None):
+    """One request with exactly these headers (Host included): (status, headers, body text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        return r.status, r.headers, r.read().decode()
+    finally:
+        conn.close()
 
 
 def _browser():
@@ -94,8 +121,11 @@ def test_the_page_edits_live_and_its_latent_equals_e4e_edit(server, parity_dir, 
     photo = Path(parity_dir) / "images" / "input_img.jpg"
     browser = _browser()
     try:
-        browser.get(server["url"] + "/")
+        browser.get(server["url"] + "/?token=" + server["token"])  # the URL the CLI prints
         _wait(lambda: browser.execute_script("return document.body.dataset.ready"), what="the page")
+        assert "token" not in browser.current_url, "the page takes the token out of the address bar"
+        browser.refresh()  # the cookie alone brings the page back
+        _wait(lambda: browser.execute_script("return document.body.dataset.ready"), what="the reloaded page")
         assert browser.find_element("id", "banner").is_displayed(), "a synthetic checkpoint is labelled"
         browser.find_element("id", "file").send_keys(str(photo))
         _wait(lambda: (browser.find_element("id", "inversion").get_attribute("src") or "").startswith("data:"), what="the inversion")
@@ -114,12 +144,15 @@ def test_the_page_edits_live_and_its_latent_equals_e4e_edit(server, parity_dir, 
               and browser.execute_script("return document.getElementById('status').textContent") == "", what="paste-back")
         href = browser.find_element("id", "dl-latent").get_attribute("href")
         assert browser.find_element("id", "error").text == ""
+        (cookie,) = browser.get_cookies()  # the page's own requests above carried it
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] == server["token"]
         shot = Path(__file__).resolve().parents[1] / "docs" / "ui.png"
         if os.environ.get("E4E_UPDATE_SCREENSHOT"):
             browser.save_screenshot(str(shot))
     finally:
         browser.quit()
-    latent = np.load(io.BytesIO(requests.get(href, timeout=120).content))
+    assert requests.get(href, timeout=120).status_code == 403  # without the browser's cookie
+    latent = np.load(io.BytesIO(requests.get(href, cookies={cookie["name"]: cookie["value"]}, timeout=120).content))
 
     # the same edit through the CLI: invert, then sefa:0 at 2, then sefa:1 at -1.5
     ckpt = server["ckpt"]
@@ -137,8 +170,8 @@ def test_the_page_edits_live_and_its_latent_equals_e4e_edit(server, parity_dir, 
 
 
 def test_bad_uploads_get_a_message_and_the_server_lives(server, tmp_path):
-    url = server["url"]
-    r = requests.post(url + "/api/upload", files={"file": ("notes.png", b"this is a text file")}, timeout=60)
+    url, api = server["url"], _client(server)
+    r = api.post(url + "/api/upload", files={"file": ("notes.png", b"this is a text file")}, timeout=60)
     assert r.status_code == 400 and "not an image" in r.json()["error"]
     # a PNG whose header claims 100000 x 100000 pixels
     import struct
@@ -147,15 +180,15 @@ def test_bad_uploads_get_a_message_and_the_server_lives(server, tmp_path):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
     bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
-    r = requests.post(url + "/api/upload", files={"file": ("bomb.png", bomb)}, timeout=60)
+    r = api.post(url + "/api/upload", files={"file": ("bomb.png", bomb)}, timeout=60)
     assert r.status_code == 400 and "limit" in r.json()["error"]
-    r = requests.post(url + "/api/upload", files={"file": ("big.png", b"0" * (26 << 20))}, timeout=120)
-    assert r.status_code in (400, 413) and "MB" in r.json()["error"]
-    r = requests.post(url + "/api/latent", json={"path": "../../etc/passwd"}, timeout=30)
+    r = api.post(url + "/api/upload", files={"file": ("big.png", b"0" * (26 << 20))}, timeout=120)
+    assert r.status_code == 413 and r.json()["error"] == "the upload is over the 25 MB limit"
+    r = api.post(url + "/api/latent", json={"path": "../../etc/passwd"}, timeout=30)
     assert r.status_code == 400 and "inside the latent folder" in r.json()["error"]
-    r = requests.post(url + "/api/preview", json={"session": "nope", "strengths": {}}, timeout=30)
+    r = api.post(url + "/api/preview", json={"session": "nope", "strengths": {}}, timeout=30)
     assert r.status_code == 400 and "upload it again" in r.json()["error"]
-    assert requests.get(url + "/api/info", timeout=30).json()["domain"] == "ffhq"  # still serving
+    assert api.get(url + "/api/info", timeout=30).json()["domain"] == "ffhq"  # still serving
 
 
 def test_a_newer_preview_overtakes_an_older_one(server):
@@ -189,3 +222,253 @@ def test_cli_errors(server, tmp_path):
     assert_one_line_error(proc, "in use", "--port")
     proc = run_e4e("ui", "--no-browser", "--port", str(_free_port()), env={"E4E_WEIGHTS_DIR": str(tmp_path)})
     assert_one_line_error(proc, "e4e download-weights ffhq", code=3)
+
+
+# ---- issue 21: only the page the CLI opens may use the server ---------------------------------------
+
+
+def test_a_host_that_is_not_the_server_is_refused(server):
+    """DNS rebinding: a page whose name now points at 127.0.0.1 reaches the server under its own name."""
+    port, auth = server["port"], {"Authorization": f"token {server['token']}"}
+    for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1.attacker.example:{port}",
+                 f"127.0.0.1:{port + 1}", "127.0.0.1"):
+        status, headers, text = _raw(server, "GET", "/api/info", {"Host": host, **auth})
+        assert (status, headers["content-type"]) == (403, "text/plain; charset=utf-8"), host
+        assert "Host" in text and "\n" not in text.strip(), text
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"LOCALHOST:{port}"):
+        status, _, text = _raw(server, "GET", "/api/info", {"Host": host, **auth})
+        assert status == 200 and json.loads(text)["domain"] == "ffhq", host
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 90, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_a_post_from_another_origin_is_refused(server):
+    """Browsers send a cross-origin form or multipart POST without asking first: the Origin decides."""
+    url, ed = server["url"], server["editor"]
+    host = {"Host": f"127.0.0.1:{server['port']}", "Authorization": f"token {server['token']}"}
+    photo = _png_bytes()
+    sessions = len(ed.sessions)
+    for origin in ("https://attacker.example", "null", f"http://localhost:{server['port']}", "https://127.0.0.1:1"):
+        r = requests.post(url + "/api/upload", files={"file": ("a.png", photo)}, timeout=60,
+                          headers={"Origin": origin, "Authorization": host["Authorization"]})
+        assert r.status_code == 403 and "another web page" in r.text, origin
+        status, _, text = _raw(server, "POST", "/api/preview", {**host, "Origin": origin, "Content-Type": "application/json"},
+                               body=b'{"session": "x"}')
+        assert status == 403 and "another web page" in text, origin
+    assert len(ed.sessions) == sessions, "no refused upload was inverted"
+    status, _, text = _raw(server, "POST", "/api/latent", {**host, "Content-Type": "application/json"}, body=b"{}")
+    assert status == 403 and "without Origin or Referer" in text
+    status, _, text = _raw(server, "POST", "/api/latent", {**host, "Referer": "https://attacker.example/x",
+                                                           "Content-Type": "application/json"}, body=b"{}")
+    assert status == 403 and "another web page" in text
+    # the page's own origin (or, without Origin, a Referer on it) reaches the app
+    for own in ({"Origin": url}, {"Referer": url + "/"}):
+        status, _, text = _raw(server, "POST", "/api/latent", {**host, **own, "Content-Type": "application/json"},
+                               body=b'{"path": "nothing/latent.npy"}')
+        assert status == 400 and "inside the latent folder" in text, own
+
+
+def test_every_request_needs_the_token_and_the_url_sets_a_cookie(server):
+    url, token, port = server["url"], server["token"], server["port"]
+    for path in ("/", "/api/info", "/api/download/latent?session=x", "/api/info?token=" + token[:-1] + "x"):
+        r = requests.get(url + path, timeout=30)
+        assert r.status_code == 403 and r.headers["content-type"].startswith("text/plain") and "token" in r.text, path
+    r = requests.get(url + "/api/info", headers={"Authorization": "token nope"}, timeout=30)
+    assert r.status_code == 403
+    r = requests.post(url + "/api/latent", json={"path": "x"}, headers={"Origin": url}, timeout=30)
+    assert r.status_code == 403 and "token" in r.text
+    assert requests.get(url + "/api/info", headers={"Authorization": f"token {token}"}, timeout=30).status_code == 200
+
+    browser = requests.Session()
+    r = browser.get(f"{url}/?token={token}", timeout=30)
+    assert r.status_code == 200 and "<title>" in r.text
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"e4e_ui_{port}={token};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert r.headers["x-frame-options"] == "DENY"
+    # afterwards the cookie alone is enough, for GET and for the page's own POST
+    assert browser.get(url + "/api/info", timeout=30).json()["domain"] == "ffhq"
+    r = browser.post(url + "/api/latent", json={"path": "nothing/latent.npy"}, headers={"Origin": url}, timeout=30)
+    assert r.status_code == 400 and "inside the latent folder" in r.json()["error"]
+    r = requests.get(url + "/api/info", cookies={f"e4e_ui_{port + 1}": token}, timeout=30)
+    assert r.status_code == 403, "another port's cookie name"
+
+
+def _send_until_answered(server, head: bytes, chunks, timeout=60):
+    """Send the request head, then the body chunks, stopping as soon as the server answers:
+    (status, answer body, body bytes sent before the answer)."""
+    sock = socket.create_connection(("127.0.0.1", server["port"]), timeout=timeout)
+    sent = 0
+    try:
+        sock.sendall(head)
+        for piece in chunks:
+            if select.select([sock], [], [], 0)[0]:  # an answer (or a close) is waiting
+                break
+            try:
+                sock.sendall(piece)
+            except OSError:  # the server closed: its answer is in the socket already
+                break
+            sent += len(piece)
+        answer = http.client.HTTPResponse(sock)
+        answer.begin()
+        return answer.status, answer.read().decode(), sent
+    finally:
+        sock.close()
+
+
+def _upload_head(server, extra: str) -> bytes:
+    return (f"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1:{server['port']}\r\n"
+            f"Authorization: token {server['token']}\r\nOrigin: {server['url']}\r\n"
+            f"Content-Type: multipart/form-data; boundary=b0undary\r\n{extra}\r\n").encode()
+
+
+def test_a_body_over_the_limit_is_refused_while_it_streams_in(server):
+    """A chunked 120 MB upload (no Content-Length) is answered 413 long before it is all sent,
+    with the real limit in the message; a Content-Length over the limit before any body."""
+    total, piece = 120 << 20, 256 << 10
+    part = (b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
+            b"Content-Type: image/png\r\n\r\n")
+
+    def chunked():
+        yield b"%x\r\n%s\r\n" % (len(part), part)
+        zeros = b"0" * piece
+        for _ in range(total // piece):
+            yield b"%x\r\n%s\r\n" % (piece, zeros)
+        end = b"\r\n--b0undary--\r\n"
+        yield b"%x\r\n%s\r\n0\r\n\r\n" % (len(end), end)
+
+    status, text, sent = _send_until_answered(server, _upload_head(server, "Transfer-Encoding: chunked\r\n"), chunked())
+    assert sent < 40 << 20, f"the server answered only after {sent >> 20} MB of {total >> 20} MB"  # 28 MB here
+    assert (status, json.loads(text)) == (413, {"error": "the upload is over the 25 MB limit"})
+
+    # no body at all: the answer must come from the head alone (else this times out)
+    status, text, _ = _send_until_answered(server, _upload_head(server, f"Content-Length: {total}\r\n"), [], timeout=20)
+    assert (status, json.loads(text)) == (413, {"error": "the upload is over the 25 MB limit"})
+    # a JSON request has its own, smaller limit
+    r = _client(server).post(server["url"] + "/api/preview", data=b"{" + b" " * (2 << 20) + b"}",
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 413 and r.json()["error"] == "the request is over the 1 MB limit"
+    assert _client(server).get(server["url"] + "/api/info", timeout=30).status_code == 200  # still serving
+
+
+def _latent_file(path: Path, n: int = 18) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.random.default_rng(0).standard_normal((n, 512)).astype(np.float32) * 0.1)
+    return path
+
+
+def test_the_latent_picker_stays_inside_its_folder_and_names_download_in_utf8(server):
+    """`..` and symlinks that lead out of --latents are refused after resolving the path (each
+    would be a valid latent); a latent in a folder named фото downloads under that name."""
+    latents, api, url = server["latents"], _client(server), server["url"]
+    outside = _latent_file(latents.parent / "outside" / "latent.npy")
+    (latents / "link").symlink_to(outside.parent, target_is_directory=True)
+    (latents / "alias").mkdir()
+    (latents / "alias" / "latent.npy").symlink_to(outside)
+    answers = {}
+    for rel in ("../outside/latent.npy", "link/latent.npy", "alias/latent.npy", str(outside)):
+        r = api.post(url + "/api/latent", json={"path": rel}, timeout=60)
+        answers[rel] = (r.status_code, r.json().get("error"))
+    assert answers == {rel: (400, "not a latent.npy inside the latent folder") for rel in answers}
+    _latent_file(latents / "фото" / "latent.npy")
+    assert api.get(url + "/api/info", timeout=30).json()["latents"] == ["фото/latent.npy"]
+
+    r = api.post(url + "/api/latent", json={"path": "фото/latent.npy"}, timeout=120)
+    assert r.status_code == 200, r.text
+    sid = r.json()["session"]
+    for kind, name in (("latent", "фото_edit.npy"), ("image", "фото_image.png")):
+        r = api.get(f"{url}/api/download/{kind}", params={"session": sid}, timeout=120)
+        assert r.status_code == 200, r.text
+        plain = "edit.npy" if kind == "latent" else "image.png"
+        assert r.headers["content-disposition"] == f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(name)}"
+    assert quote("фото_image.png") == "%D1%84%D0%BE%D1%82%D0%BE_image.png"
+
+
+def test_attachment_names():
+    from e4e_cli.ui.server import attachment
+
+    assert attachment("face_image.png") == "attachment; filename=\"face_image.png\"; filename*=UTF-8''face_image.png"
+    assert attachment("café_edit.npy").startswith("attachment; filename=\"cafe_edit.npy\"; filename*=UTF-8''caf%C3%A9_edit.npy")
+    header = attachment('a"b\r\n;c_image.png')
+    assert header.startswith("attachment; filename=\"a_b_c_image.png\";") and "\r" not in header and "\n" not in header
+    header.encode("latin-1")
+
+
+def test_prepares_are_bounded_and_a_busy_server_says_so(server):
+    """Uploads and latent picks run in worker threads: at most two at once, a third is told to retry."""
+    ed, api, url = server["editor"], _client(server), server["url"]
+    held = [ed.prepares.acquire(blocking=False) for _ in range(2)]
+    try:
+        assert held == [True, True]
+        r = api.post(url + "/api/upload", files={"file": ("a.png", _png_bytes())}, timeout=60)
+        assert r.status_code == 503 and "busy" in r.json()["error"] and "try again" in r.json()["error"]
+        _latent_file(server["latents"] / "busy" / "latent.npy")
+        r = api.post(url + "/api/latent", json={"path": "busy/latent.npy"}, timeout=60)
+        assert r.status_code == 503 and "busy" in r.json()["error"]
+    finally:
+        for _ in held:
+            ed.prepares.release()
+    r = api.post(url + "/api/upload", files={"file": ("a.png", b"not an image")}, timeout=60)
+    assert r.status_code == 400, "free again"
+
+
+def test_sessions_are_created_safely_from_many_threads(server):
+    """Uploads finish in worker threads; the session map (and forgetting the oldest) is locked."""
+    from e4e_cli.ui.server import MAX_SESSIONS, Session
+
+    ed, errors = server["editor"], []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+
+    def churn():
+        try:
+            for _ in range(3000):
+                ed.session(ed._new(Session(codes=None, w0_codes=None)))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+    try:
+        threads = [threading.Thread(target=churn) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        sys.setswitchinterval(old)
+    assert [e for e in errors if "no longer loaded" not in str(e)] == [] and len(ed.sessions) == MAX_SESSIONS
+
+
+def test_the_cli_prints_the_url_with_its_token(server):
+    """The first line is the URL to open, with the token; that URL (and only with the token) works."""
+    port = _free_port()
+    proc = subprocess.Popen([e4e_executable(), "ui", "--no-browser", "--port", str(port), "--checkpoint", str(server["ckpt"]),
+                             "--precision", "fp32", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "E4E_NO_PROGRESS": "1"})
+    try:
+        first = proc.stdout.readline()
+        prefix = f"e4e ui: http://127.0.0.1:{port}/?token="
+        assert first.startswith(prefix), (first, proc.stderr.read() if proc.poll() is not None else "")
+        page = first.split()[2]
+        token = page.split("token=", 1)[1]
+        assert len(token) >= 40 and token != server["token"], "a new random token per launch"
+        _wait(lambda: _port_open(port), timeout=120, what="the server")
+        r = requests.get(page, timeout=30)
+        assert r.status_code == 200 and f"e4e_ui_{port}={token}" in r.headers["set-cookie"]
+        assert requests.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 403
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_cli_refuses_an_empty_or_weak_token():
+    proc = run_e4e("ui", "--no-browser", "--port", str(_free_port()), "--token", "")
+    assert_one_line_error(proc, "--token", "always needs a token", code=2)
+    proc = run_e4e("ui", "--no-browser", "--port", str(_free_port()), "--token", "short")
+    assert_one_line_error(proc, "--token", "at least 16", code=2)

@@ -8,26 +8,56 @@ model), and returns a small PNG. A request that a newer one of the same session 
 overtaken before it reached the model is answered 409 without decoding, so dragging a
 slider never queues stale work. Uploads are size-limited and read with the same checks as
 any input; the latent picker lists only files under the folder given on the command line.
+
+Any web page the user visits can reach 127.0.0.1, so `Guard` sits in front of the app: it
+refuses a Host that is not this server's address (DNS rebinding), a state-changing request
+from another origin, and any request without the per-launch token (URL, cookie or header);
+it also cuts a request body off at its limit while it streams in.
 """
 
 import base64
+import contextlib
+import hmac
 import io
+import ipaddress
 import json
+import re
+import secrets
 import tempfile
 import threading
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+from urllib.parse import parse_qs, quote, urlsplit
 
 import numpy as np
 
-from ..errors import E4EError
+from ..errors import USAGE, E4EError
 
-MAX_UPLOAD = 25 << 20  # bytes
+MAX_UPLOAD = 25 << 20  # bytes of the photo
+MAX_UPLOAD_BODY = MAX_UPLOAD + (64 << 10)  # the multipart request around it
+MAX_JSON_BODY = 1 << 20  # every other request
+MAX_PREPARES = 2  # uploads / latent picks read, aligned and inverted at once; more get "busy"
+MAX_SESSIONS = 32
 PREVIEW_SIDE = 256
 N_SEFA = 5
 STATIC = Path(__file__).with_name("static")
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]{16,}")
+
+
+class Busy(E4EError):
+    """Too many photos are being prepared at once: answered 503, the page says try again."""
+
+    http_status = 503
+
+
+class TooLarge(E4EError):
+    """A request or file over its limit: answered 413."""
+
+    http_status = 413
 
 
 @dataclass
@@ -65,8 +95,10 @@ class Editor:
 
         self.model, self.synthetic = model, synthetic
         self.latents_dir = Path(latents_dir).resolve() if latents_dir else None
-        self.lock = threading.Lock()
-        self.sessions: dict[str, Session] = {}
+        self.lock = threading.Lock()  # the model: one encode or decode at a time
+        self.sessions: dict[str, Session] = {}  # insertion order = age; guarded by sessions_lock
+        self.sessions_lock = threading.Lock()
+        self.prepares = threading.BoundedSemaphore(MAX_PREPARES)
         self.directions = {}
         from .. import editing
 
@@ -91,27 +123,49 @@ class Editor:
     def list_latents(self) -> list[str]:
         if self.latents_dir is None or not self.latents_dir.is_dir():
             return []
-        return sorted(str(p.relative_to(self.latents_dir)) for p in self.latents_dir.rglob("latent.npy"))[:500]
+        found = (p for p in self.latents_dir.rglob("latent.npy") if self._inside_latents(p))
+        return sorted(str(p.relative_to(self.latents_dir)) for p in found)[:500]
+
+    def _inside_latents(self, path: Path) -> bool:
+        """After resolving `..` and symlinks: a latent.npy file under the --latents folder."""
+        real = path.resolve()
+        return self.latents_dir in real.parents and real.name == "latent.npy" and real.is_file()
 
     # ---- sessions ---------------------------------------------------------------------------
 
     def _new(self, s: Session) -> str:
         sid = uuid.uuid4().hex
-        self.sessions[sid] = s
-        while len(self.sessions) > 32:  # forget the oldest
-            self.sessions.pop(next(iter(self.sessions)))
+        with self.sessions_lock:  # uploads finish in worker threads
+            self.sessions[sid] = s
+            while len(self.sessions) > MAX_SESSIONS:  # forget the oldest
+                self.sessions.pop(next(iter(self.sessions)))
         return sid
+
+    @contextlib.contextmanager
+    def _preparing(self):
+        """At most MAX_PREPARES photos are read, aligned and inverted at once (each holds a photo
+        and its decoded pixels in memory); one more is told to try again instead of queueing."""
+        if not self.prepares.acquire(blocking=False):
+            raise Busy("the server is busy preparing other photos: try again in a moment")
+        try:
+            yield
+        finally:
+            self.prepares.release()
 
     def upload(self, data: bytes, filename: str = "photo") -> dict:
         """Check, (align,) invert once; returns session id and the aligned face and inversion as PNG data URLs."""
+        if len(data) > MAX_UPLOAD:
+            raise TooLarge(f"the file is over the {MAX_UPLOAD >> 20} MB limit")
+        if not data:
+            raise E4EError("the file is empty")
+        with self._preparing():
+            return self._upload(data, filename)
+
+    def _upload(self, data: bytes, filename: str) -> dict:
         import torch
 
         from ..images import load_image
 
-        if len(data) > MAX_UPLOAD:
-            raise E4EError(f"the file is {len(data) >> 20} MB; the limit is {MAX_UPLOAD >> 20} MB")
-        if not data:
-            raise E4EError("the file is empty")
         suffix = Path(filename).suffix.lower() or ".img"
         with tempfile.TemporaryDirectory(prefix="e4e-ui-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
@@ -128,20 +182,24 @@ class Editor:
             codes, w0 = parts.codes(1.0), parts.codes(0.0)
             inversion = self.model.to_pil(self.model.decode(codes))[0]
         sid = self._new(Session(codes=codes, w0_codes=w0, photo=photo, aligned=aligned, alignment=alignment,
-                                name=Path(filename).stem or "photo"))
+                                name=(Path(filename).stem or "photo")[:100]))
         return {"session": sid, "aligned": _data_url(_png(aligned, PREVIEW_SIDE)),
                 "inversion": _data_url(_png(inversion, PREVIEW_SIDE))}
 
     def pick_latent(self, rel: str) -> dict:
+        if self.latents_dir is None:
+            raise E4EError("no latent folder was given (e4e ui --latents DIR)")
+        path = (self.latents_dir / rel).resolve()  # once: what is checked is what is read
+        if not self._inside_latents(path):  # `..` and symlinks that lead out
+            raise E4EError("not a latent.npy inside the latent folder")
+        with self._preparing():
+            return self._pick_latent(path)
+
+    def _pick_latent(self, path: Path) -> dict:
         import torch
 
         from ..pipeline import load_latent_file
 
-        if self.latents_dir is None:
-            raise E4EError("no latent folder was given (e4e ui --latents DIR)")
-        path = (self.latents_dir / rel).resolve()
-        if self.latents_dir not in path.parents or path.name != "latent.npy" or not path.is_file():
-            raise E4EError("not a latent.npy inside the latent folder")
         arr = load_latent_file(path)
         if arr.shape[0] != self.model.n_styles:
             raise E4EError(f"that latent has {arr.shape[0]} layers; this checkpoint needs {self.model.n_styles}")
@@ -172,7 +230,8 @@ class Editor:
         return codes
 
     def session(self, sid: str) -> Session:
-        s = self.sessions.get(sid)
+        with self.sessions_lock:
+            s = self.sessions.get(sid)
         if s is None:
             raise E4EError("this photo is no longer loaded: upload it again")
         return s
@@ -202,15 +261,217 @@ class Editor:
         return image, codes
 
 
-def create_app(editor: Editor):
-    from fastapi import FastAPI, File, Request, UploadFile
+def attachment(filename: str) -> str:
+    """A Content-Disposition for any name: HTTP headers are latin-1, so the real name goes in
+    RFC 5987's UTF-8 `filename*` and an ASCII look-alike in `filename` for old clients."""
+    stem, dot, suffix = filename.rpartition(".") if "." in filename else (filename, "", "")
+    plain = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    plain = re.sub(r"[^A-Za-z0-9._-]+", "_", plain).strip("._") or "download"
+    suffix = re.sub(r"[^A-Za-z0-9]", "", suffix)
+    fallback = plain + (dot + suffix if suffix else "")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+# ---- who may talk to the server ---------------------------------------------------------------
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def check_token(token: str) -> str:
+    """A token given with --token: it goes in a URL and a cookie as is, and a short one could be
+    guessed by a web page that tries many (each try is a request to 127.0.0.1)."""
+    if token == "":
+        raise E4EError("--token '' would turn the token off and let any web page use the server; e4e ui always "
+                       "needs a token (leave --token out for a random one)", exit_code=USAGE)
+    if not TOKEN_CHARS.fullmatch(token):
+        raise E4EError("--token must be at least 16 characters of A-Z a-z 0-9 . _ ~ - "
+                       "(leave it out for a random one)", exit_code=USAGE)
+    return token
+
+
+def url_host(host: str) -> str:
+    """The host as it appears in a URL and a Host header: IPv6 in brackets, lower case."""
+    host = host.strip().lower()
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def page_url(host: str, port: int, token: str) -> str:
+    """The address to open; a wildcard listen address is opened as 127.0.0.1."""
+    name = "127.0.0.1" if host.strip() in ("", "0.0.0.0", "::") else url_host(host)
+    return f"http://{name}:{port}/?token={quote(token, safe='')}"
+
+
+def _split_host(value: str) -> tuple[str, Optional[int]]:
+    """'127.0.0.1:7860' -> ('127.0.0.1', 7860); '[::1]:80' -> ('[::1]', 80); no port -> 80."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, rest = value.partition("]")
+        name += bracket
+    else:
+        name, colon, rest = value.partition(":")
+        rest = colon + rest
+    if not rest:
+        return name, 80
+    if rest.startswith(":") and rest[1:].isdigit() and len(rest) <= 6:
+        return name, int(rest[1:])
+    return name, None
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name[1:-1] if name.startswith("[") else name)
+    except ValueError:
+        return False
+    return True
+
+
+class Guard:
+    """ASGI middleware that decides who may use the page, before the app sees a request.
+
+    - Host must be this server's address and port: 127.0.0.1, localhost, [::1] or the --host
+      given (listening on 0.0.0.0 / ::, any IP address). A DNS-rebinding page reaches the
+      server under its own domain name and is refused here.
+    - A request other than GET / HEAD must carry the page's own Origin (or, without Origin, a
+      Referer on the page's origin): browsers send a cross-origin multipart POST without asking.
+    - Every request needs the launch token: `?token=` (the URL the CLI prints; the answer sets
+      an HttpOnly SameSite=Strict cookie so the page's own requests carry it),
+      `Authorization: token ...` or the cookie; compared in constant time.
+    - The request body is counted while it streams in (with or without Content-Length) and cut
+      off with 413 at its limit; a Content-Length over the limit is refused before reading.
+    """
+
+    SAFE_METHODS = ("GET", "HEAD")
+
+    def __init__(self, app, *, token: str, host: str, port: int):
+        self.app, self.port = app, port
+        self.token = check_token(token).encode()
+        self.cookie = f"e4e_ui_{port}"  # cookies ignore the port: two servers must not share one
+        self.names = set(LOOPBACK_NAMES) | {url_host(host)}
+        self.any_ip = host.strip() in ("", "0.0.0.0", "::")
+
+    # -- the checks, each None when fine or the refusal's text --
+
+    def host_problem(self, host: str) -> Optional[str]:
+        name, port = _split_host(host)
+        if port == self.port and (name in self.names or (self.any_ip and _is_ip(name))):
+            return None
+        return f"refused: Host {host[:100]!r} is not this server's address; open the address e4e ui printed"
+
+    @staticmethod
+    def origin_problem(method: str, host: str, origin: Optional[str], referer: Optional[str]) -> Optional[str]:
+        if method in Guard.SAFE_METHODS:
+            return None
+        own = f"http://{host.strip().lower()}"
+        if origin is not None:
+            return None if origin.strip().lower() == own else f"refused: a {method} from another web page ({origin[:100]})"
+        if referer is not None:
+            parts = urlsplit(referer.strip())
+            if f"{parts.scheme}://{parts.netloc}".lower() == own:
+                return None
+            return f"refused: a {method} from another web page"
+        return f"refused: a {method} without Origin or Referer (send Origin: {own})"
+
+    def token_source(self, query: str, headers: dict) -> Optional[str]:
+        """Where a valid token came from ('query', 'header', 'cookie'), or None."""
+        offered = []
+        offered += [("query", t) for t in parse_qs(query).get("token", [])]
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "token":
+            offered.append(("header", value.strip()))
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == self.cookie:
+                offered.append(("cookie", value))
+        found = None
+        for source, value in offered:  # every candidate is compared: no early exit
+            if hmac.compare_digest(value.encode("utf-8", "replace"), self.token) and found is None:
+                found = source
+        return found
+
+    @staticmethod
+    def body_limit(path: str) -> tuple[int, str]:
+        if path == "/api/upload":
+            return MAX_UPLOAD_BODY, f"the upload is over the {MAX_UPLOAD >> 20} MB limit"
+        return MAX_JSON_BODY, f"the request is over the {MAX_JSON_BODY >> 20} MB limit"
+
+    # -- ASGI --
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            return await self.app(scope, receive, send)
+        if scope["type"] != "http":  # no websockets here
+            return await send({"type": "websocket.close", "code": 1008})
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        method = scope["method"]
+        problem = self.host_problem(host) or self.origin_problem(method, host, headers.get("origin"), headers.get("referer"))
+        source = None
+        if problem is None:
+            source = self.token_source(scope.get("query_string", b"").decode("latin-1"), headers)
+            if source is None:
+                problem = "refused: no valid token; open the address e4e ui printed (it ends in ?token=...)"
+        if problem is not None:
+            return await _answer(send, 403, problem.encode(), "text/plain; charset=utf-8")
+
+        limit, too_large = self.body_limit(scope["path"])
+        length = headers.get("content-length", "").strip()
+        if length and (not length.isdigit() or int(length) > limit):
+            return await _answer(send, 413, json.dumps({"error": too_large}).encode(), "application/json")
+
+        extra = [(b"x-frame-options", b"DENY"), (b"x-content-type-options", b"nosniff"),
+                 (b"referrer-policy", b"same-origin")]
+        if source == "query":  # the CLI's URL: from now on the browser sends the cookie
+            extra.append((b"set-cookie", f"{self.cookie}={self.token.decode()}; HttpOnly; SameSite=Strict; Path=/".encode()))
+        state = {"read": 0, "over": False, "started": False}
+
+        async def counted_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["read"] += len(message.get("body", b""))
+                if state["read"] > limit:
+                    state["over"] = True
+                    raise _BodyOverLimit()
+            return message
+
+        async def guarded_send(message):
+            if state["over"] and not state["started"]:  # the app's answer to a cut-off body: the 413 replaces it
+                return
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not state["over"]:
+                raise
+        if state["over"] and not state["started"]:
+            await _answer(send, 413, json.dumps({"error": too_large}).encode(), "application/json")
+
+
+class _BodyOverLimit(Exception):
+    """Raised out of `receive` to stop the app reading a body over its limit."""
+
+
+async def _answer(send, status: int, body: bytes, content_type: str) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(editor: Editor, *, token: str, host: str, port: int):
+    """The page and its API behind `Guard` (Host, Origin, token, body size)."""
+    from fastapi import FastAPI, File, UploadFile
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     app = FastAPI(title="e4e", docs_url=None, redoc_url=None, openapi_url=None)
 
-    def fail(exc: Exception, status: int = 400):
+    def fail(exc: Exception):
         msg = str(exc) if isinstance(exc, E4EError) else f"internal error: {type(exc).__name__}: {exc}"
-        return JSONResponse({"error": " ".join(msg.split())}, status_code=status)
+        return JSONResponse({"error": " ".join(msg.split())}, status_code=getattr(exc, "http_status", 400))
 
     @app.get("/", response_class=HTMLResponse)
     def page():
@@ -221,13 +482,10 @@ def create_app(editor: Editor):
         return editor.info()
 
     @app.post("/api/upload")
-    async def upload(request: Request, file: UploadFile = File(...)):
-        size = int(request.headers.get("content-length") or 0)
-        if size > MAX_UPLOAD + (1 << 16):
-            return fail(E4EError(f"the file is over the {MAX_UPLOAD >> 20} MB limit"), 413)
-        data = await file.read(MAX_UPLOAD + 1)
+    async def upload(file: UploadFile = File(...)):
         import anyio
 
+        data = await file.read(MAX_UPLOAD + 1)  # Guard has cut the body off at MAX_UPLOAD_BODY
         try:
             return await anyio.to_thread.run_sync(editor.upload, data, file.filename or "photo")
         except Exception as exc:  # noqa: BLE001  (a message on the page, never a dead server)
@@ -262,16 +520,16 @@ def create_app(editor: Editor):
                 buf = io.BytesIO()
                 np.save(buf, codes[0].detach().float().cpu().numpy().astype(np.float32))
                 return Response(buf.getvalue(), media_type="application/octet-stream",
-                                headers={"Content-Disposition": f'attachment; filename="{s.name}_edit.npy"'})
+                                headers={"Content-Disposition": attachment(f"{s.name}_edit.npy")})
             if kind not in ("image", "photo"):
                 raise E4EError(f"unknown download {kind!r}")
             image, _ = editor.render(session, st, delta_scale, kind == "photo")
             return Response(_png(image), media_type="image/png",
-                            headers={"Content-Disposition": f'attachment; filename="{s.name}_{kind}.png"'})
+                            headers={"Content-Disposition": attachment(f"{s.name}_{kind}.png")})
         except Exception as exc:  # noqa: BLE001
             return fail(exc)
 
-    return app
+    return Guard(app, token=token, host=host, port=port)
 
 
 def port_free(host: str, port: int) -> bool:
