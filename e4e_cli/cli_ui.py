@@ -6,12 +6,13 @@ from typing import Optional
 
 import typer
 
+from .cli_invert import DOMAIN_HELP
 from .errors import E4EError
 
 
 def ui_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="e4e checkpoint (default: the domain's file in the weights folder)."),
-    domain: str = typer.Option("ffhq", "--domain", help="ffhq, cars, horse or church."),
+    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (this machine only by default)."),
     port: int = typer.Option(7860, "--port"),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
