@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from e4e_cli.errors import E4EError
+from conftest import assert_one_line_error, run_e4e
+from e4e_cli.errors import E4EError, MissingWeightsError
 from e4e_cli.train.lossnets import irse50_encoder_init, load_identity_loss, load_lpips
 
 TOL = 1e-5
@@ -84,6 +85,11 @@ def test_irse50_encoder_init_is_the_files_backbone(lossnet_weights, tmp_path):
     init = irse50_encoder_init(weights_dir=lossnet_weights)
     assert set(init) == {k for k in raw if k.startswith(("input_layer.", "body."))}
     assert all(torch.equal(init[k], raw[k]) for k in init)
+    with pytest.raises(MissingWeightsError) as exc:
+        irse50_encoder_init(weights_dir=tmp_path)
+    msg = str(exc.value)
+    assert "\n" not in msg and "model_ir_se50.pth" in msg and "e4e download-weights ir_se50" in msg
+    assert "--encoder-init random" in msg
 
 
 # ---- a wrong file is one line ------------------------------------------------------------------
@@ -163,3 +169,27 @@ def test_moco_file_with_other_networks_is_refused(tmp_path, lossnet_weights, rel
     folder = _folder_with(tmp_path, lossnet_weights, "moco_v2_800ep_pretrain.pth.tar", obj)
     with pytest.raises(E4EError, match="unexpected tensor.*encoder_k"):
         _load("moco", folder)
+
+
+def test_cli_reports_a_wrong_loss_network_file_in_one_line(tmp_path, lossnet_weights, released):
+    """`e4e train` with a mis-shaped LPIPS file: `e4e: error:` once, exit 1, nothing written."""
+    sd = dict(released["lpips_alex_v0.1.pth"])
+    sd["lin0.model.1.weight"] = torch.zeros(1, 63, 1, 1)
+    folder = _folder_with(tmp_path, lossnet_weights, "lpips_alex_v0.1.pth", sd)
+    import conftest
+
+    from e4e_cli.train.generators import save_rosinality_checkpoint
+    from PIL import Image
+
+    g = conftest.tiny_generator(32)
+    save_rosinality_checkpoint(tmp_path / "g.pt", generator=g, latent_avg=torch.zeros(g.style_dim))
+    (tmp_path / "img").mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(tmp_path / "img" / f"{i}.png")
+    out = tmp_path / "run"
+    proc = run_e4e("train", tmp_path / "img", "--generator", tmp_path / "g.pt", "--out", out, "--weights-dir", folder,
+                   "--domain", "church", "--id-lambda", "0", "--encoder-init", "random", "--max-steps", "1",
+                   "--input-size", "64", "--loss-size", "64", "--encoder-widths", "16,16,32,16",
+                   "--encoder-units", "1,1,1,1", "--batch-size", "2", "--device", "cpu")
+    assert_one_line_error(proc, "lin0.model.1.weight", "[1, 63, 1, 1]", code=1)
+    assert not out.exists()

@@ -300,12 +300,9 @@ def load_identity_loss(*, domain: str, weights_dir=None) -> IdentityLoss:
     return IdentityLoss(_freeze(net), "moco")
 
 
-def irse50_encoder_init(*, weights_dir=None):
-    """`input_layer.*` and `body.*` tensors of the face-recognition IR-SE50, to start the e4e
-    encoder's backbone from (the reference does so); None when the file is absent."""
-    from ..downloads import asset_path
-
-    if not asset_path("ir_se50", weights_dir).is_file():
-        return None
-    sd, _ = _irse50_state(weights_dir)
+def irse50_encoder_init(*, weights_dir=None) -> dict:
+    """`input_layer.*` and `body.*` tensors of the face-recognition IR-SE50, which the reference
+    starts every e4e encoder's backbone from (all domains). MissingWeightsError (one line,
+    naming the download and `--encoder-init random`) when the file is absent."""
+    sd, _ = _irse50_state(weights_dir, hint=", or start from random weights with --encoder-init random")
     return {k: v for k, v in sd.items() if k.startswith(("input_layer.", "body."))}
