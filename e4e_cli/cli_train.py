@@ -27,9 +27,11 @@ def train_command(
     generator: Optional[Path] = typer.Option(None, "--generator", "-g", help="StyleGAN2 generator: rosinality checkpoint ({'g_ema','latent_avg'}) or an e4e checkpoint."),
     out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints/, images/, log.jsonl, log.csv."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
-    dataset_type: str = typer.Option("ffhq_encode", "--dataset-type", help="ffhq_encode, cars_encode, horse_encode, church_encode (sets the identity loss and crops)."),
+    domain: Optional[str] = typer.Option(None, "--domain", help="ffhq, cars, horse or church: the identity loss (ArcFace for ffhq, MoCo-v2 otherwise) and crops (cars: 192x256). Default: ffhq, the face recipe."),
+    dataset_type: Optional[str] = typer.Option(None, "--dataset-type", help="The reference's name for --domain: ffhq_encode, cars_encode, horse_encode, church_encode."),
+    encoder_init: str = typer.Option("irse50", "--encoder-init", help="irse50: start the encoder's backbone from the IR-SE50 weights (the reference; required); random: from random weights."),
     batch_size: int = typer.Option(8, "--batch-size", help="Global batch (split over torchrun processes)."),
-    max_steps: int = typer.Option(500000, "--max-steps"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Default 500000; with --resume, the run's own target."),
     lr: float = typer.Option(1e-4, "--lr", help="Ranger learning rate."),
     l2_lambda: float = typer.Option(1.0, "--l2-lambda"),
     lpips_lambda: float = typer.Option(0.8, "--lpips-lambda", help="0 trains without LPIPS (no weights needed)."),
@@ -63,25 +65,36 @@ def train_command(
     import sys
 
     from .train.coach import run
-    from .train.options import TrainOptions
+    from .train.options import DATASET_TYPES, TrainOptions
 
     if not resume and (images is None or generator is None):
         raise E4EError("give IMAGES_DIR and --generator G (or --resume to continue the run in --out)")
     for name, value in (("--batch-size", batch_size), ("--max-steps", max_steps), ("--d-reg-every", d_reg_every),
                         ("--keep-last", keep_last)):
-        if value < 1:
+        if value is not None and value < 1:
             raise E4EError(f"{name} must be >= 1, got {value}")
+    if encoder_init not in ("irse50", "random"):
+        raise E4EError(f"--encoder-init must be irse50 or random, got {encoder_init!r}")
+    if domain is not None and domain not in DATASET_TYPES:
+        raise E4EError(f"--domain must be one of {', '.join(DATASET_TYPES)}, got {domain!r}")
+    if dataset_type is not None and dataset_type not in DATASET_TYPES.values():
+        raise E4EError(f"--dataset-type must be one of {', '.join(DATASET_TYPES.values())}, got {dataset_type!r}")
+    if domain and dataset_type and DATASET_TYPES[domain] != dataset_type:
+        raise E4EError(f"--domain {domain} and --dataset-type {dataset_type} disagree (give one)")
+    if resume and (domain or dataset_type):
+        raise E4EError("--resume keeps the run's domain: drop --domain / --dataset-type")
+    chosen = DATASET_TYPES[domain] if domain else (dataset_type or "")
     if not 0 <= val_fraction < 1:
         raise E4EError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     opts = TrainOptions(
-        images=str(images or ""), generator=str(generator or ""), out=str(out), dataset_type=dataset_type,
+        images=str(images or ""), generator=str(generator or ""), out=str(out), dataset_type=chosen,
         batch_size=batch_size, max_steps=max_steps, lr=lr, l2_lambda=l2_lambda, lpips_lambda=lpips_lambda,
         id_lambda=id_lambda, delta_norm_lambda=delta_norm_lambda, w_discriminator_lambda=w_discriminator_lambda,
         w_discriminator_lr=w_discriminator_lr, r1=r1, d_reg_every=d_reg_every, w_pool_size=w_pool_size,
         progressive_start=progressive_start, progressive_step_every=progressive_step_every, save_every=save_every,
         keep_last=keep_last, image_every=image_every, val_every=val_every, log_every=log_every, seed=seed,
         precision=precision, device=device, loss_size=loss_size, input_size=input_size, val_fraction=val_fraction,
-        weights_dir=str(weights_dir) if weights_dir else None,
+        weights_dir=str(weights_dir) if weights_dir else None, irse50_init=encoder_init == "irse50",
     )
     opts.extra = {"size": size} if size else {}
     w = _ints(encoder_widths, "--encoder-widths", 4)

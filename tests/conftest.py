@@ -130,3 +130,21 @@ def tiny_generator(size=32, dtype=None, seed=1, *, style_dim=16, channels=None, 
             elif name.endswith("noise.weight"):
                 p.fill_(noise)
     return g.to(dtype or torch.float32).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# e4e train (issue 21): synthetic loss-network weight files in their released layouts
+
+
+@pytest.fixture(scope="session")
+def lossnet_weights(parity_dir, tmp_path_factory) -> Path:
+    """A weights folder holding LPIPS-alex (AlexNet + linear layers), IR-SE50 and MoCo-v2 files
+    written once per session by the parity fixtures' deterministic writer (seed 1, legacy
+    torch.save format as released), under the project's asset file names."""
+    out = tmp_path_factory.mktemp("lossnets")
+    script = Path(parity_dir) / "lossnets" / "make_lossnets.py"
+    proc = subprocess.run([sys.executable, str(script), "--seed", "1", str(out)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (out / "alex.pth").rename(out / "lpips_alex_v0.1.pth")  # the asset name of LPIPS's alex.pth
+    return out

@@ -10,6 +10,7 @@ import pickle
 import sys
 import types
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,8 +118,9 @@ def _fake_persistence_module():
     return mod, Rec
 
 
-def _ada_from_ours(g: Generator, w_avg: torch.Tensor, Rec, *, arch="skip", c_dim=0, drop=None):
-    """Inverse of the loader's conversion, in ADA's parameterisation (raw weights + gains)."""
+def _ada_from_ours(g: Generator, w_avg: torch.Tensor, Rec, *, arch="skip", c_dim=0, drop=None, clamp=256, rgb_clamp=None):
+    """Inverse of the loader's conversion, in ADA's parameterisation (raw weights + gains);
+    `clamp` is every SynthesisLayer's conv_clamp, `rgb_clamp` every ToRGBLayer's (None: absent)."""
     P = torch.nn.Parameter
 
     def fc(lin, lr):
@@ -131,13 +133,15 @@ def _ada_from_ours(g: Generator, w_avg: torch.Tensor, Rec, *, arch="skip", c_dim
         return Rec("SynthesisLayer", _parameters=OrderedDict(weight=P(sc.conv.weight[0].detach().clone()),
                    noise_strength=P(sc.noise.weight.detach()[0]), bias=P(sc.activate.bias.detach().clone())),
                    _buffers=OrderedDict(noise_const=noise[0, 0].clone(), resample_filter=torch.tensor([1.0, 3, 3, 1])),
-                   _modules=OrderedDict(affine=fc(sc.conv.modulation, 1.0)), conv_clamp=256, activation="lrelu",
+                   _modules=OrderedDict(affine=fc(sc.conv.modulation, 1.0)), conv_clamp=clamp, activation="lrelu",
                    _non_persistent_buffers_set=set())
 
     def torgb(t):
         i = t.conv.weight.shape[2]
+        extra = {} if rgb_clamp is None else {"conv_clamp": rgb_clamp}
         return Rec("ToRGBLayer", _parameters=OrderedDict(weight=P(t.conv.weight[0].detach().clone()), bias=P(t.bias.detach().reshape(3))),
-                   _buffers=OrderedDict(), _modules=OrderedDict(affine=fc(t.conv.modulation, 1.0)), weight_gain=1 / math.sqrt(i))
+                   _buffers=OrderedDict(), _modules=OrderedDict(affine=fc(t.conv.modulation, 1.0)), weight_gain=1 / math.sqrt(i),
+                   **extra)
 
     noises = g.fixed_noise()
     blocks = OrderedDict(b4=Rec("SynthesisBlock", _parameters=OrderedDict(const=P(g.input.input[0].detach().clone())), _buffers=OrderedDict(),
@@ -273,3 +277,77 @@ def test_ada_upsampling_conv_matches_ada_math(tmp_path):
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
     # the test can tell conventions apart: a flipped weight gives a clearly different image
     assert (out - ada_up(flip=True)).abs().max() > 1e-2
+
+
+# ---------------------------------------------------------------- against NVlabs' own pickle
+
+
+@pytest.fixture(scope="module")
+def ada_official(parity_dir):
+    """shared/parity/ada: a 64 px snapshot pickle written by NVlabs/stylegan2-ada-pytorch itself
+    (module source embedded, persistence records, EasyDicts, numpy scalars) and what NVlabs'
+    code computes from its G_ema (SPEC.md there)."""
+    d = Path(parity_dir) / "ada"
+    return d / "ada_64_s1.pkl", {k: torch.from_numpy(v) for k, v in np.load(d / "ada_64_s1.npz").items()}
+
+
+def test_ada_snapshot_from_nvlabs_code_matches_its_outputs(ada_official):
+    """Read through the restricted unpickler (none of the embedded code runs, torch_utils and
+    dnnlib are never imported), G_ema gives NVlabs' mapping (abs 1e-6), w_avg, truncation and
+    images (const noise, no noise, a W+ code; max abs 1e-5 on a range of ~7)."""
+    path, want = ada_official
+    before = set(sys.modules)
+    lg = load_generator(path)
+    assert not {m for m in set(sys.modules) - before if m.split(".")[0] in ("torch_utils", "dnnlib", "training")}
+    assert lg.kind == "stylegan2-ada" and lg.size == 64 and lg.generator.n_styles == 10 and len(lg.generator.style) == 3
+    g = lg.generator
+    with torch.no_grad():
+        w = g.mapping(want["z"])
+        torch.testing.assert_close(w, want["w"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(w[:, None].expand(-1, 10, -1), want["ws"], atol=1e-6, rtol=0)
+        torch.testing.assert_close(lg.latent_avg, want["w_avg"], atol=1e-6, rtol=0)
+        psi = lg.latent_avg + 0.5 * (w - lg.latent_avg)
+        torch.testing.assert_close(psi[:, None].expand(-1, 10, -1), want["ws_psi05"], atol=1e-6, rtol=0)
+        for name, codes, noise in (("img", want["ws"], None), ("img_G_forward", want["ws"], None),
+                                   ("img_noise_none", want["ws"], [torch.zeros_like(n) for n in g.fixed_noise()]),
+                                   ("img_wplus", want["wplus"], None)):
+            img = g.synthesize(codes, noise=noise)
+            err = float((img - want[name]).abs().max())
+            assert err <= 1e-5, (name, err)
+
+
+def test_ada_conv_clamp_is_applied_in_float32(tmp_path):
+    """ADA clamps each SynthesisLayer's output (after bias, lrelu and its sqrt(2) gain) and each
+    ToRGB's conv + bias (before the up-sampled skip is added) to +-conv_clamp in any dtype. With a
+    small clamp the loaded generator follows that order (written out here from modules of the
+    source generator) and its image stays within 4 x clamp (4 ToRGBs, positive unit-sum up-sampling);
+    a clamp no layer reaches changes nothing."""
+    from e4e_cli import ops
+
+    g = _rand_gen(seed=5)
+    w = g.mapping(torch.randn(2, 16))
+    codes = w[:, None].expand(-1, g.n_styles, -1)
+    _write_ada(tmp_path / "big.pkl", g, torch.zeros(16), clamp=256, rgb_clamp=256)
+    big = load_generator(tmp_path / "big.pkl").generator
+    with torch.no_grad():
+        torch.testing.assert_close(big.synthesize(codes), g.synthesize(codes), atol=1e-4, rtol=0)
+    c = 0.05
+    _write_ada(tmp_path / "small.pkl", g, torch.zeros(16), clamp=c, rgb_clamp=c)
+    small = load_generator(tmp_path / "small.pkl").generator
+    noise = g.fixed_noise()
+
+    def rgb(t, x, code, skip):
+        y = (t.conv(x, code) + t.bias).clamp(-c, c)
+        return y if skip is None else y + ops.upfirdn2d(skip, t.upsample.kernel, up=2, pad=(2, 1))
+
+    with torch.no_grad():
+        x = g.conv1(g.input.input.expand(2, -1, -1, -1), codes[:, 0], noise[0]).clamp(-c, c)
+        img = rgb(g.to_rgb1, x, codes[:, 1], None)
+        for k in range(len(g.to_rgbs)):
+            x = g.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k]).clamp(-c, c)
+            x = g.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k]).clamp(-c, c)
+            img = rgb(g.to_rgbs[k], x, codes[:, 3 + 2 * k], img)
+        out = small.synthesize(codes)
+        assert float(g.synthesize(codes).abs().max()) > 0.5  # unclamped: well beyond the bound
+    assert float(out.abs().max()) <= 4 * c + 1e-6
+    torch.testing.assert_close(out, img, atol=1e-5, rtol=0)

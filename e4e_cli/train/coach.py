@@ -4,33 +4,38 @@ Per step (the e4e recipe): the latent discriminator learns W codes (the mapping 
 from the encoder's active codes; then the encoder learns to reconstruct the batch through the
 frozen generator (L2 + LPIPS + identity) while its deltas are kept small (delta penalty) and
 its codes look like W to the discriminator. Deltas are switched on one layer at a time
-(progressive stages). Every random draw (batch order, flips, z for real codes) comes from a
-seed per step, so a resumed run, or the same global batch split over processes, sees the same
-data.
+(progressive stages); a delta that is not on yet is not computed at all, so its head gets no
+gradient and the optimizer's state for it starts when it switches on. Training renders with
+fresh noise per image (inference and the held-out numbers use the generator's fixed noise).
+Every random draw (batch order, flips, z for real codes, noise) comes from a seed per step, so
+a resumed run, or the same global batch split over processes, sees the same data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import signal
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
-from ..networks import Encoder4Editing
+from ..networks import Encoder4Editing, upsample_add
 from . import checkpoints
 from .data import Batches, list_images, readable, split
-from .discriminator import CodePool, LatentDiscriminator, d_loss, delta_penalty, g_adv_loss, r1_penalty
+from .discriminator import CodePool, LatentDiscriminator, d_loss, delta_penalty, g_adv_loss, r1_step_loss
 from .generators import load_generator
-from .options import TrainOptions
+from .options import DATASET_TYPES, TrainOptions
 from .ranger import Ranger
 
 
@@ -44,6 +49,36 @@ def progressive_stage(step: int, *, start: int, every: int, n_styles: int) -> in
 def delta_mask(stage: int, n_styles: int, device=None) -> torch.Tensor:
     """[n_styles-1] of 0/1: delta i (layer i, 1-based) is active when i <= stage."""
     return (torch.arange(1, n_styles, device=device) <= stage).float()
+
+
+class ActiveEncoder(nn.Module):
+    """The encoder as training runs it at a progressive stage: w0 and only the `stage` active
+    deltas (the FPN's lateral layers only once a delta needs them). Heads that are not on yet
+    never run, so their gradients stay None and the optimizer leaves them alone, as in the
+    reference. forward(x [N,3,H,W], stage) -> (w0 [N,D], deltas [N,stage,D])."""
+
+    def __init__(self, encoder: Encoder4Editing):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, x, stage: int):
+        e = self.encoder
+        c1, c2, c3 = e.features(x)
+        w0 = e.styles[0](c3)
+        deltas, feats, p2 = [], c3, None
+        for i in range(1, min(stage, e.n_styles - 1) + 1):
+            if i == e.coarse_ind:
+                p2 = upsample_add(c3, e.latlayer1(c2))
+                feats = p2
+            elif i == e.middle_ind:
+                feats = upsample_add(p2, e.latlayer2(c1))
+            deltas.append(e.styles[i](feats))
+        return w0, (torch.stack(deltas, dim=1) if deltas else w0.new_zeros(w0.shape[0], 0, w0.shape[1]))
+
+
+def _seed(*parts) -> int:
+    """A 63-bit seed from a few integers (for per-image noise)."""
+    return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest(), "little") >> 1
 
 
 class _Dist:
@@ -93,6 +128,8 @@ class Trainer:
         if opts.batch_size % self.dist.world:
             raise E4EError(f"--batch-size {opts.batch_size} does not split over {self.dist.world} processes")
         self.local_batch = opts.batch_size // self.dist.world
+        if self.dist.active and self.bn_groups > 1:
+            raise E4EError("--bn-groups imitates several processes in one: not under torchrun")
         if opts.precision not in ("fp32", "bf16", "fp16"):
             raise E4EError(f"--precision must be fp32, bf16 or fp16, got {opts.precision!r}")
         if opts.precision == "fp16" and self.device.type != "cuda":
@@ -103,6 +140,7 @@ class Trainer:
         self.G, self.size = gen.generator.to(self.device), gen.size
         self.n_styles, self.style_dim = self.G.n_styles, self.G.style_dim
         self.latent_avg = gen.latent_avg.to(self.device)
+        self._choose_domain(gen)
         root = Path(opts.images)
         files = readable(list_images(root), warn=self.log if self.dist.rank == 0 else None)
         self.train_files, self.val_files = split(files, root, opts.val_fraction)
@@ -117,14 +155,8 @@ class Trainer:
         self.encoder = Encoder4Editing(n_styles=self.n_styles, widths=tuple(opts.encoder_widths),
                                        units=tuple(opts.encoder_units), style_dim=self.style_dim,
                                        input_size=opts.input_size).to(self.device)
-        if opts.irse50_init and resume is None and tuple(opts.encoder_widths) == (64, 128, 256, 512) \
-                and tuple(opts.encoder_units) == (3, 4, 14, 3):
-            from .lossnets import irse50_encoder_init
-
-            init = irse50_encoder_init(weights_dir=opts.weights_dir)
-            if init is not None:
-                self.encoder.load_state_dict(init, strict=False)
-                self.log("encoder backbone initialised from the IR-SE50 face-recognition weights")
+        if resume is None:
+            self._init_encoder()
         self.disc = LatentDiscriminator(self.style_dim).to(self.device) if opts.w_discriminator_lambda > 0 else None
         self.opt_e = Ranger(self.encoder.parameters(), lr=opts.lr)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=opts.w_discriminator_lr) if self.disc else None
@@ -133,21 +165,64 @@ class Trainer:
         self.step = 0
         if resume is not None:
             self._load(resume)
-        self.enc, self.dsc = self.encoder, self.disc
+        self.active = ActiveEncoder(self.encoder)
+        self.enc, self.dsc = self.active, self.disc
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel as DDP
-
-            import warnings
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             with warnings.catch_warnings():  # broadcast_buffers=False is what we mean (rank-local BN statistics)
                 warnings.simplefilter("ignore", FutureWarning)
                 warnings.simplefilter("ignore", UserWarning)
-                self.enc = DDP(self.encoder, device_ids=ids, broadcast_buffers=False)
-            # the discriminator's gradients are averaged by hand (_sync_grads): its R1 step
-            # leaves the last bias without a gradient, which DDP's bucketing does not allow
+                # heads that are not on yet get no gradient (None on every rank: DDP leaves them so)
+                self.enc = DDP(self.active, device_ids=ids, broadcast_buffers=False, find_unused_parameters=True)
+            # the discriminator is small: its gradients are averaged by hand (_sync_grads)
 
     # ---- pieces -----------------------------------------------------------------------
+
+    def _choose_domain(self, gen) -> None:
+        """Settle the dataset type (which identity network and crops): explicit, or the face
+        recipe by default, with a warning when the generator looks like another domain's. One
+        log line says what is used; opts.dataset_type records it (checkpoints, options.json)."""
+        opts = self.opts
+        rank0 = self.dist.rank == 0
+        if not opts.dataset_type:
+            opts.dataset_type = DATASET_TYPES["ffhq"]
+            hint = gen.domain_hint
+            evidence = (f"its checkpoint was trained as {hint}" if hint and hint != "ffhq" else
+                        f"it is {self.size}x{self.size} (e4e's face generator is 1024x1024)" if self.size != 1024 else "")
+            if evidence and rank0:  # the CLI shows it as one `e4e: note:` line
+                warnings.warn(f"no --domain given: training with the face recipe (ArcFace identity loss, face "
+                              f"crops), but {evidence}; for another domain pass --domain cars|horse|church", stacklevel=2)
+        elif opts.dataset_type not in DATASET_TYPES.values():
+            raise E4EError(f"unknown dataset type {opts.dataset_type!r}: choose from {', '.join(DATASET_TYPES.values())}")
+        if rank0:
+            ident = "ArcFace IR-SE50" if opts.domain == "ffhq" else "MoCo-v2 ResNet-50"
+            ident = f"{ident} x {opts.id_weight():g}" if opts.id_weight() > 0 else "off"
+            h = opts.input_size * 3 // 4 if opts.domain == "cars" else opts.input_size
+            crop = f", losses on the {opts.loss_size * 3 // 4}-row crop" if opts.domain == "cars" else ""
+            self.log(f"domain {opts.domain} ({opts.dataset_type}): identity loss {ident}, "
+                     f"input {h}x{opts.input_size}{crop}")
+
+    def _init_encoder(self) -> None:
+        """The reference starts the encoder's backbone from the IR-SE50 face-recognition weights
+        (every domain) and refuses to start without them; --encoder-init random opts out."""
+        opts = self.opts
+        if not opts.irse50_init:
+            if self.dist.rank == 0:
+                self.log("encoder starts from random weights (--encoder-init random)")
+            return
+        if tuple(opts.encoder_widths) != (64, 128, 256, 512) or tuple(opts.encoder_units) != (3, 4, 14, 3):
+            raise E4EError("--encoder-init irse50 needs the released encoder (widths 64,128,256,512, units 3,4,14,3): "
+                           "add --encoder-init random for another architecture")
+        from .lossnets import irse50_encoder_init
+
+        init = irse50_encoder_init(weights_dir=opts.weights_dir)
+        missing, _ = self.encoder.load_state_dict(init, strict=False)
+        if any(k.startswith(("input_layer.", "body.")) for k in missing):
+            raise E4EError("the IR-SE50 weights do not cover the encoder's backbone")
+        if self.dist.rank == 0:
+            self.log("encoder backbone initialised from the IR-SE50 face-recognition weights")
 
     def _lpips(self):
         from .lossnets import load_lpips
@@ -170,19 +245,30 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def codes(self, x: torch.Tensor, stage: int, *, module=None) -> torch.Tensor:
-        """Encoder output with only the active deltas, plus latent_avg: [N,n_styles,D]. With
-        `bn_groups` > 1 the batch goes through the encoder in that many chunks (BatchNorm then
-        sees the statistics that each of as many processes would)."""
+        """Encoder output with only the active deltas, plus latent_avg: [N,n_styles,D] (layers
+        above the stage are w0's). With `bn_groups` > 1 the batch goes through the encoder in
+        that many chunks (BatchNorm then sees the statistics that each of as many processes would)."""
         enc = module or self.enc
-        parts = [enc(c) for c in (x.chunk(self.bn_groups) if self.bn_groups > 1 else [x])]
+        stage = min(stage, self.n_styles - 1)
+        parts = [enc(c, stage) for c in (x.chunk(self.bn_groups) if self.bn_groups > 1 else [x])]
         w0 = torch.cat([p[0] for p in parts]).float()
-        deltas = torch.cat([p[1] for p in parts]).float() * delta_mask(stage, self.n_styles, x.device)[None, :, None]
+        deltas = torch.cat([p[1] for p in parts]).float()  # [N,stage,D]
         zero = torch.zeros_like(w0)[:, None]
-        return self.latent_avg[None, None] + w0[:, None] + torch.cat([zero, deltas], dim=1)
+        rest = zero.expand(-1, self.n_styles - 1 - stage, -1)
+        return self.latent_avg[None, None] + w0[:, None] + torch.cat([zero, deltas, rest], dim=1)
 
-    def render(self, codes: torch.Tensor) -> torch.Tensor:
-        """Generator output pooled to the loss size: [N,3,S,S] (cars: its 3/4-height crop)."""
-        img = self.G.synthesize(codes, impl="ref")
+    def train_noise(self, step: int, rows: slice) -> list[torch.Tensor]:
+        """Fresh noise for every image and layer, as the reference renders in training
+        (randomize_noise): per layer [n,1,r,r]. Drawn from a seed per (run, step, image of the
+        global batch), so one process and several see the same noise for the same image."""
+        per_image = [self.G.random_noise(1, torch.Generator().manual_seed(_seed(self.opts.seed, step, i)))
+                     for i in range(rows.start, rows.stop)]
+        return [torch.cat(layer).to(self.device) for layer in zip(*per_image)]
+
+    def render(self, codes: torch.Tensor, *, noise: Optional[list] = None) -> torch.Tensor:
+        """Generator output pooled to the loss size: [N,3,S,S] (cars: its 3/4-height crop).
+        `noise` None: the generator's fixed noise (held-out numbers, pictures)."""
+        img = self.G.synthesize(codes, noise=noise, impl="ref")
         s = self.opts.loss_size
         if img.shape[-1] != s:
             img = F.adaptive_avg_pool2d(img, (s, s))
@@ -214,16 +300,16 @@ class Trainer:
         self.encoder.train()
         with self._autocast():
             codes = self.codes(x, stage)
-            y_hat = self.render(codes).float()
+            y_hat = self.render(codes, noise=self.train_noise(step, rows)).float()
         y = self.target(x)
         loss_l2 = F.mse_loss(y_hat, y)
         total = opts.l2_lambda * loss_l2
         logs["l2"] = float(loss_l2.detach())
         if self.lpips is not None:
-            # the reference sums LPIPS over the batch; x world keeps that under DDP's gradient averaging
-            loss_lpips = self.lpips(y_hat, y).sum() * self.dist.world
+            # the batch mean, as the reference's criterion returns (DDP's averaging keeps it the global mean)
+            loss_lpips = self.lpips(y_hat, y).mean()
             total = total + opts.lpips_lambda * loss_lpips
-            logs["lpips"] = float(loss_lpips.detach()) / self.dist.world / max(1, y.shape[0])
+            logs["lpips"] = float(loss_lpips.detach())
         if self.id_loss is not None:
             loss_id, info = self.id_loss(y_hat, y, x)
             total = total + opts.id_weight() * loss_id
@@ -245,12 +331,27 @@ class Trainer:
         logs["step"] = self.step  # steps done
         return logs
 
-    def _disc_step(self, x, stage: int, step: int) -> dict:
-        opts = self.opts
+    def disc_fakes(self, x: torch.Tensor, stage: int) -> torch.Tensor:
+        """The discriminator's fake codes, as the reference picks them: one per image, a random
+        one of its active codes (w0 + latent_avg, then the active deltas') through the fake pool,
+        or its first code alone when the pool is off: [N,D]."""
         with torch.no_grad():
-            fake = self.codes(x, stage)[:, : stage + 1].reshape(-1, self.style_dim)
+            codes = self.codes(x, stage)[:, : stage + 1]
+        return self.fake_pool.query(codes)
+
+    def _disc_step(self, x, stage: int, step: int) -> dict:
+        """One discriminator step (and its lazy R1 step). D is trainable only here: the encoder's
+        adversarial loss computes no gradients for it, as in the reference."""
+        self.disc.requires_grad_(True)
+        try:
+            return self._disc_update(x, stage, step)
+        finally:
+            self.disc.requires_grad_(False)
+
+    def _disc_update(self, x, stage: int, step: int) -> dict:
+        opts = self.opts
+        fake = self.disc_fakes(x, stage)
         real = self.real_pool.query(self.real_codes(step))
-        fake = self.fake_pool.query(fake)
         loss = d_loss(self.dsc(real), self.dsc(fake))
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
@@ -258,10 +359,9 @@ class Trainer:
         self.opt_d.step()
         out = {"d_loss": float(loss.detach())}
         if step % opts.d_reg_every == 0:
-            real = real.detach().requires_grad_(True)
-            r1 = r1_penalty(self.dsc, real)
+            loss, r1 = r1_step_loss(self.dsc, real, r1=opts.r1, every=opts.d_reg_every)
             self.opt_d.zero_grad(set_to_none=True)
-            (opts.r1 / 2 * r1 * opts.d_reg_every).backward()
+            loss.backward()
             self._sync_grads(self.disc)
             self.opt_d.step()
             out["r1"] = float(r1.detach())
@@ -328,7 +428,7 @@ class Trainer:
         stage = self.stage(self.step)
         mse, lp, ids = [], [], []
         for chunk in x.split(8):
-            y_hat = self.render(self.codes(chunk, stage, module=self.encoder)).float()
+            y_hat = self.render(self.codes(chunk, stage, module=self.active)).float()
             y = self.target(chunk)
             mse.append(((y_hat.clamp(-1, 1) - y) / 2).pow(2).mean(dim=(1, 2, 3)))
             if self.lpips is not None:
@@ -355,7 +455,7 @@ class Trainer:
         files = (self.val_files or self.train_files)[:4]
         x = Batches(files, batch_size=len(files), size_hw=self.input_hw, seed=0, flip=False).batch(0).to(self.device)
         self.encoder.eval()
-        codes = self.codes(x, self.stage(self.step), module=self.encoder)
+        codes = self.codes(x, self.stage(self.step), module=self.active)
         self.encoder.train()
         dirs, _ = sefa_directions(self.G, list(range(self.n_styles)))
         edit = codes + 3.0 * dirs[0].to(codes)[None, None]
@@ -394,12 +494,24 @@ def run(opts: TrainOptions, *, resume: bool = False, log: Callable[[str], None] 
     if resume:
         state = checkpoints.load_for_resume(run_dir)
         saved = TrainOptions.from_dict(state["opts"].get("e4e_train", {}))
-        saved.max_steps, saved.out = opts.max_steps, opts.out
+        if opts.max_steps is not None:  # else the run's own target
+            saved.max_steps = opts.max_steps
+        saved.out = opts.out
         opts = saved
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise E4EError(f"{run_dir} already holds a run: continue it with --resume, or choose another --out")
+    if opts.max_steps is None:
+        opts.max_steps = TrainOptions().max_steps
     trainer = Trainer(opts, resume=state, log=log, bn_groups=bn_groups)
     rank0 = trainer.dist.rank == 0
+    dump = os.environ.get("E4E_TRAIN_DUMP_PARAMS")  # tests: every rank's encoder parameters, before and after
+
+    def dump_params(tag: str) -> None:
+        if dump:
+            torch.save({k: v.detach().cpu().clone() for k, v in trainer.encoder.named_parameters()},
+                       Path(dump) / f"rank{trainer.dist.rank}{tag}.pt")
+
+    dump_params("_start")
     if rank0:
         ensure_dir(run_dir)
         (run_dir / "options.json").write_text(json.dumps(opts.to_dict(), indent=2) + "\n")
@@ -440,10 +552,7 @@ def run(opts: TrainOptions, *, resume: bool = False, log: Callable[[str], None] 
     finally:
         bar.close()
         signal.signal(signal.SIGINT, old)
-    dump = os.environ.get("E4E_TRAIN_DUMP_PARAMS")  # tests: every rank's encoder parameters
-    if dump:
-        torch.save({k: v.detach().cpu() for k, v in trainer.encoder.named_parameters()},
-                   Path(dump) / f"rank{trainer.dist.rank}.pt")
+    dump_params("")
     try:
         path = trainer.save()
         if rank0:

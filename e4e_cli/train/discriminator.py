@@ -7,7 +7,7 @@ encoder's, pushing every per-layer code into W. With its code pools and losses.
   times d_reg_every (so its average weight stays r1/2).
 - `CodePool`: a pool of past codes (size 50): once full, each new code is, with probability 1/2,
   swapped for a random stored one (which is returned instead), so the discriminator also sees
-  older codes.
+  older codes. Given each image's active codes it keeps one per image (a random layer's).
 """
 from __future__ import annotations
 
@@ -46,9 +46,22 @@ def g_adv_loss(fake_pred):
 
 def r1_penalty(disc: nn.Module, real: torch.Tensor) -> torch.Tensor:
     """E over the batch of ||dD(real)/d real||^2 (needs real.requires_grad)."""
-    pred = disc(real)
+    return _r1(disc(real), real)
+
+
+def _r1(pred: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     (grad,) = torch.autograd.grad(pred.sum(), real, create_graph=True)
     return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+
+
+def r1_step_loss(disc: nn.Module, real: torch.Tensor, *, r1: float, every: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lazy R1 step's loss, r1/2 * penalty * every, and the penalty. A zero multiple of one
+    prediction is added, as the reference does: it keeps D's output bias in the graph (its
+    gradient is 0, not None), so Adam still moves that bias by its momentum on R1 steps."""
+    real = real.detach().requires_grad_(True)
+    pred = disc(real)
+    penalty = _r1(pred, real)
+    return r1 / 2 * penalty * every + 0 * pred[0].sum(), penalty
 
 
 def delta_penalty(codes: torch.Tensor, stage: int, p: int = 2) -> torch.Tensor:
@@ -67,11 +80,17 @@ class CodePool:
         self.codes: list[torch.Tensor] = []
         self.rng = rng or random.Random(0)
 
-    def query(self, codes: torch.Tensor) -> torch.Tensor:  # [N,D] -> [N,D]
+    def query(self, codes: torch.Tensor) -> torch.Tensor:
+        """[N,D] -> [N,D]; or [N,L,D] (each image's L active codes) -> [N,D]: one code per image,
+        a random one of its L when the pool is on, its first (w0) when the pool is off (as the
+        reference's pool and coach pick the discriminator's fakes)."""
+        codes = codes.detach()
         if self.size == 0:
-            return codes
+            return codes[:, 0] if codes.ndim == 3 else codes
         out = []
-        for c in codes.detach():
+        for c in codes:
+            if c.ndim == 2:
+                c = c[self.rng.randrange(c.shape[0])]
             c = c[None]
             if len(self.codes) < self.size:
                 self.codes.append(c.clone())

@@ -10,12 +10,12 @@
 Size, style_dim, n_mlp and the channel table are inferred from the weights, so narrow
 generators work too.
 
-ADA conversion, verified once by hand (not shipped): a random 32 px NVlabs StyleGAN2-ADA
-Generator built and pickled by its own code, loaded here without `torch_utils` importable,
-gives the same mapping (max diff 0) and the same image (noise_mode='const', force_fp32;
-max diff 1e-6 on a range of 2.4) as NVlabs' forward pass. Refused: c_dim > 0, non-RGB,
+ADA conversion: tests/test_train_generators.py reads a 64 px snapshot pickle written by NVlabs'
+own code (shared/parity/ada) and matches its mapping and images. Refused: c_dim > 0, non-RGB,
 synthesis architectures other than 'skip', non-lrelu activations, StyleGAN3 networks.
-`conv_clamp` is ignored with a warning (an fp16 safety clamp; float32 synthesis does not clamp).
+`conv_clamp` is kept: ADA clamps every layer's output (after bias, activation and gain) to
++-conv_clamp*gain in any dtype, float32 included, and so does the `ClampedGenerator` an ADA
+pickle becomes (its checkpoints' rosinality layout cannot record the clamp).
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ import torch
 from ..checkpoint import read_checkpoint, split_state_dict
 from ..errors import E4EError
 from ..fsutil import atomic_write, read_head
+from .. import ops
 from ..networks import Generator, default_channels
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class LoadedGenerator:
     size: int  # output resolution
     channel_multiplier: Optional[int]  # 1, 2, 4..., None if channels match no multiplier
     kind: str  # "rosinality" | "e4e" | "stylegan2-ada"
+    domain_hint: Optional[str] = None  # ffhq, cars, horse, church: what an e4e checkpoint was trained on
 
 
 # --------------------------------------------------------------------------------------
@@ -112,7 +114,12 @@ def _from_object(obj: Any, p: Path) -> LoadedGenerator:
         avg = ckpt.get("latent_avg")
         if isinstance(avg, torch.Tensor) and avg.ndim == 2:
             avg = avg[0]  # released checkpoints repeat w_avg on every row
-        return _build(dec, avg if isinstance(avg, torch.Tensor) else None, p, kind="e4e")
+        loaded = _build(dec, avg if isinstance(avg, torch.Tensor) else None, p, kind="e4e")
+        opts = ckpt.get("opts") if isinstance(ckpt.get("opts"), dict) else {}
+        dataset_type = opts.get("dataset_type")
+        if isinstance(dataset_type, str) and dataset_type:
+            loaded.domain_hint = dataset_type.split("_")[0]
+        return loaded
     if "G_ema" in obj:
         return _from_ada(obj["G_ema"], p)
     keys = ", ".join(sorted(str(k) for k in obj)[:6]) or "none"
@@ -147,10 +154,16 @@ def _channel_multiplier(size: int, channels: dict[int, int]) -> Optional[int]:
     return None
 
 
-def _build(sd: dict[str, torch.Tensor], latent_avg: Optional[torch.Tensor], p: Path, *, kind: str) -> LoadedGenerator:
+def _build(sd: dict[str, torch.Tensor], latent_avg: Optional[torch.Tensor], p: Path, *, kind: str,
+           clamps: Optional[dict] = None) -> LoadedGenerator:
+    """`clamps` (ADA): {"conv": [per StyledConv], "rgb": [per ToRGB]} of conv_clamp values or None."""
     sd = {k: v for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     size, style_dim, n_mlp, channels = _infer_arch(sd, p)
-    g = Generator(size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
+    if clamps and any(c is not None for c in clamps["conv"] + clamps["rgb"]):
+        g = ClampedGenerator(size, style_dim=style_dim, n_mlp=n_mlp, channels=channels, conv_clamps=clamps["conv"],
+                             rgb_clamps=clamps["rgb"])
+    else:
+        g = Generator(size, style_dim=style_dim, n_mlp=n_mlp, channels=channels)
     expected = g.state_dict()
     # blur kernels are fixed buffers; older files may omit them
     for k, v in expected.items():
@@ -171,6 +184,48 @@ def _build(sd: dict[str, torch.Tensor], latent_avg: Optional[torch.Tensor], p: P
         raise E4EError(f"generator {p}: latent_avg has {latent_avg.numel()} values, expected {style_dim}")
     return LoadedGenerator(generator=g, latent_avg=latent_avg.clone(), size=size,
                            channel_multiplier=_channel_multiplier(size, channels), kind=kind)
+
+
+class ClampedGenerator(Generator):
+    """Our generator plus StyleGAN2-ADA's `conv_clamp`: every StyledConv's output (after noise,
+    bias, lrelu and its sqrt(2) gain) and every ToRGB's conv + bias (before the up-sampled skip
+    is added) clamped to +-conv_clamp, in any dtype, as ADA's bias_act does. Same parameters
+    and state dict as `Generator`; the clamped synthesis always runs the plain ("ref") path.
+
+    conv_clamps: one value or None per StyledConv (conv1, convs...); rgb_clamps: per ToRGB
+    (to_rgb1, to_rgbs...)."""
+
+    def __init__(self, size: int, *, conv_clamps: list, rgb_clamps: list, **kw):
+        super().__init__(size, **kw)
+        if len(conv_clamps) != 1 + len(self.convs) or len(rgb_clamps) != 1 + len(self.to_rgbs):
+            raise ValueError("one clamp per StyledConv and per ToRGB")
+        self.conv_clamps = [None if c is None else float(c) for c in conv_clamps]
+        self.rgb_clamps = [None if c is None else float(c) for c in rgb_clamps]
+
+    @staticmethod
+    def _clamp(x, c):
+        return x if c is None else x.clamp(-c, c)
+
+    def _rgb(self, layer, x, code, skip, c, impl):
+        out = self._clamp(layer.conv(x, code, impl) + layer.bias.to(x.dtype), c)
+        if skip is not None:
+            out = out + ops.upfirdn2d(skip, layer.upsample.kernel, up=2, pad=(2, 1), impl=impl)
+        return out.float()
+
+    def synthesize(self, codes, *, noise: Optional[list] = None, impl: str = "ref", dtype=None):
+        """codes [B,n_styles,D] -> image [B,3,size,size], clamped layer by layer."""
+        if codes.ndim != 3 or codes.shape[1] != self.n_styles or codes.shape[2] != self.style_dim:
+            raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
+        noise = self.fixed_noise() if noise is None else noise
+        impl, cc, rc = "ref", self.conv_clamps, self.rgb_clamps
+        x = self.input.input.expand(codes.shape[0], -1, -1, -1).to(dtype or codes.dtype)
+        x = self._clamp(self.conv1(x, codes[:, 0], noise[0], impl), cc[0])
+        skip = self._rgb(self.to_rgb1, x, codes[:, 1], None, rc[0], impl)
+        for k in range(len(self.to_rgbs)):
+            x = self._clamp(self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl), cc[1 + 2 * k])
+            x = self._clamp(self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl), cc[2 + 2 * k])
+            skip = self._rgb(self.to_rgbs[k], x, codes[:, 3 + 2 * k], skip, rc[1 + k], impl)
+        return skip
 
 
 # --------------------------------------------------------------------------------------
@@ -317,21 +372,22 @@ def _from_ada(g: Any, p: Path) -> LoadedGenerator:
         latent_avg = mapping.tensor("w_avg")
         b4 = synth.child("b4")
         sd["input.input"] = b4.tensor("const")[None]
-        _styled(sd, "conv1", b4.child("conv1"), "noises.noise_0", p)
-        _to_rgb(sd, "to_rgb1", b4.child("torgb"))
+        clamps: dict = {"conv": [], "rgb": []}
+        _styled(sd, "conv1", b4.child("conv1"), "noises.noise_0", p, clamps)
+        _to_rgb(sd, "to_rgb1", b4.child("torgb"), p, clamps)
         n = 1
         for k, lvl in enumerate(range(3, int(math.log2(size)) + 1)):
             blk = synth.child(f"b{2 ** lvl}")
             arch = blk.state.get("architecture", "skip")
             if arch != "skip":
                 raise E4EError(f"generator {p} uses the '{arch}' synthesis architecture; only 'skip' (StyleGAN2's default) is supported")
-            _styled(sd, f"convs.{2 * k}", blk.child("conv0"), f"noises.noise_{n}", p)
-            _styled(sd, f"convs.{2 * k + 1}", blk.child("conv1"), f"noises.noise_{n + 1}", p)
-            _to_rgb(sd, f"to_rgbs.{k}", blk.child("torgb"))
+            _styled(sd, f"convs.{2 * k}", blk.child("conv0"), f"noises.noise_{n}", p, clamps)
+            _styled(sd, f"convs.{2 * k + 1}", blk.child("conv1"), f"noises.noise_{n + 1}", p, clamps)
+            _to_rgb(sd, f"to_rgbs.{k}", blk.child("torgb"), p, clamps)
             n += 2
     except KeyError as exc:
         raise E4EError(f"generator {p}: the StyleGAN2-ADA network misses {exc.args[0]!r} (a StyleGAN3 or other architecture?)") from None
-    return _build(sd, latent_avg, p, kind="stylegan2-ada")
+    return _build(sd, latent_avg, p, kind="stylegan2-ada", clamps=clamps)
 
 
 def _linear(sd, prefix: str, fc: "_PersistentState", *, lr_mul: float) -> None:
@@ -343,16 +399,20 @@ def _linear(sd, prefix: str, fc: "_PersistentState", *, lr_mul: float) -> None:
     sd[f"{prefix}.bias"] = b * (bg / lr_mul)
 
 
-_CLAMP_WARNED: set = set()
+def _clamp_of(layer: "_PersistentState", p: Path) -> Optional[float]:
+    c = layer.state.get("conv_clamp")
+    if c is None:
+        return None
+    if isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0:
+        raise E4EError(f"generator {p}: conv_clamp {c!r} is not a non-negative number")
+    return float(c)
 
 
-def _styled(sd, prefix: str, layer: "_PersistentState", noise_key: str, p: Path) -> None:
-    """ADA SynthesisLayer -> StyledConv. The up-sampling conv needs no flip: both transpose-convolve with
-    the unflipped [O,I,k,k] weight (stride 2, no padding) and then blur with 1 pixel of padding each side."""
-    if layer.state.get("conv_clamp") is not None and p not in _CLAMP_WARNED:
-        _CLAMP_WARNED.add(p)
-        log.warning("generator %s: ignoring conv_clamp=%s (a safety clamp for fp16 training; our float32 "
-                    "synthesis does not clamp)", p, layer.state.get("conv_clamp"))
+def _styled(sd, prefix: str, layer: "_PersistentState", noise_key: str, p: Path, clamps: dict) -> None:
+    """ADA SynthesisLayer -> StyledConv (and its conv_clamp: skip architecture, gain 1). The
+    up-sampling conv needs no flip: both transpose-convolve with the unflipped [O,I,k,k] weight
+    (stride 2, no padding) and then blur with 1 pixel of padding each side."""
+    clamps["conv"].append(_clamp_of(layer, p))
     if str(layer.state.get("activation", "lrelu")) != "lrelu":
         raise E4EError(f"generator {p}: activation {layer.state.get('activation')!r} is not supported")
     _linear(sd, f"{prefix}.conv.modulation", layer.child("affine"), lr_mul=1.0)
@@ -363,8 +423,9 @@ def _styled(sd, prefix: str, layer: "_PersistentState", noise_key: str, p: Path)
     sd[noise_key] = noise.reshape(1, 1, *noise.shape[-2:])
 
 
-def _to_rgb(sd, prefix: str, layer: "_PersistentState") -> None:
+def _to_rgb(sd, prefix: str, layer: "_PersistentState", p: Path, clamps: dict) -> None:
     """ADA ToRGBLayer (styles * 1/sqrt(I)) -> our ToRGB (weight * 1/sqrt(I)): same product, no demodulation."""
+    clamps["rgb"].append(_clamp_of(layer, p))
     _linear(sd, f"{prefix}.conv.modulation", layer.child("affine"), lr_mul=1.0)
     w = layer.tensor("weight")
     wg = float(layer.state.get("weight_gain", 1.0 / math.sqrt(w.shape[1])))

@@ -12,8 +12,6 @@ are read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -38,10 +36,31 @@ def _load_state(path, *, what: str) -> dict:
     return obj
 
 
-def _load_into(module: nn.Module, sd: dict, *, what: str, path) -> None:
-    missing, unexpected = module.load_state_dict(sd, strict=False)
+def _check_layout(want: dict, sd: dict, *, what: str, path, ignore: frozenset = frozenset()) -> dict:
+    """`sd` without the `ignore`d keys, once it holds exactly the keys of `want` (name -> shape)
+    with those shapes; else one E4EError line (never torch's multi-line RuntimeError)."""
+    sd = {k: v for k, v in sd.items() if k not in ignore}
+    missing = [k for k in want if k not in sd]
+    unexpected = [str(k) for k in sd if k not in want]
     if missing:
         raise E4EError(f"{what} {path} lacks {len(missing)} tensor(s), e.g. {missing[0]}: not the expected file")
+    if unexpected:
+        raise E4EError(f"{what} {path} has {len(unexpected)} unexpected tensor(s), e.g. {unexpected[0]}: "
+                       "not the expected file")
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            raise E4EError(f"{what} {path}: {k} is a {type(v).__name__}, not a tensor")
+        if tuple(v.shape) != tuple(want[k]):
+            raise E4EError(f"{what} {path}: {k} has shape {list(v.shape)}, expected {list(want[k])}: "
+                           "not the expected file")
+    return sd
+
+
+def _load_into(module: nn.Module, sd: dict, *, what: str, path, ignore: frozenset = frozenset()) -> None:
+    """Load `sd` into `module` strictly (see `_check_layout`); keys in `ignore` are parts of the
+    released file that the loss does not use."""
+    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    module.load_state_dict(_check_layout(want, sd, what=what, path=path, ignore=ignore), strict=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -107,24 +126,26 @@ class LPIPS(nn.Module):
         return super().train(False)
 
 
+# torchvision's AlexNet file also holds the classifier, which LPIPS does not use
+_ALEX_CLASSIFIER = frozenset(f"classifier.{i}.{p}" for i in (1, 4, 6) for p in ("weight", "bias"))
+
+
 def load_lpips(*, weights_dir=None) -> LPIPS:
-    """LPIPS with the released AlexNet and linear-layer weights (MissingWeightsError names the download)."""
+    """LPIPS with the released AlexNet and linear-layer weights (MissingWeightsError names the
+    download). Both files are loaded strictly: a missing, unexpected or mis-shaped tensor is one
+    E4EError line."""
     from ..downloads import require_asset
 
     net = LPIPS()
     alex = require_asset("lpips_alexnet", weights_dir)
-    sd = _load_state(alex, what="AlexNet weights")
-    feats = {k: v for k, v in sd.items() if k.startswith("features.")}
-    _load_into(net.net, feats, what="AlexNet weights", path=alex)
+    _load_into(net.net, _load_state(alex, what="AlexNet weights"), what="AlexNet weights", path=alex,
+               ignore=_ALEX_CLASSIFIER)
     lin = require_asset("lpips_alex", weights_dir)
     sd = _load_state(lin, what="LPIPS linear layers")
-    mapped = {}
-    for i in range(5):
-        key = f"lin{i}.model.1.weight"
-        if key not in sd:
-            raise E4EError(f"LPIPS linear layers {lin} lack {key}: not LPIPS v0.1 alex.pth")
-        mapped[f"lins.{i}.weight"] = sd[key]
-    net.load_state_dict(mapped, strict=False)
+    # the released names lin<i>.model.1.weight are our lins.<i>.weight
+    want = {f"lin{i}.model.1.weight": (1, c, 1, 1) for i, c in enumerate(_ALEX_CHANNELS)}
+    sd = _check_layout(want, sd, what="LPIPS linear layers", path=lin)
+    net.lins.load_state_dict({f"{i}.weight": sd[f"lin{i}.model.1.weight"] for i in range(len(want))}, strict=True)
     return _freeze(net)
 
 
@@ -208,7 +229,7 @@ class IdentityLoss(nn.Module):
     """mean(1 - cos(f(y_hat), f(y))) over the batch, with f a frozen feature network.
 
     kind "arcface": the 256 face is cropped to rows 35:223, columns 32:220 and pooled to
-    112x112 (the reference's crop); kind "moco": resized to 224x224. forward(y_hat, y, x) ->
+    112x112 (the reference's crop); kind "moco": resized to 224x224 (nearest, as the reference). forward(y_hat, y, x) ->
     (loss, {"id_similarity": mean cos(y_hat, y), "id_improve": mean of cos(y_hat, y) - cos(y, x)})."""
 
     def __init__(self, features: nn.Module, kind: str):
@@ -218,12 +239,15 @@ class IdentityLoss(nn.Module):
         self.features, self.kind = features, kind
 
     def embed(self, img):
+        """[N,3,H,W] in [-1,1] -> unit features [N,512] (arcface) or [N,2048] (moco)."""
         if self.kind == "arcface":
             if img.shape[-1] != 256 or img.shape[-2] != 256:
                 img = F.adaptive_avg_pool2d(img, (256, 256))
             img = F.adaptive_avg_pool2d(img[:, :, 35:223, 32:220], (112, 112))
         else:
-            img = F.interpolate(img, size=(224, 224), mode="bilinear", align_corners=False)
+            # the reference's plain F.interpolate(size=224): nearest neighbour, and a 192x256
+            # cars crop is squashed to a square
+            img = F.interpolate(img, size=(224, 224), mode="nearest")
         return self.features(img)
 
     def forward(self, y_hat, y, x):
@@ -235,38 +259,50 @@ class IdentityLoss(nn.Module):
         return (1 - sim).mean(), {"id_similarity": float(sim.mean()), "id_improve": float(improve.mean())}
 
 
-def _irse50_state(weights_dir) -> tuple[dict, str]:
+def _irse50_state(weights_dir, *, hint: str = "") -> tuple[dict, str]:
+    """The IR-SE50 file's tensors, checked against the ArcFace layout (one E4EError line if not)."""
     from ..downloads import require_asset
+    from ..errors import MissingWeightsError
 
-    path = require_asset("ir_se50", weights_dir)
-    return _load_state(path, what="IR-SE50 weights"), str(path)
+    try:
+        path = require_asset("ir_se50", weights_dir)
+    except MissingWeightsError as exc:
+        raise MissingWeightsError(f"{exc}{hint}") from None
+    sd = _load_state(path, what="IR-SE50 weights")
+    with torch.device("meta"):  # shapes only, no memory, no random init
+        want = {k: tuple(v.shape) for k, v in ArcFaceIRSE50().state_dict().items()}
+    return _check_layout(want, sd, what="IR-SE50 weights", path=path), str(path)
 
 
 def load_identity_loss(*, domain: str, weights_dir=None) -> IdentityLoss:
-    """ArcFace IR-SE50 for faces (`ffhq*`), MoCo-v2 ResNet-50 for other domains."""
+    """ArcFace IR-SE50 for faces (`ffhq`), MoCo-v2 ResNet-50 for other domains (as the reference
+    picks them by dataset type). Files are loaded strictly (one E4EError line on any mismatch)."""
     from ..downloads import require_asset
 
-    if domain.startswith("ffhq") or domain == "faces":
+    if domain == "ffhq":
         sd, path = _irse50_state(weights_dir)
         net = ArcFaceIRSE50()
         _load_into(net, sd, what="IR-SE50 weights", path=path)
         return IdentityLoss(_freeze(net), "arcface")
     path = require_asset("moco", weights_dir)
     obj = _load_state(path, what="MoCo-v2 weights")
-    sd = obj.get("state_dict", obj)
+    sd = obj.get("state_dict")
+    if not isinstance(sd, dict):
+        raise E4EError(f"MoCo-v2 weights {path} have no 'state_dict': not a MoCo checkpoint")
+    # the query encoder is the feature network (checked under the file's own key names); its
+    # projection head (fc.*) is not used; nothing else may be there
     prefix = "module.encoder_q."
-    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix) and not k.startswith(prefix + "fc.")}
     net = ResNet50Features()
-    _load_into(net, sd, what="MoCo-v2 weights", path=path)
+    want = {prefix + k: tuple(v.shape) for k, v in net.state_dict().items()}
+    head = frozenset(k for k in sd if str(k).startswith(prefix + "fc."))
+    sd = _check_layout(want, sd, what="MoCo-v2 weights", path=path, ignore=head)
+    net.load_state_dict({k[len(prefix):]: v for k, v in sd.items()}, strict=True)
     return IdentityLoss(_freeze(net), "moco")
 
 
-def irse50_encoder_init(*, weights_dir=None) -> Optional[dict]:
-    """`input_layer.*` and `body.*` tensors of the face-recognition IR-SE50, to start the e4e
-    encoder's backbone from (the reference does so for faces); None when the file is absent."""
-    from ..downloads import asset_path
-
-    if not asset_path("ir_se50", weights_dir).is_file():
-        return None
-    sd, _ = _irse50_state(weights_dir)
+def irse50_encoder_init(*, weights_dir=None) -> dict:
+    """`input_layer.*` and `body.*` tensors of the face-recognition IR-SE50, which the reference
+    starts every e4e encoder's backbone from (all domains). MissingWeightsError (one line,
+    naming the download and `--encoder-init random`) when the file is absent."""
+    sd, _ = _irse50_state(weights_dir, hint=", or start from random weights with --encoder-init random")
     return {k: v for k, v in sd.items() if k.startswith(("input_layer.", "body."))}

@@ -9,6 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+#: domain -> the reference's dataset type (which picks the identity network and the crops)
+DATASET_TYPES = {"ffhq": "ffhq_encode", "cars": "cars_encode", "horse": "horse_encode", "church": "church_encode"}
+
 
 @dataclass
 class TrainOptions:
@@ -16,7 +19,9 @@ class TrainOptions:
     images: str = ""
     generator: str = ""
     out: str = ""
-    dataset_type: str = "ffhq_encode"  # the released names: ffhq_encode, cars_encode, horse_encode, church_encode
+    # the released names (DATASET_TYPES); "" = not chosen: the face recipe, with a warning when the
+    # generator looks like another domain's (the trainer records the one it uses)
+    dataset_type: str = ""
     val_fraction: float = 0.05  # held-out share of the images (by a hash of the file name)
     flip: bool = True  # random horizontal flip of training images
     # recipe (the reference's defaults)
@@ -36,7 +41,7 @@ class TrainOptions:
     progressive_step_every: int = 2000
     loss_size: int = 256  # losses on images pooled to this size (cars: the 192-row crop of it)
     # run length and outputs
-    max_steps: int = 500000
+    max_steps: Optional[int] = 500000  # None on --resume: the run's own target
     save_every: int = 5000
     keep_last: int = 3
     image_every: int = 1000
@@ -51,13 +56,15 @@ class TrainOptions:
     encoder_widths: tuple = (64, 128, 256, 512)
     encoder_units: tuple = (3, 4, 14, 3)
     input_size: int = 256
-    irse50_init: bool = True  # start the backbone from the face-recognition IR-SE50 when present
+    irse50_init: bool = True  # start the backbone from the face-recognition IR-SE50 (required unless False)
     weights_dir: Optional[str] = None
     extra: dict = field(default_factory=dict)
 
     @property
     def domain(self) -> str:
-        return self.dataset_type.split("_")[0]
+        """ffhq, cars, horse or church ("" counts as ffhq, the default recipe)."""
+        return {v: k for k, v in DATASET_TYPES.items()}.get(self.dataset_type or "ffhq_encode",
+                                                            self.dataset_type.split("_")[0])
 
     def id_weight(self) -> float:
         if self.id_lambda is not None:
