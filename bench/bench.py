@@ -115,7 +115,7 @@ def count_flops(model, torch, x, codes) -> tuple[float, float]:
 # speed
 
 
-# (impl, precision, reference FIR layout): see e4e_cli.ops.reference_fir_layout
+# (impl, precision, reference FIR layout): see e4e_cli.nn.ops.reference_fir_layout
 REFERENCE_WAY = ("ref", "fp32", "per_channel")
 PATH_NAMES = {
     REFERENCE_WAY: "reference's way",
@@ -133,7 +133,7 @@ def time_rounds(model, torch, x, configs, rounds: int) -> list[dict]:
     each), so a slow spell of this shared machine hits them alike and the ratios between
     them stay fair; timed one after the other they drifted by up to 10%.
     """
-    from e4e_cli import ops
+    from e4e_cli.nn import ops
 
     b = x.shape[0]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -182,7 +182,7 @@ def synth_ops_only(g, codes, torch):
 
 
 def ablation(model, torch, codes, repeat: int, *, bf16: bool = True) -> dict:
-    from e4e_cli import ops
+    from e4e_cli.nn import ops
 
     g = model.generator
     out = {}
@@ -286,7 +286,7 @@ def child_peak_rss(cmd: list[str], env=None) -> tuple[float, int, str]:
 
 def memory(ckpt: Path, image: str) -> dict:
     res = {}
-    from e4e_cli.cputune import native_bf16
+    from e4e_cli.nn.runtime import native_bf16
 
     for prec in ("fp32", "bf16") if native_bf16() else ("fp32",):
         mb, rc, text = child_peak_rss([PY, "-c", CHILD, str(ckpt), prec, image])
@@ -322,7 +322,7 @@ def startup() -> dict:
         subprocess.run(cmd, capture_output=True, cwd=str(ROOT))
         best = min(best, time.perf_counter() - t0)
     heavy = subprocess.run(
-        [PY, "-c", "import sys; from e4e_cli import cli; cli._register(); "
+        [PY, "-c", "import sys; from e4e_cli.cli import app as cli; cli._register(); "
                    "print(','.join(m for m in ('torch','numpy','PIL') if m in sys.modules))"],
         capture_output=True, text=True, cwd=str(ROOT)).stdout.strip()
     return {"what": what, "best_of_5_s": best, "heavy_modules_imported_by_cli": heavy or "none"}
@@ -388,7 +388,7 @@ def isa_child_main(args) -> int:
     """In a process limited to an older ISA: float32 conv peak, the reference's way and the fast
     float32 path (batch 1, interleaved), printed as JSON. Lets one machine show the numbers of
     an AVX2-only CPU (same cores and caches, so only an approximation of a real AVX2 machine)."""
-    from e4e_cli.cputune import isa_summary
+    from e4e_cli.nn.runtime import isa_summary
     from e4e_cli.model import E4E
 
     import torch
@@ -464,7 +464,7 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from e4e_cli.cputune import isa_summary
+    from e4e_cli.nn.runtime import isa_summary
 
     isa = isa_summary()
     results: dict = {"machine": {

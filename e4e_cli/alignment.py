@@ -87,7 +87,7 @@ __all__ = [
 
 def _default_weights_dir() -> Optional[Path]:
     try:
-        from .downloads import default_weights_dir
+        from .weights.fetch import default_weights_dir
     except ImportError:
         return None
     try:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 # first: it sets up torch's CPU allocator, which must happen before torch is imported
-from .cputune import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: F401
+from .nn.runtime import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: F401
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ from PIL import Image
 
 from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
 from .errors import E4EError
-from .networks import Encoder4Editing, Generator
+from .nn.networks import Encoder4Editing, Generator
 
 _HeapReuse = HeapReuse  # the name tests and older callers use
 
@@ -208,7 +208,7 @@ class E4E:
         project's 2-core test CPU compiling takes about half a minute even for a tiny model,
         and it was not measured on a GPU. Returns self. E4E_COMPILE=1 does this at load on CUDA.
         """
-        from . import fastpaths
+        from .nn import fast as fastpaths
 
         self._compiled = {
             "encoder": torch.compile(fastpaths.encoder_fast, **options),

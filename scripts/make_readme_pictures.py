@@ -85,9 +85,9 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from e4e_cli import pipeline
+    from e4e_cli.jobs import invert as pipeline
     from e4e_cli.images import load_image
-    from e4e_cli.pasteback import paste_back_inversions
+    from e4e_cli.jobs.pasteback import paste_back_inversions
 
     synthetic = args.checkpoint is None
     ckpt = synthetic_checkpoint() if synthetic else args.checkpoint

@@ -119,7 +119,7 @@ def tiny_generator(size=32, dtype=None, seed=1, *, style_dim=16, channels=None, 
     fast paths and training."""
     import torch
 
-    from e4e_cli.networks import Generator
+    from e4e_cli.nn.networks import Generator
 
     torch.manual_seed(seed)
     g = Generator(size, style_dim=style_dim, n_mlp=2, channels=channels or {4: 16, 8: 12, 16: 8, 32: 8, 64: 4})

@@ -104,7 +104,7 @@ def test_official_layout_loads_with_extras_and_without_latent_avg(tmp_path, case
     torch.testing.assert_close(m.latent_avg, ckpt["latent_avg"])
     # the generator's weights are memory-mapped from the file, not copied: their memory lies inside
     # this process's mappings of the checkpoint file (model._file_mappings reads /proc/self/maps)
-    from e4e_cli.cputune import _file_mappings
+    from e4e_cli.nn.runtime import _file_mappings
 
     maps = _file_mappings(str(src))
     assert maps, "the checkpoint file is not mapped into the process"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from e4e_cli import pipeline
+from e4e_cli.jobs import invert as pipeline
 from e4e_cli.errors import EXIT_CODES, MissingWeightsError
 from e4e_cli.fsutil import unique_names
 

@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from e4e_cli import cputune, model as model_mod
+from e4e_cli import model as model_mod
+from e4e_cli.nn import runtime as cputune
 from e4e_cli.model import resolve_precision
 
 from conftest import assert_one_line_error, run_e4e, synthetic_checkpoint

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from e4e_cli.dataset import load_latents
+from e4e_cli.jobs.dataset import load_latents
 
 from conftest import assert_one_line_error, run_e4e
 
@@ -190,7 +190,7 @@ def test_load_latents_checks_fingerprint_and_paths(small_folder, twin_checkpoint
     """A shard rewritten with consistent bytes in the index but another fingerprint or paths is refused."""
     import json as _json
 
-    from e4e_cli.dataset import write_shard
+    from e4e_cli.jobs.dataset import write_shard
     from e4e_cli.digests import sha256_file
     from e4e_cli.errors import E4EError
 

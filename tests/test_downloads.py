@@ -1,4 +1,4 @@
-"""`e4e download-weights` and `e4e_cli.downloads`, against a real HTTP server on loopback.
+"""`e4e download-weights` and `e4e_cli.weights.fetch`, against a real HTTP server on loopback.
 
 The server (a `ThreadingHTTPServer` on 127.0.0.1, port 0) supports Range requests and can
 be told, per path, to drop the connection once, corrupt the body, answer an HTML page,
@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from conftest import ROOT, assert_one_line_error, e4e_executable, run_e4e
-from e4e_cli import downloads
+from e4e_cli.weights import fetch as downloads
 from e4e_cli.errors import E4EError, MissingWeightsError
 
 # --------------------------------------------------------------------------------------
@@ -708,7 +708,7 @@ def _e4e_starts() -> bool:
             _e4e_starts.cached = True
         else:
             ours = any(f"{os.sep}e4e_cli{os.sep}{f}\"" in proc.stderr for f in ("cli_download.py", "downloads.py"))
-            ours = ours or "'e4e_cli.cli_download'" in proc.stderr or "'e4e_cli.downloads'" in proc.stderr
+            ours = ours or "'e4e_cli.cli.download'" in proc.stderr or "'e4e_cli.weights.fetch'" in proc.stderr
             assert not ours, proc.stderr  # a failure in our own modules is never excused
             _e4e_starts.cached = False
     return _e4e_starts.cached
@@ -722,7 +722,7 @@ def cli(*args, env=None):
     import typer
     from typer.testing import CliRunner
 
-    from e4e_cli.cli_download import download_weights_command
+    from e4e_cli.cli.download import download_weights_command
 
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

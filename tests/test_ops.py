@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import tiny_generator
-from e4e_cli import ops
-from e4e_cli.networks import Encoder4Editing, blur_kernel_2d
+from e4e_cli.nn import ops
+from e4e_cli.nn.networks import Encoder4Editing, blur_kernel_2d
 
 torch.manual_seed(0)
 

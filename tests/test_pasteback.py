@@ -1,4 +1,4 @@
-"""Paste-back (`e4e_cli.pasteback`): the generated face goes back into the original photo.
+"""Paste-back (`e4e_cli.jobs.pasteback`): the generated face goes back into the original photo.
 
 Real photos (skimage's astronaut and the parity sample photo), the real aligner, and a
 synthetic "generated face": the aligned face itself upscaled to 1024 (so that the photo's
@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import PARITY, run_e4e
 from e4e_cli.errors import E4EError
-from e4e_cli.pasteback import NO_ALIGNMENT, paste_back_edits, paste_back_inversions, paste_face, paste_face_info
+from e4e_cli.jobs.pasteback import NO_ALIGNMENT, paste_back_edits, paste_back_inversions, paste_face, paste_face_info
 
 dlib = pytest.importorskip("dlib")
 skdata = pytest.importorskip("skimage.data")
@@ -345,7 +345,7 @@ def _fake_invert_dir(root: Path, stem: str, photo_path: Path, face, gen: Image.I
 
 
 def test_paste_back_inversions_exif_jpeg(aligned, photos, tmp_path):
-    from e4e_cli.pipeline import ItemResult
+    from e4e_cli.jobs.invert import ItemResult
 
     photo, face = aligned["exif"]
     d = _fake_invert_dir(tmp_path, "exif", photos["exif"], face, generated(face.image, shift=True))
@@ -366,7 +366,7 @@ def test_paste_back_inversions_exif_jpeg(aligned, photos, tmp_path):
 
 
 def test_paste_back_inversions_reports_missing_alignment(tmp_path):
-    from e4e_cli.pipeline import ItemResult
+    from e4e_cli.jobs.invert import ItemResult
 
     d = tmp_path / "car"
     d.mkdir()
@@ -379,7 +379,7 @@ def test_paste_back_inversions_reports_missing_alignment(tmp_path):
 
 
 def test_paste_back_edits_names_and_sweep(aligned, photos, tmp_path):
-    from e4e_cli.pipeline import Source
+    from e4e_cli.jobs.invert import Source
 
     photo, face = aligned["astronaut"]
     d = _fake_invert_dir(tmp_path / "inv", "astronaut", photos["astronaut"], face, generated(face.image, shift=False))
@@ -405,7 +405,7 @@ def test_paste_back_edits_names_and_sweep(aligned, photos, tmp_path):
 
 
 def test_paste_back_edits_photo_changed_or_gone(aligned, photos, tmp_path):
-    from e4e_cli.pipeline import Source
+    from e4e_cli.jobs.invert import Source
 
     photo, face = aligned["astronaut"]
     moved = tmp_path / "astro.png"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from e4e_cli.networks import Generator
+from e4e_cli.nn.networks import Generator
 from e4e_cli.train import checkpoints
 from e4e_cli.train.coach import Trainer, delta_mask, progressive_stage, run
 from e4e_cli.train.discriminator import CodePool, LatentDiscriminator, d_loss, delta_penalty, g_adv_loss, r1_penalty

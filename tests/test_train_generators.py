@@ -18,7 +18,7 @@ import torch
 
 from conftest import RunsCode
 from e4e_cli.errors import E4EError
-from e4e_cli.networks import Generator
+from e4e_cli.nn.networks import Generator
 from e4e_cli.train.generators import load_generator, save_rosinality_checkpoint
 
 CH = {4: 16, 8: 16, 16: 8, 32: 8}
@@ -54,7 +54,7 @@ def test_rosinality_round_trip(tmp_path):
 
 
 def test_channel_multiplier_and_size_mismatch(tmp_path):
-    from e4e_cli.networks import default_channels
+    from e4e_cli.nn.networks import default_channels
     g = Generator(8, style_dim=8, n_mlp=1, channels=default_channels(8, 1))
     save_rosinality_checkpoint(tmp_path / "g.pt", generator=g, latent_avg=torch.zeros(8))
     assert load_generator(tmp_path / "g.pt", size=8).size == 8
@@ -322,7 +322,7 @@ def test_ada_conv_clamp_is_applied_in_float32(tmp_path):
     small clamp the loaded generator follows that order (written out here from modules of the
     source generator) and its image stays within 4 x clamp (4 ToRGBs, positive unit-sum up-sampling);
     a clamp no layer reaches changes nothing."""
-    from e4e_cli import ops
+    from e4e_cli.nn import ops
 
     g = _rand_gen(seed=5)
     w = g.mapping(torch.randn(2, 16))

@@ -44,7 +44,7 @@ def test_explicit_domain_wins_over_the_checkpoint_record(church_recorded_as_ffhq
 
 
 def test_domain_override_keeps_the_networks(case_checkpoint, parity_dir):
-    from e4e_cli.pipeline import ModelOptions, load_model
+    from e4e_cli.jobs.invert import ModelOptions, load_model
 
     ckpt = case_checkpoint("church_256_s3")
     plain = load_model(ModelOptions(checkpoint=ckpt, precision="fp32"))
@@ -57,8 +57,9 @@ def test_domain_override_keeps_the_networks(case_checkpoint, parity_dir):
 
 def test_one_list_of_image_suffixes(tmp_path):
     """`invert DIR`, `align DIR`, `invert-dataset` and `train` take the same files."""
-    from e4e_cli import images, pipeline
-    from e4e_cli.dataset import list_dataset
+    from e4e_cli import images
+    from e4e_cli.jobs import invert as pipeline
+    from e4e_cli.jobs.dataset import list_dataset
 
     for suffix in images.IMAGE_SUFFIXES:
         (tmp_path / f"x{suffix}").write_bytes(b"")

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
-from ..networks import Encoder4Editing, upsample_add
+from ..nn.networks import Encoder4Editing, upsample_add
 from . import checkpoints
 from .data import Batches, list_images, readable, split
 from .discriminator import CodePool, LatentDiscriminator, d_loss, delta_penalty, g_adv_loss, r1_step_loss

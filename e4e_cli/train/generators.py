@@ -35,8 +35,8 @@ import torch
 from ..checkpoint import read_checkpoint, split_state_dict
 from ..errors import E4EError
 from ..fsutil import atomic_write, read_head
-from .. import ops
-from ..networks import Generator, default_channels
+from ..nn import ops
+from ..nn.networks import Generator, default_channels
 
 log = logging.getLogger(__name__)
 

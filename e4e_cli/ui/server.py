@@ -91,7 +91,7 @@ class Editor:
     """The model, its directions and the sessions; no web code here (tests drive it directly)."""
 
     def __init__(self, model, *, weights_dir=None, latents_dir: Optional[Path] = None, synthetic: bool = False):
-        from ..pipeline import resolve_direction
+        from ..jobs.invert import resolve_direction
 
         self.model, self.synthetic = model, synthetic
         self.latents_dir = Path(latents_dir).resolve() if latents_dir else None
@@ -198,7 +198,7 @@ class Editor:
     def _pick_latent(self, path: Path) -> dict:
         import torch
 
-        from ..pipeline import load_latent_file
+        from ..jobs.invert import load_latent_file
 
         arr = load_latent_file(path)
         if arr.shape[0] != self.model.n_styles:
@@ -215,7 +215,7 @@ class Editor:
     def edited_codes(self, s: Session, strengths: dict, delta_scale: float):
         """The delta scale first (as `e4e edit --delta-scale`), then each slider's direction in the
         page's order, with `e4e edit`'s functions: [1,n,512]."""
-        from ..pipeline import check_delta_scale, rescale_codes
+        from ..jobs.invert import check_delta_scale, rescale_codes
 
         codes = s.codes
         a = check_delta_scale(float(delta_scale))
@@ -254,7 +254,7 @@ class Editor:
             with torch.inference_mode():
                 image = self.model.to_pil(self.model.decode(codes))[0]
         if paste_back and s.alignment is not None and s.photo is not None:
-            from ..pasteback import paste_face
+            from ..jobs.pasteback import paste_face
 
             image = paste_face(s.photo, image, np.asarray(s.alignment["quad"]),
                                landmarks=np.asarray(s.alignment.get("landmarks")) if s.alignment.get("landmarks") else None)

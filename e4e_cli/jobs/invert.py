@@ -27,9 +27,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import E4EError
-from .fsutil import atomic_save_image, atomic_write, ensure_dir, unique_names
-from .images import IMAGE_SUFFIXES
+from ..errors import E4EError
+from ..fsutil import atomic_save_image, atomic_write, ensure_dir, unique_names
+from ..images import IMAGE_SUFFIXES
 
 LATENT_SUFFIXES = (".npy", ".pt")
 DEFAULT_OUT = Path("e4e-out")
@@ -122,14 +122,14 @@ def load_model(opts: ModelOptions):
     """The E4E model for `opts` (cached per process): --checkpoint, else the domain's file in the
     weights folder. An explicit domain wins over what a given checkpoint records (with a note when
     they differ): a trained checkpoint may record the wrong one, and the user knows their photos."""
-    from .model import E4E
+    from ..model import E4E
 
     if opts.checkpoint is not None:
         path = Path(opts.checkpoint)
         if not path.is_file():
             raise E4EError(f"checkpoint {path} not found")
     else:
-        from .downloads import checkpoint_path
+        from ..weights.fetch import checkpoint_path
 
         path = checkpoint_path(opts.domain or "ffhq", opts.weights_dir)
     key = (str(Path(path).resolve()), opts.device, opts.precision)
@@ -179,12 +179,12 @@ def check_delta_scale(a: float) -> float:
 
 def _prepare(path: Path, model, opts: InvertOptions) -> dict:
     """Load (and for faces align) one photo; returns what the batch step needs. Raises E4EError."""
-    from .images import load_image
+    from ..images import load_image
 
     if not path.exists():
         raise E4EError(f"{path}: no such file")
     if opts.align and model.domain == "ffhq":
-        from .alignment import align_photo
+        from ..alignment import align_photo
 
         faces = align_photo(path, face=opts.face)
         face = faces[0]
@@ -294,7 +294,7 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if opts.report and parts is not None:
-        from .analysis import latent_report, write_report
+        from ..analysis import latent_report, write_report
 
         report = latent_report(model, parts[0], parts[1], delta_scale=opts.delta_scale)
         files.update(write_report(d, report))
@@ -331,13 +331,13 @@ class Direction:
 
 def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weights_dir: Optional[Path] = None) -> Direction:
     """A preset name, a direction file, `ganspace:COMPONENT:START:END` or `sefa:K[:LAYERS]`."""
-    from . import editing
+    from .. import editing
 
     if spec in editing.PRESETS:
         p = editing.PRESETS[spec]
         if p.domain != model.domain:
             raise E4EError(f"direction {spec!r} is for {p.domain} checkpoints, this one is {model.domain}")
-        from .downloads import require_asset
+        from ..weights.fetch import require_asset
 
         path = require_asset(p.asset, weights_dir)
         ident = _file_identity(spec, path)
@@ -351,7 +351,7 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
     if m:
         comp, start, end = map(int, m.groups())
         if pca_file is None:
-            from .downloads import require_asset
+            from ..weights.fetch import require_asset
 
             asset = {"ffhq": "ffhq_pca", "cars": "cars_pca"}.get(model.domain)
             if asset is None:
@@ -386,7 +386,7 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
 
 def _file_identity(spec: str, path: Path) -> dict:
     """A direction's identity: its spec and the SHA-256 of the file it reads (small files)."""
-    from .digests import content_sha256
+    from ..digests import content_sha256
 
     return {"spec": spec, "file": Path(path).name, "sha256": content_sha256(path)}
 
@@ -395,7 +395,7 @@ def checkpoint_identity(model) -> dict:
     """Which checkpoint made an output: its content's SHA-256 (with its file name, for people), so
     two files of the same name, size and mtime are never taken for one (`digests` hashes each file
     version once); its domain and size for an in-memory model."""
-    from .digests import content_sha256
+    from ..digests import content_sha256
 
     path = getattr(model, "path", None)
     if path and Path(path).is_file():
@@ -439,7 +439,7 @@ class Source:
 
 def load_latent_file(path: Path) -> np.ndarray:
     """A latent .npy ([n,512] or [1,n,512]) or .pt (tensor, or a dict holding one) -> float32 [n,512]."""
-    from .editing import load_single_tensor
+    from ..editing import load_single_tensor
 
     arr = load_single_tensor(path, what="latent").detach().float().cpu().numpy()
     if arr.ndim == 3 and arr.shape[0] == 1:
@@ -479,7 +479,7 @@ def domain_of_latent(path: Path, n_styles: int) -> Optional[str]:
 
 
 def editing_strength(s: float) -> float:
-    from .editing import check_strength
+    from ..editing import check_strength
 
     return check_strength(s)
 

@@ -24,8 +24,8 @@ from typing import List, Optional
 
 import typer
 
-from .cli_invert import DOMAIN_HELP
-from .errors import E4EError
+from .invert import DOMAIN_HELP
+from ..errors import E4EError
 
 BASE_COLUMNS = ["image", "delta_scale", "mse", "psnr", "ssim", "lpips", "delta_norm", "layer_variance", "w_distance"]
 LEC_COLUMNS = ["direction", "strength", "lec_latent", "lec_latent_paper", "drift_latent", "edit_norm", "code_norm",
@@ -81,12 +81,12 @@ def _mean(values) -> Optional[float]:
 
 
 def _load_input(path: Path, model, align: bool):
-    from .images import load_image
+    from ..images import load_image
 
     if not path.exists():
         raise E4EError(f"{path}: no such file")
     if align and model.domain == "ffhq":
-        from .alignment import align_photo
+        from ..alignment import align_photo
 
         return align_photo(path, face="largest")[0].image
     return load_image(path)
@@ -95,7 +95,7 @@ def _load_input(path: Path, model, align: bool):
 def evaluate_images(paths: list[Path], model, scales: list[float], *, direction=None, direction_label: str = "",
                     strength: float = 3.0, align: bool = True, log=None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Rows (one per image and scale) and failures [(input, reason)]; see the module docstring."""
-    from . import analysis, metrics
+    from .. import analysis, metrics
 
     stats = analysis.w_statistics(model)
     rows: list[dict] = []
@@ -160,11 +160,12 @@ def evaluate_command(
     from rich.console import Console
     from rich.table import Table
 
-    from . import analysis, pipeline
-    from .cli_invert import _check_domain
-    from .editing import check_strength
-    from .fsutil import atomic_save_image, atomic_write, ensure_dir
-    from .metrics import LPIPS_NA, lpips_status
+    from .. import analysis
+    from ..jobs import invert as pipeline
+    from .invert import _check_domain
+    from ..editing import check_strength
+    from ..fsutil import atomic_save_image, atomic_write, ensure_dir
+    from ..metrics import LPIPS_NA, lpips_status
 
     _check_domain(domain)
     scales = parse_delta_scales(delta_scales)

@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import E4EError
+from ..errors import E4EError
 
 FACE_HELP = (
     "Which face to align: 'largest' (default), 'all' (writes <stem>_face<N>.png for each), "
@@ -22,7 +22,7 @@ FACE_HELP = (
 
 def _expand_inputs(photos: List[Path]) -> List[Path]:
     """Folders become the image files inside them (sorted, not recursive); files stay."""
-    from .images import is_image_file
+    from ..images import is_image_file
 
     out: List[Path] = []
     for p in photos:
@@ -49,7 +49,7 @@ def _one_line(path: Path, exc: BaseException) -> str:
 
 def _unique_stems(paths: List[Path]) -> List[str]:
     """Output stems: the photo's stem, unique for any inputs (a.jpg, a.png, a-2.jpg: fsutil.unique_names)."""
-    from .fsutil import unique_names
+    from ..fsutil import unique_names
 
     return unique_names([p.stem or "photo" for p in paths], sep="-")
 
@@ -58,7 +58,7 @@ def _free_prefix(stem: str, results, used: set) -> str:
     """`stem`, or `stem-N`, such that no `<prefix>_face<K>` of a photo with several faces clashes
     with another output's name (an input may itself be called photo_face1.jpg)."""
     prefix, n = stem, 1
-    from .alignment import aligned_filename
+    from ..alignment import aligned_filename
 
     while any(aligned_filename(prefix, r, True).casefold() in used for r in results):
         n += 1
@@ -84,8 +84,8 @@ def align_command(
     import os
     import sys
 
-    from .alignment import _check_output_size, align_photo, aligned_filename, default_aligner, parse_face_choice, write_aligned
-    from .fsutil import ensure_dir
+    from ..alignment import _check_output_size, align_photo, aligned_filename, default_aligner, parse_face_choice, write_aligned
+    from ..fsutil import ensure_dir
 
     choice = parse_face_choice(face)
     size = _check_output_size(size)

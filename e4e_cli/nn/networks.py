@@ -170,7 +170,7 @@ class Encoder4Editing(nn.Module):
         `dtype` (e.g. torch.bfloat16) for the convolutions.
         """
         if impl == "fast":
-            from .fastpaths import encoder_fast
+            from .fast import encoder_fast
 
             return encoder_fast(self, x, dtype)
         if impl != "ref":
@@ -377,7 +377,7 @@ class Generator(nn.Module):
             raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
         noise = self.fixed_noise() if noise is None else noise
         if impl == "fast":
-            from .fastpaths import synthesize_fast
+            from .fast import synthesize_fast
 
             return synthesize_fast(self, codes, noise, dtype)
         b = codes.shape[0]

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import cputune, ops
+from . import ops
+from . import runtime as cputune
 from .networks import upsample_add
 
 if TYPE_CHECKING:

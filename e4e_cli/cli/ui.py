@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from .cli_invert import DOMAIN_HELP
-from .errors import E4EError
+from .invert import DOMAIN_HELP
+from ..errors import E4EError
 
 
 def ui_command(
@@ -25,15 +25,15 @@ def ui_command(
                                              "16+ characters of A-Z a-z 0-9 . _ ~ -; '' is refused)."),
 ):
     """A local page to edit a photo with sliders and a live preview (only for the URL it prints, with its token)."""
-    from . import pipeline
-    from .cli_invert import _check_domain
+    from ..jobs import invert as pipeline
+    from .invert import _check_domain
 
     try:
         import fastapi  # noqa: F401  (present?)
         import uvicorn
     except ImportError:
         raise E4EError('e4e ui needs its extra: pip install -e ".[ui]" (fastapi, uvicorn, python-multipart)') from None
-    from .ui.server import Editor, check_token, create_app, new_token, page_url, port_free
+    from ..ui.server import Editor, check_token, create_app, new_token, page_url, port_free
 
     token = new_token() if token is None else check_token(token)
     _check_domain(domain)
@@ -58,7 +58,7 @@ def ui_command(
 def _not_released(model) -> bool:
     """True unless the checkpoint is the registry's released file (by name and size): synthetic
     and unknown checkpoints get a label on the page."""
-    from .downloads import ASSETS, DOMAIN_CHECKPOINTS
+    from ..weights.fetch import ASSETS, DOMAIN_CHECKPOINTS
 
     asset = ASSETS.get(DOMAIN_CHECKPOINTS.get(model.domain, ""))
     path = Path(model.path or "")

@@ -11,14 +11,14 @@ from typing import List, Optional
 
 import typer
 
-from .errors import E4EError
+from ..errors import E4EError
 
 _NAMES_HELP = "ffhq, cars, horse, church, directions, landmarks, all (default: ffhq + directions)"
 
 
 def _where(weights_dir: Optional[Path]) -> str:
     """Why the weights folder is where it is (shown to the user)."""
-    from . import downloads
+    from ..weights import fetch as downloads
 
     if weights_dir is not None:
         env = os.environ.get("E4E_WEIGHTS_DIR", "").strip()
@@ -34,7 +34,7 @@ def _print_table(names: Optional[List[str]], folder: Path, verify: bool, where: 
     from rich.console import Console
     from rich.table import Table
 
-    from . import downloads
+    from ..weights import fetch as downloads
 
     wanted = set(downloads.expand_names(names)) if names else None
     rows = [r for r in downloads.list_assets(folder, verify=verify) if wanted is None or r.name in wanted]
@@ -80,7 +80,7 @@ def download_weights_command(
     Downloads resume after a dropped connection and fall back to other sources; nothing
     lands under its final name before its size and hash are checked.
     """
-    from . import downloads
+    from ..weights import fetch as downloads
 
     names = list(names or [])
     asset_names = downloads.expand_names(names)  # unknown names fail before anything else

@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from .cli_invert import DOMAIN_HELP
-from .errors import E4EError
+from .invert import DOMAIN_HELP
+from ..errors import E4EError
 
 
 def invert_dataset_command(
@@ -29,8 +29,9 @@ def invert_dataset_command(
     import os
     import sys
 
-    from . import dataset, pipeline
-    from .cli_invert import _check_domain
+    from ..jobs import dataset
+    from ..jobs import invert as pipeline
+    from .invert import _check_domain
 
     _check_domain(domain)
     if workers < 0:

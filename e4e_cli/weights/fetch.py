@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit, urlunsplit
 
-from .digests import remember as remember_digest
-from .digests import sha256_file
-from .errors import E4EError, MissingWeightsError
-from .fsutil import looks_like_html, sniff_head
+from ..digests import remember as remember_digest
+from ..digests import sha256_file
+from ..errors import E4EError, MissingWeightsError
+from ..fsutil import looks_like_html, sniff_head
 
 __all__ = [
     "Asset",
@@ -1139,7 +1139,7 @@ def download_assets(
     """Fetch the named assets (groups or asset names; None = ffhq + directions) into the
     weights folder. Never raises for a failed download: each `Result` says what happened;
     pass the list to `raise_on_failures()` to turn failures into one `E4EError`."""
-    from .fsutil import ensure_dir
+    from ..fsutil import ensure_dir
 
     asset_names = expand_names(names)
     folder = ensure_dir(resolve_weights_dir(weights_dir))

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence, Tuple
 
-from .errors import E4EError
-from .fsutil import atomic_save_image
+from ..errors import E4EError
+from ..fsutil import atomic_save_image
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -382,7 +382,7 @@ def _read_json(path: Path) -> dict:
 
 def _load_context(invert_dir: Optional[Path], extra_sources: Sequence = ()) -> _Context:
     """The original photo and its alignment for an `e4e invert` output folder."""
-    from .images import INFO_FORMAT, load_image
+    from ..images import INFO_FORMAT, load_image
 
     if invert_dir is None or not (Path(invert_dir) / "alignment.json").is_file():
         raise E4EError(NO_ALIGNMENT)
@@ -480,7 +480,7 @@ def paste_back_inversions(results: Iterable, *, mask: str = "hull", feather: flo
 
 def _update_summary(path: Path, items: list) -> None:
     """Bring the statuses and file lists of `items` in `summary.json` up to date (best effort)."""
-    from .pipeline import write_json
+    from .invert import write_json
 
     if not path.is_file():
         return
@@ -509,7 +509,7 @@ def paste_back_edits(src, name: str, label: str, strengths: Sequence[float], fra
     source has no alignment (a bare latent, a non-face domain) or its photo is gone."""
     from PIL import Image
 
-    from .pipeline import fmt_strength, save_gif, slug
+    from .invert import fmt_strength, save_gif, slug
 
     ctx = _load_context(getattr(src, "invert_dir", None))
     files: dict = {}

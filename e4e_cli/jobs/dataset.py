@@ -31,9 +31,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .errors import E4EError
-from .digests import sha256_file
-from .fsutil import atomic_write, ensure_dir
+from ..errors import E4EError
+from ..digests import sha256_file
+from ..fsutil import atomic_write, ensure_dir
 
 FORMAT = "e4e-latent-shards/1"
 
@@ -53,7 +53,7 @@ class DatasetOptions:
 
 def list_dataset(root: Path) -> list[str]:
     """Image files under `root`, as sorted relative POSIX paths."""
-    from .images import is_image_file
+    from ..images import is_image_file
 
     root = Path(root)
     if not root.is_dir():
@@ -69,7 +69,7 @@ def shard_path(prefix: Path, k: int) -> Path:
 
 
 def fingerprint(model, opts: DatasetOptions) -> str:
-    from .pipeline import checkpoint_identity
+    from .invert import checkpoint_identity
 
     return json.dumps({"checkpoint": checkpoint_identity(model), "precision": str(model.precision),
                        "align": bool(opts.align and model.domain == "ffhq"), "face": opts.face,
@@ -98,8 +98,8 @@ class _Images:
         return len(self.rel)
 
     def __getitem__(self, i):
-        from .model import preprocess_images
-        from .pipeline import InvertOptions, _prepare, item_error
+        from ..model import preprocess_images
+        from .invert import InvertOptions, _prepare, item_error
 
         class _Domain:  # what _prepare reads of a model
             domain = self.domain
@@ -148,7 +148,7 @@ def invert_shards(model, root: Path, shards: Sequence[tuple[int, Sequence[str]]]
                 for (j, _), cj in zip(good, c):
                     res["codes"][j], res["ok"][j] = cj, True
             except Exception as exc:  # noqa: BLE001
-                from .pipeline import item_error
+                from .invert import item_error
 
                 for j, _ in good:
                     res["errors"][j] = item_error(exc)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .errors import E4EError
+from ..errors import E4EError
 
 
 def _ints(text: Optional[str], what: str, n: int) -> Optional[tuple]:
@@ -64,8 +64,8 @@ def train_command(
     import os
     import sys
 
-    from .train.coach import run
-    from .train.options import DATASET_TYPES, TrainOptions
+    from ..train.coach import run
+    from ..train.options import DATASET_TYPES, TrainOptions
 
     if not resume and (images is None or generator is None):
         raise E4EError("give IMAGES_DIR and --generator G (or --resume to continue the run in --out)")

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .errors import E4EError
+from ..errors import E4EError
 
 DOMAINS = ("ffhq", "cars", "horse", "church")
 
@@ -58,7 +58,7 @@ def invert_command(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help="Weights folder."),
 ):
     """Invert photos into StyleGAN's latent space with the e4e encoder."""
-    from . import pipeline
+    from ..jobs import invert as pipeline
 
     _check_domain(domain)
     if face == "all":
@@ -70,7 +70,7 @@ def invert_command(
                                                       precision=precision, weights_dir=weights_dir))
     results = pipeline.invert_inputs(inputs, model, opts)
     if paste_back:
-        from .pasteback import paste_back_inversions
+        from ..jobs.pasteback import paste_back_inversions
 
         paste_back_inversions(results, color_match=color_match, mask=_check_mask(paste_mask))
     _print_results(results, out, "inverted")
@@ -114,7 +114,7 @@ def edit_command(
     weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
 ):
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
-    from . import pipeline
+    from ..jobs import invert as pipeline
 
     _check_domain(domain)
     strengths = [pipeline.editing_strength(s) for s in (strength or [])]
@@ -151,8 +151,8 @@ def directions_command(
     from rich.console import Console
     from rich.table import Table
 
-    from .downloads import asset_path
-    from .editing import PRESETS
+    from ..weights.fetch import asset_path
+    from ..editing import PRESETS
 
     table = Table(title="Editing directions")
     for col in ("direction", "domain", "kind", "default strength", "what it does", "file"):

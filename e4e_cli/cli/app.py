@@ -13,7 +13,7 @@ import warnings
 
 import typer
 
-from .errors import EXIT_CODES, FAILURE, INTERRUPTED, USAGE, E4EError  # noqa: F401  (EXIT_CODES: the documented table)
+from ..errors import EXIT_CODES, FAILURE, INTERRUPTED, USAGE, E4EError  # noqa: F401  (EXIT_CODES: the documented table)
 
 app = typer.Typer(
     name="e4e",
@@ -28,7 +28,8 @@ app = typer.Typer(
 def _register() -> None:
     # Each command lives in its own module (one concern per module); registering them here
     # keeps `cli.py` the single place that lists the commands.
-    from . import cli_align, cli_dataset, cli_download, cli_evaluate, cli_invert, cli_train, cli_ui
+    from . import align as cli_align, dataset as cli_dataset, download as cli_download, evaluate as cli_evaluate
+    from . import invert as cli_invert, train as cli_train, ui as cli_ui
 
     app.command("download-weights")(cli_download.download_weights_command)
     app.command("align")(cli_align.align_command)
