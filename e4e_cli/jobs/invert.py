@@ -1,7 +1,7 @@
 """Invert photos: what `e4e invert` runs (and `e4e edit` for photos given to it).
 
-`invert_inputs` never stops a batch for one bad input: each item gets a status, failures are collected, and every
-file is written atomically (temporary name, then rename).
+`invert_inputs` never stops a batch for one bad input: each item gets a status, failures are
+collected, and every file is written atomically (temporary name, then rename).
 
 Output layout of an invert into OUT:
     OUT/<stem>/aligned.png      the aligned face (faces only)
