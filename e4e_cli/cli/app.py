@@ -29,13 +29,14 @@ def _register() -> None:
     # Each command lives in its own module (one concern per module); registering them here
     # keeps `cli.py` the single place that lists the commands.
     from . import align as cli_align, dataset as cli_dataset, download as cli_download, evaluate as cli_evaluate
-    from . import invert as cli_invert, train as cli_train, ui as cli_ui
+    from . import directions as cli_directions, invert as cli_invert, train as cli_train, ui as cli_ui
 
     app.command("download-weights")(cli_download.download_weights_command)
     app.command("align")(cli_align.align_command)
     app.command("invert")(cli_invert.invert_command)
     app.command("edit")(cli_invert.edit_command)
-    app.command("directions")(cli_invert.directions_command)
+    if not any(g.typer_instance is cli_directions.app for g in app.registered_groups):  # main() may run many times
+        app.add_typer(cli_directions.app, name="directions")
     app.command("evaluate")(cli_evaluate.evaluate_command)
     app.command("train")(cli_train.train_command)
     app.command("invert-dataset")(cli_dataset.invert_dataset_command)

@@ -1,4 +1,4 @@
-"""`e4e invert`, `e4e edit` and `e4e directions`: thin wrappers over `pipeline` and `editing`.
+"""`e4e invert` and `e4e edit`: thin wrappers over `pipeline` and `editing`.
 
 Heavy modules (torch, numpy, PIL) are imported inside the functions so `e4e --help` is fast.
 """
@@ -142,26 +142,3 @@ def edit_command(
     typer.echo(msg)
     if any(r.status == "failed" for r in results):
         raise typer.Exit(1)
-
-
-def directions_command(
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
-):
-    """List the editing directions: presets, what they do, and whether their files are present."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..weights.fetch import asset_path
-    from ..editing import PRESETS
-
-    table = Table(title="Editing directions")
-    for col in ("direction", "domain", "kind", "default strength", "what it does", "file"):
-        table.add_column(col)
-    for p in PRESETS.values():
-        path = asset_path(p.asset, weights_dir)
-        present = "present" if path.is_file() else f"missing: e4e download-weights directions"
-        table.add_row(p.name, p.domain, p.kind, f"{p.strength:g}", p.description, present)
-    table.add_row("FILE.pt / FILE.npy", "any", "interfacegan", "(required)", "your own [512], [n,512] or [1,n,512] direction", "")
-    table.add_row("ganspace:C:START:END", "ffhq, cars", "ganspace", "(required)", "any of the 80 PCA components on layers START..END-1 (strength = target coordinate)", "PCA file")
-    table.add_row("sefa:K[:LAYERS]", "any", "sefa", "3", "K-th closed-form direction of the generator (SeFa); LAYERS e.g. 0-3", "from the checkpoint")
-    Console().print(table)
