@@ -87,7 +87,7 @@ __all__ = [
 
 def _default_weights_dir() -> Optional[Path]:
     try:
-        from .weights.fetch import default_weights_dir
+        from .weights.locate import default_weights_dir
     except ImportError:
         return None
     try:
@@ -529,7 +529,7 @@ class FaceAligner:
         from .images import exif_orientation, pil_to_uint8
 
         choice = parse_face_choice(face)
-        output_size = _check_output_size(output_size)
+        output_size = check_output_size(output_size)
         if image.mode != "RGB":
             image = image.convert("RGB")
         if pixels is None:
@@ -580,7 +580,7 @@ class FaceAligner:
         return results
 
 
-def _check_output_size(size) -> int:
+def check_output_size(size) -> int:
     try:
         size = int(size)
     except (TypeError, ValueError):
@@ -623,7 +623,7 @@ def align_photo(
     """Load a photo file and align the chosen face(s); E4EError("no face found in <file>")
     when there is none."""
     choice = parse_face_choice(face)
-    output_size = _check_output_size(output_size)
+    output_size = check_output_size(output_size)
     p = Path(path)
     image = load_image(p)
     pixels = detection_pixels(p, image)

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 
+from . import domains
 from .errors import E4EError
 from .fsutil import read_head
-
-DOMAIN_SIZES = {"ffhq": 1024, "cars": 512, "horse": 256, "church": 256}
-
 
 @dataclass
 class CheckpointInfo:
@@ -74,12 +72,11 @@ def infer_info(ckpt: dict[str, Any], *, path: str | os.PathLike = "checkpoint") 
         opts = {}
     dataset = str(opts.get("dataset_type") or "")
     domain = dataset.split("_")[0] if dataset else ""
+    known = domains.from_dataset_type(dataset) if dataset else None
     size = opts.get("stylegan_size")
     if size is None:
-        if dataset.startswith("ffhq"):
-            size = 1024
-        elif dataset.startswith("cars"):
-            size = 512
+        if known is not None:
+            size = known.size
         elif dataset:
             size = 256
         else:
@@ -93,7 +90,7 @@ def infer_info(ckpt: dict[str, Any], *, path: str | os.PathLike = "checkpoint") 
         if size < 8 or 2 ** int(math.log2(size)) != size:
             raise E4EError(f"{path}: unsupported generator size {size}")
     if not domain:
-        domain = {1024: "ffhq", 512: "cars"}.get(size, "church")
+        domain = domains.guess_from_size(size)
     encoder_type = str(opts.get("encoder_type") or "Encoder4Editing")
     if encoder_type != "Encoder4Editing":
         raise E4EError(
@@ -102,7 +99,7 @@ def infer_info(ckpt: dict[str, Any], *, path: str | os.PathLike = "checkpoint") 
     start_avg = opts.get("start_from_latent_avg")
     return CheckpointInfo(
         size=size,
-        n_styles=2 * int(math.log2(size)) - 2,
+        n_styles=domains.n_styles_for(size),
         domain=domain,
         encoder_type=encoder_type,
         start_from_latent_avg=True if start_avg is None else bool(start_avg),
@@ -156,3 +153,89 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, pref
 def _few(prefix: str, keys: list[str], n: int = 4) -> str:
     shown = ", ".join(prefix + k for k in keys[:n])
     return shown + (" ..." if len(keys) > n else "")
+
+
+# --------------------------------------------------------------------------------------
+# The architecture a checkpoint records, and the released layout written from networks
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The networks' shape as a checkpoint's `opts` records it. Released files record none of it
+    (every field None: the released encoder and generator); `e4e train` records what it trained
+    (narrow encoders for tests, a generator's own channels and mapping depth). The trainer writes
+    it with `to_opts`, the model reads it back with `from_opts`: one vocabulary for both."""
+
+    encoder_widths: tuple | None = None  # 4 stage widths; the last is the style dimension
+    encoder_units: tuple | None = None  # IR-SE units per stage
+    input_size: int | None = None  # encoder input side (256)
+    style_dim: int | None = None
+    n_mlp: int | None = None  # mapping network depth
+    generator_channels: dict | None = None  # resolution -> channels
+
+    @classmethod
+    def from_opts(cls, opts: dict) -> "Architecture":
+        try:
+            widths = tuple(int(v) for v in opts["encoder_widths"]) if opts.get("encoder_widths") else None
+            units = tuple(int(v) for v in opts["encoder_units"]) if opts.get("encoder_units") else None
+            channels = ({int(k): int(v) for k, v in opts["generator_channels"].items()}
+                        if opts.get("generator_channels") else None)
+            return cls(encoder_widths=widths, encoder_units=units,
+                       input_size=int(opts["input_size"]) if opts.get("input_size") else None,
+                       style_dim=int(opts["style_dim"]) if opts.get("style_dim") else None,
+                       n_mlp=int(opts["n_mlp"]) if opts.get("n_mlp") else None, generator_channels=channels)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise E4EError(f"checkpoint opts describe an unreadable architecture ({exc})") from None
+
+    def to_opts(self) -> dict:
+        """Plain values for `opts` (only what is set)."""
+        out: dict[str, Any] = {}
+        if self.encoder_widths is not None:
+            out["encoder_widths"] = [int(v) for v in self.encoder_widths]
+        if self.encoder_units is not None:
+            out["encoder_units"] = [int(v) for v in self.encoder_units]
+        if self.input_size is not None:
+            out["input_size"] = int(self.input_size)
+        if self.style_dim is not None:
+            out["style_dim"] = int(self.style_dim)
+        if self.n_mlp is not None:
+            out["n_mlp"] = int(self.n_mlp)
+        if self.generator_channels is not None:
+            out["generator_channels"] = {str(k): int(v) for k, v in self.generator_channels.items()}
+        return out
+
+    def encoder_kwargs(self) -> dict:
+        """Arguments of `Encoder4Editing` beyond n_styles."""
+        kw: dict[str, Any] = {}
+        if self.encoder_widths is not None:
+            kw["widths"] = tuple(self.encoder_widths)
+            kw["style_dim"] = kw["widths"][-1]
+        if self.encoder_units is not None:
+            kw["units"] = tuple(self.encoder_units)
+        if self.input_size is not None:
+            kw["input_size"] = int(self.input_size)
+        return kw
+
+    def generator_kwargs(self) -> dict:
+        """Arguments of `Generator` beyond its size."""
+        kw: dict[str, Any] = {}
+        if self.style_dim is not None:
+            kw["style_dim"] = int(self.style_dim)
+        if self.n_mlp is not None:
+            kw["n_mlp"] = int(self.n_mlp)
+        if self.generator_channels is not None:
+            kw["channels"] = dict(self.generator_channels)
+        return kw
+
+
+def released_payload(*, encoder_state: dict, generator_state: dict, latent_avg: torch.Tensor, size: int,
+                     dataset_type: str, architecture: Architecture, extra_opts: dict | None = None) -> dict:
+    """A checkpoint dict in the released layout (what `read_checkpoint`/`infer_info` read back):
+    `state_dict` with `encoder.*` and `decoder.*`, `latent_avg` [n_styles,512] and `opts`."""
+    n_styles = domains.n_styles_for(size)
+    sd = {"encoder." + k: v.detach().cpu().clone() for k, v in encoder_state.items()}
+    sd.update({"decoder." + k: v.detach().cpu().clone() for k, v in generator_state.items()})
+    opts = {"encoder_type": "Encoder4Editing", "dataset_type": dataset_type, "stylegan_size": int(size),
+            "start_from_latent_avg": True, **architecture.to_opts(), **(extra_opts or {})}
+    avg = latent_avg.detach().cpu().float().reshape(-1, latent_avg.shape[-1])
+    return {"state_dict": sd, "latent_avg": avg[:1].repeat(n_styles, 1) if avg.shape[0] == 1 else avg, "opts": opts}

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import domains
 from .errors import E4EError
+from .fsutil import slug
 
 
 # --------------------------------------------------------------------------------------
@@ -229,3 +231,135 @@ def sefa(codes: torch.Tensor, generator, k: int, layers: Sequence[int], strength
     out = codes.clone()
     out[:, list(layers)] += strength * dirs[k].to(codes)
     return out
+
+# --------------------------------------------------------------------------------------
+# A direction named on the command line, latent files, the delta scale
+
+
+@dataclass
+class Direction:
+    """A resolved edit: `apply(codes, strength) -> codes`, with a default strength and a label."""
+
+    label: str
+    kind: str
+    default_strength: Optional[float]
+    apply: Callable
+    identity: dict = field(default_factory=dict)  # what an edit made with it records (spec, file hash)
+
+
+def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weights_dir: Optional[Path] = None) -> Direction:
+    """A preset name, a direction file, `ganspace:COMPONENT:START:END` or `sefa:K[:LAYERS]`."""
+    if spec in PRESETS:
+        p = PRESETS[spec]
+        if p.domain != model.domain:
+            raise E4EError(f"direction {spec!r} is for {p.domain} checkpoints, this one is {model.domain}")
+        from .weights.locate import require_asset
+
+        path = require_asset(p.asset, weights_dir)
+        ident = _file_identity(spec, path)
+        if p.kind == "interfacegan":
+            d = load_direction(path, n_styles=model.n_styles)
+            return Direction(spec, p.kind, p.strength, lambda c, s: interfacegan(c, d, s), ident)
+        pca = load_pca(path)
+        return Direction(spec, p.kind, p.strength,
+                         lambda c, s: ganspace(c, pca, p.component, p.start, p.end, s), ident)
+    m = re.fullmatch(r"ganspace:(\d+):(\d+):(\d+)", spec)
+    if m:
+        comp, start, end = map(int, m.groups())
+        if pca_file is None:
+            from .weights.locate import require_asset
+
+            known = domains.DOMAINS.get(model.domain)
+            asset = known.pca_asset if known else None
+            if asset is None:
+                raise E4EError(f"no GANSpace PCA file is known for {model.domain}: pass --pca FILE")
+            pca_file = require_asset(asset, weights_dir)
+        pca = load_pca(pca_file)
+        return Direction(slug(spec), "ganspace", None, lambda c, s: ganspace(c, pca, comp, start, end, s),
+                         _file_identity(spec, pca_file))
+    m = re.fullmatch(r"sefa:(\d+)(?::([\d,\- ]+|all))?", spec)
+    if m:
+        k = int(m.group(1))
+        layers = parse_layers(m.group(2), model.n_styles)
+        if k >= model.generator.style_dim:
+            raise E4EError(f"SeFa component {k} is out of range (0..{model.generator.style_dim - 1})")
+        dirs, _ = sefa_directions(model.generator, layers)
+        vec = dirs[k]
+        return Direction(slug(spec), "sefa", 3.0, lambda c, s: _add_on_layers(c, vec, layers, check_strength(s)),
+                         {"spec": spec})
+    if spec.startswith(("ganspace:", "sefa:")):
+        raise E4EError(f"bad direction {spec!r}: use ganspace:COMPONENT:START:END or sefa:K[:LAYERS]")
+    path = Path(spec)
+    if path.suffix.lower() in (".pt", ".npy", ".npz") or path.exists():
+        if not path.is_file():
+            raise E4EError(f"direction file {path} not found")
+        d = load_direction(path, n_styles=model.n_styles)
+        return Direction(slug(path.stem), "file", None, lambda c, s: interfacegan(c, d, s),
+                         _file_identity(spec, path))
+    known = ", ".join(n for n, p in PRESETS.items() if p.domain == model.domain)
+    raise E4EError(f"unknown direction {spec!r}; presets for {model.domain}: {known} (or a .pt/.npy file, "
+                   "ganspace:COMPONENT:START:END, sefa:K[:LAYERS])")
+
+
+def _file_identity(spec: str, path: Path) -> dict:
+    """A direction's identity: its spec and the SHA-256 of the file it reads (small files)."""
+    from .digests import content_sha256
+
+    return {"spec": spec, "file": Path(path).name, "sha256": content_sha256(path)}
+
+
+def _add_on_layers(codes, vec, layers, strength):
+    out = codes.clone()
+    out[:, list(layers)] += strength * vec.to(codes)
+    return out
+
+
+def load_latent_file(path: Path) -> np.ndarray:
+    """A latent .npy ([n,512] or [1,n,512]) or .pt (tensor, or a dict holding one) -> float32 [n,512]."""
+    arr = load_single_tensor(path, what="latent").detach().float().cpu().numpy()
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2 or arr.shape[1] != 512:
+        raise E4EError(f"latent {path} has shape {list(arr.shape)}; expected [n_styles,512] or [1,n_styles,512]")
+    if not np.isfinite(arr).all():
+        raise E4EError(f"latent {path} holds NaN or infinite values")
+    return arr
+
+
+def rescale_codes(codes, latent_avg, *, from_scale: float, to_scale: float):
+    """Re-weight the per-layer deltas of codes [B,n,512] produced at `from_scale` (SPEC: layer 0 has none).
+
+    codes_i = avg_i + w0 + a * delta_i  =>  delta_i = (codes_i - codes_0 - (avg_i - avg_0)) / a.
+    """
+    if from_scale == to_scale:
+        return codes
+    if from_scale == 0:
+        raise E4EError("this latent was made with --delta-scale 0 (pure W): its deltas are gone, so it cannot be rescaled; invert again")
+    avg = latent_avg.to(codes)
+    base = codes[:, :1] + (avg - avg[:1])[None]  # avg_i + w0
+    return base + (to_scale / from_scale) * (codes - base)
+
+
+def editing_strength(s: float) -> float:
+    return check_strength(s)
+
+
+def parse_sweep(text: str) -> list[float]:
+    """'START:STOP:N' -> N evenly spaced strengths (N >= 2)."""
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise E4EError(f"bad --sweep {text!r}: use START:STOP:N, e.g. -3:3:7") from None
+    if not (math.isfinite(a) and math.isfinite(b)) or n < 2 or n > 200:
+        raise E4EError(f"bad --sweep {text!r}: START and STOP must be finite and 2 <= N <= 200")
+    return [a + (b - a) * i / (n - 1) for i in range(n)]
+
+
+def check_delta_scale(a: float) -> float:
+    a = float(a)
+    if not math.isfinite(a) or a < 0:
+        raise E4EError(f"--delta-scale must be a finite number >= 0, got {a!r}")
+    return a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
@@ -107,11 +108,9 @@ def read_head(path: str | os.PathLike, *, what: str, hint: str, n: int = 1024) -
 def cache_dir() -> Path:
     """The user cache folder for derived data (digests, W statistics): `$E4E_CACHE_DIR`, else
     `$XDG_CACHE_HOME/e4e`, else `~/.cache/e4e`."""
-    env = os.environ.get("E4E_CACHE_DIR", "").strip()
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "e4e"
+    from . import settings
+
+    return settings.cache_dir() or settings.xdg_cache_home() / "e4e"
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:
@@ -164,3 +163,8 @@ def atomic_save_image(image, path: str | os.PathLike, **save_kwargs) -> Path:
         dest.suffix.lower(), "PNG"
     )
     return atomic_write(dest, lambda fh: image.save(fh, format=fmt, **save_kwargs))
+
+
+def slug(text: str) -> str:
+    """A label as a file-name part: runs of other characters than letters, digits, + and - become '-'."""
+    return re.sub(r"[^\w+-]+", "-", text).strip("-") or "edit"

@@ -24,7 +24,8 @@ import dataclasses
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Optional, Sequence
 
 # first: it sets up torch's CPU allocator, which must happen before torch is imported
 from .nn.runtime import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: F401
@@ -34,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
+from . import domains
+from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
 from .errors import E4EError
 from .nn.networks import Encoder4Editing, Generator
 
@@ -51,29 +53,6 @@ def _available_memory() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 1 << 40
-
-
-def _architecture(opts: dict) -> dict:
-    """Encoder and generator arguments: the released architecture, unless the checkpoint's opts
-    say otherwise (checkpoints from `e4e train` with a narrow encoder or generator record it)."""
-    enc, gen = {}, {}
-    try:
-        if opts.get("encoder_widths"):
-            enc["widths"] = tuple(int(v) for v in opts["encoder_widths"])
-            enc["style_dim"] = enc["widths"][-1]
-        if opts.get("encoder_units"):
-            enc["units"] = tuple(int(v) for v in opts["encoder_units"])
-        if opts.get("input_size"):
-            enc["input_size"] = int(opts["input_size"])
-        if opts.get("style_dim"):
-            gen["style_dim"] = int(opts["style_dim"])
-        if opts.get("n_mlp"):
-            gen["n_mlp"] = int(opts["n_mlp"])
-        if opts.get("generator_channels"):
-            gen["channels"] = {int(k): int(v) for k, v in opts["generator_channels"].items()}
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise E4EError(f"checkpoint opts describe an unreadable architecture ({exc})") from None
-    return {"encoder": enc, "generator": gen}
 
 
 _WARNED: set[str] = set()
@@ -174,10 +153,10 @@ class E4E:
         ckpt = read_checkpoint(path, mmap=mmap)
         info = infer_info(ckpt, path=path)
         enc_sd, dec_sd = split_state_dict(ckpt["state_dict"])
-        arch = _architecture(info.opts)
+        arch = Architecture.from_opts(info.opts)
         with torch.device("meta"):
-            encoder = Encoder4Editing(n_styles=info.n_styles, **arch["encoder"])
-            generator = Generator(info.size, **arch["generator"])
+            encoder = Encoder4Editing(n_styles=info.n_styles, **arch.encoder_kwargs())
+            generator = Generator(info.size, **arch.generator_kwargs())
         load_into(encoder, enc_sd, prefix="encoder.", path=path)
         load_into(generator, dec_sd, prefix="decoder.", path=path)
         dev = resolve_device(device)
@@ -282,12 +261,12 @@ class E4E:
     def input_size(self) -> tuple[int, int]:
         """Encoder input (height, width): 256x256, cars 192x256."""
         s = int((self.info.opts or {}).get("input_size") or 256)  # 256 for every released checkpoint
-        return (s * 3 // 4, s) if self.domain == "cars" else (s, s)
+        return domains.image_hw(self.domain, s)
 
     @property
     def output_size(self) -> tuple[int, int]:
         """Decoded image (height, width) after the domain's crop (cars: 384x512)."""
-        return (self.size * 3 // 4, self.size) if self.domain == "cars" else (self.size, self.size)
+        return domains.image_hw(self.domain, self.size)
 
     def default_batch_size(self) -> int:
         """Images per forward pass when the user does not choose: keeps `e4e invert` at 1024 under
@@ -385,8 +364,9 @@ class E4E:
                 img = gen(self.generator, codes, self.generator.fixed_noise() if nz is None else nz, dt)
             else:
                 img = self.generator.synthesize(codes, noise=nz, impl=impl, dtype=dt)
-        if crop and self.domain == "cars":
-            img = img[:, :, 64:448, :]
+        top, bottom = domains.crop_rows(self.domain, img.shape[-1])
+        if crop and (top, bottom) != (0, img.shape[-2]):
+            img = img[:, :, top:bottom, :]
         return img.float()
 
     def invert(self, images, *, delta_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -421,3 +401,45 @@ def preprocess_images(images: Image.Image | Sequence[Image.Image], size_hw: tupl
 def pool256(images: torch.Tensor) -> torch.Tensor:
     """adaptive_avg_pool2d to 256x256, as the reference's face_pool (and the fixtures)."""
     return F.adaptive_avg_pool2d(images, (256, 256))
+
+
+# --------------------------------------------------------------------------------------
+# One model per (checkpoint, device, precision) in a process
+
+
+@dataclass
+class ModelOptions:
+    domain: Optional[str] = None  # None: the checkpoint's record (ffhq's file without --checkpoint)
+    checkpoint: Optional[Path] = None
+    device: str = "auto"
+    precision: Optional[str] = None
+    weights_dir: Optional[Path] = None
+
+
+_MODELS: dict = {}
+
+
+def load_model(opts: ModelOptions):
+    """The E4E model for `opts` (cached per process): --checkpoint, else the domain's file in the
+    weights folder. An explicit domain wins over what a given checkpoint records (with a note when
+    they differ): a trained checkpoint may record the wrong one, and the user knows their photos."""
+    if opts.checkpoint is not None:
+        path = Path(opts.checkpoint)
+        if not path.is_file():
+            raise E4EError(f"checkpoint {path} not found")
+    else:
+        from .weights.locate import checkpoint_path
+
+        path = checkpoint_path(opts.domain or domains.DEFAULT, opts.weights_dir)
+    key = (str(Path(path).resolve()), opts.device, opts.precision)
+    if key not in _MODELS:
+        _MODELS[key] = E4E.from_checkpoint(path, device=opts.device, precision=opts.precision)
+    model = _MODELS[key]
+    if opts.domain is None or opts.domain == model.domain:
+        return model
+    if opts.checkpoint is None:
+        raise E4EError(f"{path} is a {model.domain} checkpoint, but --domain {opts.domain} was asked for")
+    import warnings
+
+    warnings.warn(f"{path.name} records the {model.domain} domain; using --domain {opts.domain} as asked", stacklevel=2)
+    return model.with_domain(opts.domain)

@@ -106,3 +106,10 @@ def test_cache(default: Path) -> Path:
     """E4E_TEST_CACHE: where synthetic checkpoints are written once and reused."""
     value = _text("E4E_TEST_CACHE")
     return Path(value) if value else default
+
+
+# --- e4e ui -----------------------------------------------------------------------------------
+
+def ui_token() -> Optional[str]:
+    """E4E_UI_TOKEN: the page's secret (None: not set; '' is kept so that it can be refused)."""
+    return os.environ.get("E4E_UI_TOKEN")

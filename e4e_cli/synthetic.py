@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import settings
 from .errors import E4EError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parity_dir() -> Path:
-    return Path(os.environ.get("E4E_PARITY_DIR", ROOT.parent / "shared" / "parity"))
+    return settings.parity_dir(ROOT.parent / "shared" / "parity")
 
 
 def parity_available() -> bool:
@@ -29,7 +30,7 @@ def parity_available() -> bool:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("E4E_TEST_CACHE", ROOT / ".cache" / "test-checkpoints"))
+    return settings.test_cache(ROOT / ".cache" / "test-checkpoints")
 
 
 def synthetic_checkpoint(size: int = 1024, seed: int = 1, domain: str = "ffhq", *,

@@ -85,7 +85,9 @@ def main(argv=None) -> int:
 
     from PIL import Image
 
-    from e4e_cli.jobs import invert as pipeline
+    from e4e_cli.jobs.edit import EditJob, run_edit
+    from e4e_cli.jobs.invert import InvertOptions, invert_inputs
+    from e4e_cli.model import ModelOptions, load_model
     from e4e_cli.images import load_image
     from e4e_cli.jobs.pasteback import paste_back_inversions
 
@@ -100,18 +102,17 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         photo = tmp / args.photo.name
         photo.write_bytes(args.photo.read_bytes())
-        model = pipeline.load_model(pipeline.ModelOptions(checkpoint=ckpt, device=args.device))
-        results = pipeline.invert_inputs([photo], model, pipeline.InvertOptions(out=tmp / "out", batch_size=1),
-                                         log=lambda *_: None)
+        model = load_model(ModelOptions(checkpoint=ckpt, device=args.device))
+        results = invert_inputs([photo], model, InvertOptions(out=tmp / "out", batch_size=1))
         paste_back_inversions(results)
         r = results[0]
         if r.status != "ok":
             sys.exit(f"invert failed: {r.error}")
         folder = Path(r.outdir)
-        job = pipeline.EditJob(sources=[folder / "latent.npy"], direction=str(args.direction),
+        job = EditJob(sources=[folder / "latent.npy"], direction=str(args.direction),
                                strengths=[args.strength], sweep=None, out=tmp / "edits", checkpoint=ckpt,
                                device=args.device, paste_back=True)
-        edits = pipeline.run_edit(job)
+        edits = run_edit(job)
         if edits[0].status != "ok":
             sys.exit(f"edit failed: {edits[0].error}")
         edit_full = next(Path(p) for k, p in edits[0].files.items() if k.endswith("_full"))

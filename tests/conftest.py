@@ -50,15 +50,20 @@ def e4e_executable() -> str:
     return found
 
 
-def run_e4e(*args, cwd=None, env=None, timeout=600, input=None) -> subprocess.CompletedProcess:
-    """Run `e4e ARGS...` and return the completed process (text mode, never raises)."""
+HOOKS = Path(__file__).resolve().with_name("run_with_hooks.py")
+
+
+def run_e4e(*args, cwd=None, env=None, timeout=600, input=None, hooks=None) -> subprocess.CompletedProcess:
+    """Run `e4e ARGS...` and return the completed process (text mode, never raises). `hooks`
+    (e.g. ["--kill-after-shards", "2"]) runs it through tests/run_with_hooks.py instead."""
     full_env = dict(os.environ)
     full_env.pop("E4E_DEBUG", None)
     full_env.setdefault("E4E_NO_PROGRESS", "1")
     if env:
         full_env.update(env)
+    cmd = [sys.executable, str(HOOKS), *map(str, hooks), "--"] if hooks else [e4e_executable()]
     return subprocess.run(
-        [e4e_executable(), *map(str, args)],
+        [*cmd, *map(str, args)],
         cwd=cwd,
         env=full_env,
         capture_output=True,

@@ -222,7 +222,7 @@ def test_mapping_network_matches_the_spec_by_hand(church, case_checkpoint):
 
 
 def test_lec_of_a_zero_strength_edit_is_zero(church):
-    from e4e_cli.jobs.invert import resolve_direction
+    from e4e_cli.editing import resolve_direction
 
     model, x, parts, _ = church
     d = resolve_direction("sefa:0", model)
@@ -273,7 +273,7 @@ def test_lec_of_a_nonzero_edit_matches_a_hand_computation(church):
 
 
 def test_lec_of_a_tensor_direction_matches_the_direction_object(church):
-    from e4e_cli.jobs.invert import resolve_direction
+    from e4e_cli.editing import resolve_direction
 
     model, x, parts, _ = church
     d = resolve_direction("sefa:0", model)

@@ -11,7 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from e4e_cli.jobs import invert as pipeline
+from e4e_cli.jobs import edit as edit_job
+from e4e_cli.jobs import invert as invert_job
+from e4e_cli.jobs import outputs
 from e4e_cli.errors import EXIT_CODES, MissingWeightsError
 from e4e_cli.fsutil import unique_names
 
@@ -52,14 +54,14 @@ def test_exit_codes_are_documented():
 
 
 def test_strengths_never_share_a_file_name():
-    labels = [pipeline.fmt_strength(v) for v in (1.0, 1.000001, -1.5, 3, 0.25)]
+    labels = [outputs.fmt_strength(v) for v in (1.0, 1.000001, -1.5, 3, 0.25)]
     assert labels == ["+1", "+1p000001", "-1p5", "+3", "+0p25"]
 
 
 def test_unique_stems_example_from_the_issue():
-    stems = pipeline.unique_stems([Path("photo.jpg"), Path("photo.png"), Path("photo_2.jpg")])
+    stems = outputs.unique_stems([Path("photo.jpg"), Path("photo.png"), Path("photo_2.jpg")])
     assert stems == ["photo", "photo_3", "photo_2"]
-    assert pipeline.unique_stems([Path("a/photo.jpg")]) == ["photo"]  # the common case keeps its name
+    assert outputs.unique_stems([Path("a/photo.jpg")]) == ["photo"]  # the common case keeps its name
 
 
 names = st.lists(st.text(alphabet="aAbB_2-3.", min_size=1, max_size=5), max_size=12)
@@ -155,7 +157,7 @@ def test_a_runtime_error_in_a_batch_fails_that_batch_only(tmp_path, case_checkpo
 
     monkeypatch.setattr(model, "decode", flaky_decode)
     out = tmp_path / "o"
-    res = pipeline.invert_inputs(inputs, model, pipeline.InvertOptions(out=out, align=False, batch_size=1))
+    res = invert_job.invert_inputs(inputs, model, invert_job.InvertOptions(out=out, align=False, batch_size=1))
     assert [r.status for r in res] == ["ok", "failed", "ok"]
     assert "internal error: RuntimeError: simulated oneDNN failure" in res[1].error
     summary = json.loads((out / "summary.json").read_text())
@@ -167,17 +169,17 @@ def test_an_os_error_while_editing_fails_that_source_only(tmp_path, case_checkpo
     for i in range(3):
         lats.append(tmp_path / f"l{i}.npy")
         np.save(lats[-1], np.random.RandomState(i).randn(14, 512).astype(np.float32) * 0.1)
-    real_save = pipeline.atomic_save_image
+    real_save = edit_job.atomic_save_image
 
     def full_disk(image, path, **kw):
         if Path(path).name.startswith("l1_"):
             raise OSError(28, "No space left on device", str(path))
         return real_save(image, path, **kw)
 
-    monkeypatch.setattr(pipeline, "atomic_save_image", full_disk)
-    job = pipeline.EditJob(sources=lats, direction="sefa:0", strengths=[1.0], sweep=None, out=tmp_path / "e",
+    monkeypatch.setattr(edit_job, "atomic_save_image", full_disk)
+    job = edit_job.EditJob(sources=lats, direction="sefa:0", strengths=[1.0], sweep=None, out=tmp_path / "e",
                            domain="church", checkpoint=case_checkpoint("church_256_s3"), device="cpu")
-    res = pipeline.run_edit(job)
+    res = edit_job.run_edit(job)
     assert [r.status for r in res] == ["ok", "failed", "ok"]
     assert "No space left on device" in res[1].error
     assert json.loads((tmp_path / "e" / "summary.json").read_text())["counts"]["failed"] == 1

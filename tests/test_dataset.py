@@ -42,7 +42,7 @@ def test_killed_run_resumes_and_two_processes_match_one(folder, tmp_path, case_c
     ckpt = case_checkpoint("church_256_s3")
     one = tmp_path / "one" / "lat"
     # a run killed after 2 shards (as a SIGKILL would: no index, no cleanup)
-    killed = run_e4e(*args(folder, one, ckpt), env={"E4E_DATASET_STOP_AFTER_SHARDS": "2"})
+    killed = run_e4e(*args(folder, one, ckpt), hooks=["--kill-after-shards", "2"])
     assert killed.returncode == 3
     first = mtimes(one)
     assert len(first) == 2 and not (one.parent / "lat.index.json").exists()
@@ -171,7 +171,7 @@ def test_interrupted_rerun_with_another_checkpoint_is_never_read_as_one(small_fo
     load_latents(prefix)  # complete and consistent
 
     # B over A's prefix, killed after its first shard: the old index is gone before that shard was written
-    killed = run_e4e(*small_args(small_folder, prefix, b, "--overwrite"), env={"E4E_DATASET_STOP_AFTER_SHARDS": "1"})
+    killed = run_e4e(*small_args(small_folder, prefix, b, "--overwrite"), hooks=["--kill-after-shards", "1"])
     assert killed.returncode == 3
     assert not (prefix.parent / "lat.index.json").exists()
     with pytest.raises(E4EError, match="not found"):

@@ -22,7 +22,7 @@ from conftest import RunsCode
 from e4e_cli import editing
 from e4e_cli.boundaries import CovarianceStream, fit_boundary, project_out
 from e4e_cli.cli.app import main
-from e4e_cli.jobs import directions as jobs
+from e4e_cli.jobs import sampled
 from e4e_cli.train.generators import save_rosinality_checkpoint
 
 
@@ -243,17 +243,17 @@ def rec_accuracy(path: Path) -> float:
 def tiny_e4e_checkpoint(path: Path) -> Path:
     """An e4e checkpoint in the released layout with a narrow encoder and a 16 px generator (16-d styles)."""
     from e4e_cli.nn.networks import Encoder4Editing
-    from e4e_cli.train.checkpoints import released_layout
 
     torch.manual_seed(0)
     widths, units, ch = (8, 8, 16, 16), (1, 1, 1, 1), {4: 16, 8: 8, 16: 8}
     g = conftest.tiny_generator(16, style_dim=16, channels=ch)
     enc = Encoder4Editing(n_styles=g.n_styles, widths=widths, units=units, style_dim=16, input_size=32).eval()
+    sd = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
+    sd.update({f"decoder.{k}": v for k, v in g.state_dict().items()})
     opts = {"encoder_type": "Encoder4Editing", "dataset_type": "church_encode", "stylegan_size": 16,
             "encoder_widths": list(widths), "encoder_units": list(units), "input_size": 32, "style_dim": 16,
             "n_mlp": 2, "generator_channels": {str(k): v for k, v in ch.items()}, "start_from_latent_avg": True}
-    torch.save(released_layout(encoder=enc, generator=g, latent_avg=g.mean_latent(1000), opts=opts,
-                               n_styles=g.n_styles), path)
+    torch.save({"state_dict": sd, "latent_avg": g.mean_latent(1000)[None].repeat(g.n_styles, 1), "opts": opts}, path)
     return path
 
 
@@ -303,7 +303,7 @@ def tiny_generator_file(path: Path, *, style_dim=512, size=16, seed=3, scale_map
 def numpy_pca(g, n, seed, k):
     """Independent PCA of the same seeded samples: numpy SVD of the centred w, signs by jobs' convention."""
     with torch.inference_mode():
-        w = torch.cat([g.mapping(z) for z in jobs.z_blocks(n, g.style_dim, seed)]).double().numpy()
+        w = torch.cat([g.mapping(z) for z in sampled.z_blocks(n, g.style_dim, seed)]).double().numpy()
     mean = w.mean(axis=0)
     _, s, vt = np.linalg.svd(w - mean, full_matrices=False)
     comp = vt[:k]
@@ -333,7 +333,7 @@ def test_pca_matches_an_independent_svd_and_ganspace_edits_agree(tmp_path, capsy
     hand = tmp_path / "hand_pca.pt"
     torch.save({"comp": torch.from_numpy(comp).float()[:, None], "mean": torch.from_numpy(mean).float()[None],
                 "std": torch.from_numpy(std).float()}, hand)
-    from e4e_cli.jobs.invert import resolve_direction
+    from e4e_cli.editing import resolve_direction
 
     model = SimpleNamespace(domain="church", n_styles=g.n_styles, generator=g)
     codes = g.mapping(torch.randn(3, 512))[:, None].repeat(1, g.n_styles, 1).detach()
@@ -405,12 +405,12 @@ def test_show_writes_a_seeded_strip(tmp_path, capsys):
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert not np.array_equal(a[:, :32], a[:, 64:])  # the direction changes the picture
     # the middle column (strength 0) is the unedited sample, decoded as `show` documents
-    z = next(jobs.z_blocks(2, 512, 0))
+    z = next(sampled.z_blocks(2, 512, 0))
     with torch.inference_mode():
         w = g.mapping(z)
         avg = torch.load(gpath, weights_only=True)["latent_avg"]
         w = avg + 0.7 * (w - avg)
-        img = jobs.to_uint8(g.synthesize(w[:, None].repeat(1, g.n_styles, 1)))
+        img = sampled.to_uint8(g.synthesize(w[:, None].repeat(1, g.n_styles, 1)))
     assert np.abs(a[:, 32:64].astype(int) - np.concatenate(list(img), axis=0).astype(int)).max() <= 1
     # given latents instead of samples; a 16 px tile
     lat = tmp_path / "lat.npy"

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import os
 import random
 import socket
-import subprocess
 import threading
-import types
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,8 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from conftest import ROOT, assert_one_line_error, e4e_executable, run_e4e
-from e4e_cli.weights import fetch as downloads
+from conftest import ROOT, assert_one_line_error, run_e4e
+from e4e_cli import digests, domains
+from e4e_cli.weights import fetch as fetcher
+from e4e_cli.weights import locate, stream
+from e4e_cli.weights import registry as weights_registry
 from e4e_cli.errors import E4EError, MissingWeightsError
 
 # --------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def _loopback_only(monkeypatch):
     monkeypatch.setenv("E4E_NO_PROGRESS", "1")
     monkeypatch.delenv("E4E_WEIGHTS_DIR", raising=False)
     # small read chunks so a dropped connection keeps most of what arrived
-    monkeypatch.setattr(downloads, "CHUNK", 16 * 1024)
+    monkeypatch.setattr(stream, "CHUNK", 16 * 1024)
 
 
 # --------------------------------------------------------------------------------------
@@ -229,18 +229,18 @@ def sha(data: bytes) -> str:
 @pytest.fixture
 def registry(monkeypatch):
     """Replace the registry with test assets: `add(name, data, urls, ...)` returns the asset."""
-    assets: Dict[str, downloads.Asset] = {}
+    assets: Dict[str, weights_registry.Asset] = {}
     groups: Dict[str, List[str]] = {}
-    monkeypatch.setattr(downloads, "ASSETS", assets)
-    monkeypatch.setattr(downloads, "GROUPS", groups)
-    monkeypatch.setattr(downloads, "DEFAULT_GROUPS", ("test",))
+    monkeypatch.setattr(weights_registry, "ASSETS", assets)
+    monkeypatch.setattr(weights_registry, "GROUPS", groups)
+    monkeypatch.setattr(weights_registry, "DEFAULT_GROUPS", ("test",))
 
-    def add(name: str, data: bytes, urls, *, wire: Optional[bytes] = None, group: str = "test") -> downloads.Asset:
+    def add(name: str, data: bytes, urls, *, wire: Optional[bytes] = None, group: str = "test") -> weights_registry.Asset:
         filename = f"{name}.bin"
         compressed = None
         if wire is not None:
-            compressed = downloads.Compressed(filename=filename + ".bz2", size=len(wire), sha256=sha(wire))
-        asset = downloads.Asset(
+            compressed = weights_registry.Compressed(filename=filename + ".bz2", size=len(wire), sha256=sha(wire))
+        asset = weights_registry.Asset(
             name=name, filename=filename, size=len(data), sha256=sha(data), urls=tuple(urls), group=group,
             description=f"test asset {name}", licence="test", compressed=compressed,
         )
@@ -257,7 +257,7 @@ def fetch(names, weights, **kw):
     kw.setdefault("retries", 2)
     kw.setdefault("timeout", 5)
     kw.setdefault("progress", False)
-    return downloads.download_assets(names, weights_dir=weights, **kw)
+    return fetcher.download_assets(names, weights_dir=weights, **kw)
 
 
 def only_file(weights: Path) -> List[str]:
@@ -356,7 +356,7 @@ def test_corrupted_body_fails_and_leaves_nothing(server, registry, tmp_path):
     assert "SHA-256 mismatch" in res.error
     assert only_file(tmp_path) == []  # no final file, no .part
     with pytest.raises(E4EError) as info:
-        downloads.raise_on_failures([res])
+        fetcher.raise_on_failures([res])
     msg = str(info.value)
     assert "\n" not in msg and "a.bin" in msg and "--base-url" in msg and "--from" in msg
 
@@ -456,8 +456,8 @@ def test_google_drive_quota_page_fails_clearly(server, registry, tmp_path):
 def test_html_on_a_non_drive_url_is_not_treated_as_drive(server, registry, tmp_path):
     data = blob(16, 10_000)
     registry("a", data, [server.add("files/a.bin", data, mode="html")])
-    assert not downloads._is_drive_url(server.url + "/files/a.bin")
-    assert downloads._is_drive_url("https://drive.google.com/uc?export=download&id=abc")
+    assert not stream.is_drive_url(server.url + "/files/a.bin")
+    assert stream.is_drive_url("https://drive.google.com/uc?export=download&id=abc")
     (res,) = fetch(["a"], tmp_path)
     assert res.status == "failed" and server.count() == 1
 
@@ -516,7 +516,7 @@ def test_from_dir_imports_and_rejects_wrong_hashes(registry, tmp_path):
     assert only_file(weights) == ["a.bin", "lm.bin"]
     assert (src / "lm.bin.bz2").exists()  # the user's copy is left alone
     with pytest.raises(E4EError, match=r"b \(b.bin\): .*wrong SHA-256"):
-        downloads.raise_on_failures(results)
+        fetcher.raise_on_failures(results)
 
 
 def test_verify_refetches_a_damaged_file(server, registry, tmp_path):
@@ -544,7 +544,7 @@ def test_several_failures_give_one_line_each(server, registry, tmp_path):
         registry(name, blob(30 + i, 1000), [server.url + f"/nope/{name}.bin"])
     results = fetch(["a", "b", "c"], tmp_path)
     with pytest.raises(E4EError) as info:
-        downloads.raise_on_failures(results)
+        fetcher.raise_on_failures(results)
     msg = str(info.value)
     assert "\n" not in msg, "the error contract is one line"
     assert msg.startswith("3 of 3 downloads failed: a (")
@@ -562,7 +562,7 @@ def test_unreachable_hosts_fail_at_once_and_are_tried_once(registry, tmp_path, m
     for i, name in enumerate("abc"):
         registry(name, blob(40 + i, 1000), [f"http://e4e-no-such-host.invalid/{name}.bin", f"{refused}/{name}.bin"])
     sleeps = []
-    monkeypatch.setattr(downloads.time, "sleep", lambda s: sleeps.append(s))
+    monkeypatch.setattr(stream.time, "sleep", lambda s: sleeps.append(s))
     results = fetch(["a", "b", "c"], tmp_path, retries=3, backoff=1.0)
     assert [r.status for r in results] == ["failed"] * 3
     assert sleeps == [], "unreachable hosts are not retried with back-off"
@@ -570,7 +570,7 @@ def test_unreachable_hosts_fail_at_once_and_are_tried_once(registry, tmp_path, m
     assert "cannot resolve host (offline?)" in results[0].error and "connection refused" in results[0].error
     assert "e4e-no-such-host.invalid" in results[2].error
     with pytest.raises(E4EError) as info:
-        downloads.raise_on_failures(results)
+        fetcher.raise_on_failures(results)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith("3 of 3 downloads failed") and msg.count("offline?") == 1
     assert not list(tmp_path.glob("*.part")), "no empty partial files left behind"
@@ -582,9 +582,9 @@ def test_unreachable_hosts_fail_at_once_and_are_tried_once(registry, tmp_path, m
 
 
 def test_registry_holds_the_issue_facts():
-    a = downloads.ASSETS
-    assert set(downloads.GROUPS["all"]) == set(a)
-    assert downloads.GROUPS["directions"] == ["age", "smile", "pose", "ffhq_pca", "cars_pca"]
+    a = weights_registry.ASSETS
+    assert set(weights_registry.GROUPS["all"]) == set(a)
+    assert weights_registry.GROUPS["directions"] == ["age", "smile", "pose", "ffhq_pca", "cars_pca"]
     assert a["ffhq"].size == 1201649680 and a["ffhq"].filename == "e4e_ffhq_encode.pt"
     assert a["ffhq"].urls[0] == "https://huggingface.co/public-data/e4e/resolve/main/e4e_ffhq_encode.pt"
     assert a["ffhq"].urls[1] == "https://drive.google.com/uc?export=download&id=1cUv_reLE6k3604or78EranS7XzuVMWeO"
@@ -602,12 +602,12 @@ def test_registry_holds_the_issue_facts():
         else:
             assert len(asset.sha256) == 64 and int(asset.sha256, 16) >= 0
         assert asset.urls and asset.licence and asset.description
-    assert downloads.GROUPS["lpips"] == ["lpips_alexnet", "lpips_alex"]
+    assert weights_registry.GROUPS["lpips"] == ["lpips_alexnet", "lpips_alex"]
     assert a["moco"].licence.startswith("CC-BY-NC")
     assert a["lpips_alexnet"].sha256.startswith("7be5be79") and a["lpips_alexnet"].size == 244408911
-    assert downloads.DOMAIN_CHECKPOINTS == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
-    for name in downloads.DOMAIN_CHECKPOINTS.values():
-        assert downloads._is_drive_url(a[name].urls[1]) and not downloads._is_drive_url(a[name].urls[0])
+    assert {d.name: d.checkpoint_asset for d in domains.DOMAINS.values()} == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
+    for name in (d.checkpoint_asset for d in domains.DOMAINS.values()):
+        assert stream.is_drive_url(a[name].urls[1]) and not stream.is_drive_url(a[name].urls[0])
 
 
 def test_unverified_asset_downloads_and_refuses_html(server, registry, tmp_path):
@@ -615,81 +615,81 @@ def test_unverified_asset_downloads_and_refuses_html(server, registry, tmp_path)
     counts as present without a request."""
     data = blob(7, 5000)
     registry("u", data, [server.add("u.bin", data)])
-    object.__setattr__(downloads.ASSETS["u"], "size", 0)
-    object.__setattr__(downloads.ASSETS["u"], "sha256", "")
+    object.__setattr__(weights_registry.ASSETS["u"], "size", 0)
+    object.__setattr__(weights_registry.ASSETS["u"], "sha256", "")
     (res,) = fetch(["u"], tmp_path)
     assert res.status == "downloaded" and res.source.endswith("(unverified)")
     assert (tmp_path / "u.bin").read_bytes() == data
     (again,) = fetch(["u"], tmp_path)
     assert again.status == "present" and again.requests == 0
     registry("h", data, [server.add("h.bin", b"<!DOCTYPE html><html>quota</html>")])
-    object.__setattr__(downloads.ASSETS["h"], "size", 0)
-    object.__setattr__(downloads.ASSETS["h"], "sha256", "")
+    object.__setattr__(weights_registry.ASSETS["h"], "size", 0)
+    object.__setattr__(weights_registry.ASSETS["h"], "sha256", "")
     (bad,) = fetch(["h"], tmp_path)
     assert bad.status == "failed" and "HTML" in bad.error and not (tmp_path / "h.bin").exists()
     assert not list(tmp_path.glob("*.part"))
 
 
 def test_expand_names():
-    assert downloads.expand_names(None) == ["ffhq", "age", "smile", "pose", "ffhq_pca", "cars_pca"]
-    assert downloads.expand_names(["Directions", "age", "e4e_cars_encode.pt"])[-1] == "cars"
-    assert len(downloads.expand_names(["all"])) == len(downloads.ASSETS)
+    assert weights_registry.expand_names(None) == ["ffhq", "age", "smile", "pose", "ffhq_pca", "cars_pca"]
+    assert weights_registry.expand_names(["Directions", "age", "e4e_cars_encode.pt"])[-1] == "cars"
+    assert len(weights_registry.expand_names(["all"])) == len(weights_registry.ASSETS)
     with pytest.raises(E4EError, match="unknown weights names 'foo', 'bar': choose from ffhq, cars"):
-        downloads.expand_names(["foo", "ffhq", "bar"])
+        weights_registry.expand_names(["foo", "ffhq", "bar"])
 
 
 def test_weights_dir_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("E4E_WEIGHTS_DIR", str(tmp_path / "env"))
-    assert downloads.default_weights_dir() == tmp_path / "env"
-    assert downloads.resolve_weights_dir(tmp_path / "cli") == tmp_path / "cli"
+    assert locate.default_weights_dir() == tmp_path / "env"
+    assert locate.resolve_weights_dir(tmp_path / "cli") == tmp_path / "cli"
     monkeypatch.delenv("E4E_WEIGHTS_DIR")
     # this is a source checkout: setup.cfg and weights/ beside the package
-    assert downloads.default_weights_dir() == ROOT / "weights"
-    monkeypatch.setattr(downloads, "_source_checkout_weights", lambda: None)
+    assert locate.default_weights_dir() == ROOT / "weights"
+    monkeypatch.setattr(locate, "source_checkout_weights", lambda: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert downloads.default_weights_dir() == tmp_path / "xdg" / "e4e"
+    assert locate.default_weights_dir() == tmp_path / "xdg" / "e4e"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert downloads.default_weights_dir() == tmp_path / "home" / ".cache" / "e4e"
-    assert downloads.asset_path("age", tmp_path) == tmp_path / "age.pt"
+    assert locate.default_weights_dir() == tmp_path / "home" / ".cache" / "e4e"
+    assert locate.asset_path("age", tmp_path) == tmp_path / "age.pt"
 
 
 def test_require_asset(tmp_path, monkeypatch):
     with pytest.raises(MissingWeightsError) as info:
-        downloads.require_asset("ffhq", tmp_path)
+        locate.require_asset("ffhq", tmp_path)
     msg = str(info.value)
     assert info.value.exit_code == 3 and "\n" not in msg
     assert msg == (f"checkpoint e4e_ffhq_encode.pt not found in {tmp_path}: "
                    "run `e4e download-weights ffhq` (or pass --checkpoint PATH)")
     with pytest.raises(MissingWeightsError, match="e4e download-weights directions"):
-        downloads.require_asset("smile", tmp_path)
+        locate.require_asset("smile", tmp_path)
     (tmp_path / "e4e_cars_encode.pt").write_text("<!DOCTYPE html><html>Quota exceeded</html>")
     with pytest.raises(MissingWeightsError, match="HTML page"):
-        downloads.checkpoint_path("cars", tmp_path)
+        locate.checkpoint_path("cars", tmp_path)
     (tmp_path / "e4e_church_encode.pt").write_bytes(b"")
     with pytest.raises(MissingWeightsError, match=r"e4e_church_encode.pt is empty: run `e4e download-weights church`"):
-        downloads.checkpoint_path("church", tmp_path)
+        locate.checkpoint_path("church", tmp_path)
     (tmp_path / "e4e_horse_encode.pt").mkdir()
     with pytest.raises(MissingWeightsError, match="checkpoint e4e_horse_encode.pt not found in"):
-        downloads.checkpoint_path("horse", tmp_path)
+        locate.checkpoint_path("horse", tmp_path)
     (tmp_path / "smile.pt").write_bytes(b"PK\3\4 anything")
-    assert downloads.require_asset("smile", tmp_path) == tmp_path / "smile.pt"
+    assert locate.require_asset("smile", tmp_path) == tmp_path / "smile.pt"
     monkeypatch.setenv("E4E_WEIGHTS_DIR", str(tmp_path))
-    assert downloads.require_asset("smile") == tmp_path / "smile.pt"
+    assert locate.require_asset("smile") == tmp_path / "smile.pt"
     with pytest.raises(E4EError, match="unknown domain"):
-        downloads.checkpoint_path("cats")
+        locate.checkpoint_path("cats")
 
 
 def test_list_assets(tmp_path):
     (tmp_path / "age.pt").write_bytes(b"\0" * 2808)
     (tmp_path / "smile.pt").write_bytes(b"\0" * 10)
     (tmp_path / "pose.pt.part").write_bytes(b"\0" * 3762)
-    rows = {r.name: r for r in downloads.list_assets(tmp_path)}
+    rows = {r.name: r for r in locate.list_assets(tmp_path)}
     assert rows["age"].state == "present" and rows["age"].path == tmp_path / "age.pt"
     assert rows["smile"].state.startswith("wrong size")
     assert rows["pose"].state == "missing (partial 10%)"
     assert rows["ffhq"].state == "missing"
-    assert downloads.list_assets(tmp_path, verify=True)[4].state == "hash mismatch"  # age: zeros
+    assert locate.list_assets(tmp_path, verify=True)[4].state == "hash mismatch"  # age: zeros
 
 
 # --------------------------------------------------------------------------------------
@@ -697,49 +697,10 @@ def test_list_assets(tmp_path):
 # --------------------------------------------------------------------------------------
 
 
-def _e4e_starts() -> bool:
-    """True when the installed `e4e` starts; when it does not, only because modules other
-    than ours are missing (the CLI is assembled from several modules written in parallel),
-    the CLI tests drive our command through a one-command Typer app instead."""
-    if getattr(_e4e_starts, "cached", None) is None:
-        proc = subprocess.run([e4e_executable(), "--help"], capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
-        if proc.returncode == 0:
-            _e4e_starts.cached = True
-        else:
-            ours = any(f"{os.sep}e4e_cli{os.sep}{f}\"" in proc.stderr for f in ("cli_download.py", "downloads.py"))
-            ours = ours or "'e4e_cli.cli.download'" in proc.stderr or "'e4e_cli.weights.fetch'" in proc.stderr
-            assert not ours, proc.stderr  # a failure in our own modules is never excused
-            _e4e_starts.cached = False
-    return _e4e_starts.cached
-
-
 def cli(*args, env=None):
-    """`e4e ARGS...` through the installed console script, or the fallback described above."""
+    """`e4e ARGS...` through the installed console script."""
     env = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **(env or {})}
-    if _e4e_starts():
-        return run_e4e(*args, env=env, timeout=120)
-    import typer
-    from typer.testing import CliRunner
-
-    from e4e_cli.cli.download import download_weights_command
-
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root():  # a group, so the command keeps its name
-        pass
-
-    app.command("download-weights")(download_weights_command)
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"E4E_NO_PROGRESS": "1", **env})
-    stderr = result.stderr
-    code = result.exit_code
-    if isinstance(result.exception, E4EError):  # what cli.main() does
-        stderr += f"e4e: error: {result.exception}\n"
-        code = result.exception.exit_code
-    elif result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return types.SimpleNamespace(returncode=code, stdout=result.stdout, stderr=stderr)
+    return run_e4e(*args, env=env, timeout=120)
 
 
 @pytest.fixture
@@ -754,11 +715,11 @@ def test_cli_downloads_the_real_directions_from_a_mirror(direction_server, tmp_p
     url = direction_server.url + "/mirror"
     proc = cli("download-weights", "directions", "--base-url", url, "--weights-dir", weights)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    names = downloads.GROUPS["directions"]
-    assert only_file(weights) == sorted(downloads.ASSETS[n].filename for n in names)
+    names = weights_registry.GROUPS["directions"]
+    assert only_file(weights) == sorted(weights_registry.ASSETS[n].filename for n in names)
     for n in names:
-        asset = downloads.ASSETS[n]
-        assert downloads.sha256_file(weights / asset.filename) == asset.sha256
+        asset = weights_registry.ASSETS[n]
+        assert digests.sha256_file(weights / asset.filename) == asset.sha256
         assert str(weights / asset.filename) in proc.stdout
     assert f"5 of 5 files in {weights}" in proc.stdout
     assert direction_server.count() == 5

@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import PARITY, run_e4e
 from e4e_cli.errors import E4EError
-from e4e_cli.jobs.pasteback import NO_ALIGNMENT, paste_back_edits, paste_back_inversions, paste_face, paste_face_info
+from e4e_cli.compositing import paste_face, paste_face_info
+from e4e_cli.jobs.pasteback import NO_ALIGNMENT, paste_back_edits, paste_back_inversions
 
 dlib = pytest.importorskip("dlib")
 skdata = pytest.importorskip("skimage.data")
@@ -345,7 +346,7 @@ def _fake_invert_dir(root: Path, stem: str, photo_path: Path, face, gen: Image.I
 
 
 def test_paste_back_inversions_exif_jpeg(aligned, photos, tmp_path):
-    from e4e_cli.jobs.invert import ItemResult
+    from e4e_cli.jobs.outputs import ItemResult
 
     photo, face = aligned["exif"]
     d = _fake_invert_dir(tmp_path, "exif", photos["exif"], face, generated(face.image, shift=True))
@@ -366,7 +367,7 @@ def test_paste_back_inversions_exif_jpeg(aligned, photos, tmp_path):
 
 
 def test_paste_back_inversions_reports_missing_alignment(tmp_path):
-    from e4e_cli.jobs.invert import ItemResult
+    from e4e_cli.jobs.outputs import ItemResult
 
     d = tmp_path / "car"
     d.mkdir()
@@ -379,7 +380,7 @@ def test_paste_back_inversions_reports_missing_alignment(tmp_path):
 
 
 def test_paste_back_edits_names_and_sweep(aligned, photos, tmp_path):
-    from e4e_cli.jobs.invert import Source
+    from e4e_cli.jobs.edit import Source
 
     photo, face = aligned["astronaut"]
     d = _fake_invert_dir(tmp_path / "inv", "astronaut", photos["astronaut"], face, generated(face.image, shift=False))
@@ -405,7 +406,7 @@ def test_paste_back_edits_names_and_sweep(aligned, photos, tmp_path):
 
 
 def test_paste_back_edits_photo_changed_or_gone(aligned, photos, tmp_path):
-    from e4e_cli.jobs.invert import Source
+    from e4e_cli.jobs.edit import Source
 
     photo, face = aligned["astronaut"]
     moved = tmp_path / "astro.png"

@@ -22,7 +22,7 @@ from e4e_cli.train.options import TrainOptions
 from e4e_cli.train.ranger import Ranger
 
 import conftest
-from conftest import RunsCode, assert_one_line_error, run_e4e
+from conftest import HOOKS, RunsCode, assert_one_line_error, run_e4e
 
 TINY = dict(input_size=64, loss_size=64, encoder_widths=(16, 16, 32, 32), encoder_units=(1, 1, 1, 1),
             lpips_lambda=0.0, id_lambda=0.0, dataset_type="church_encode", image_every=0, save_every=0,
@@ -450,8 +450,8 @@ def test_checkpoint_is_the_released_layout_and_loads_in_invert(tmp_path, case_ch
                         out=str(tmp_path / "run"), dataset_type="church_encode", batch_size=2, max_steps=1,
                         lpips_lambda=0.0, id_lambda=0.0, val_every=0, image_every=0, save_every=0, val_fraction=0.0,
                         device="cpu", weights_dir=str(lossnet_weights))
-    monkeypatch.setenv("E4E_TRAIN_DUMP_PARAMS", str(tmp_path))
-    run(opts, log=lambda m: None, progress=False)
+    run(opts, log=lambda m: None, progress=False,
+        on_params=lambda tag, rank, params: torch.save(params, tmp_path / f"rank{rank}{tag}.pt"))
     start = torch.load(tmp_path / "rank0_start.pt")
     irse = torch.load(lossnet_weights / "model_ir_se50.pth", weights_only=True)
     backbone = [k for k in start if k.startswith(("input_layer.", "body."))]
@@ -551,12 +551,12 @@ def test_torchrun_two_processes_match_one(tiny_setup, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", E4E_NO_PROGRESS="1")
     two, one = tmp_path / "two", tmp_path / "one"
     two.mkdir(), one.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "e4e_cli",
-           *map(str, args), "--out", str(tmp_path / "run2")]
-    proc = subprocess.run(cmd, env=dict(env, E4E_TRAIN_DUMP_PARAMS=str(two)), capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HOOKS),
+           "--dump-params", str(two), "--", *map(str, args), "--out", str(tmp_path / "run2")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "global batch 4 (2 x 2 process(es))" in proc.stderr
-    proc = run_e4e(*args, "--out", tmp_path / "run1", "--bn-groups", "2", env={"E4E_TRAIN_DUMP_PARAMS": str(one)})
+    proc = run_e4e(*args, "--out", tmp_path / "run1", "--bn-groups", "2", hooks=["--dump-params", one])
     assert proc.returncode == 0, proc.stderr
     r0, r1 = torch.load(two / "rank0.pt"), torch.load(two / "rank1.pt")
     single, start = torch.load(one / "rank0.pt"), torch.load(two / "rank0_start.pt")

@@ -44,7 +44,7 @@ def test_explicit_domain_wins_over_the_checkpoint_record(church_recorded_as_ffhq
 
 
 def test_domain_override_keeps_the_networks(case_checkpoint, parity_dir):
-    from e4e_cli.jobs.invert import ModelOptions, load_model
+    from e4e_cli.model import ModelOptions, load_model
 
     ckpt = case_checkpoint("church_256_s3")
     plain = load_model(ModelOptions(checkpoint=ckpt, precision="fp32"))
@@ -58,7 +58,7 @@ def test_domain_override_keeps_the_networks(case_checkpoint, parity_dir):
 def test_one_list_of_image_suffixes(tmp_path):
     """`invert DIR`, `align DIR`, `invert-dataset` and `train` take the same files."""
     from e4e_cli import images
-    from e4e_cli.jobs import invert as pipeline
+    from e4e_cli.jobs.outputs import expand_inputs
     from e4e_cli.jobs.dataset import list_dataset
 
     for suffix in images.IMAGE_SUFFIXES:
@@ -68,7 +68,7 @@ def test_one_list_of_image_suffixes(tmp_path):
     (tmp_path / "notes.txt").write_bytes(b"")
     want = sorted(p.name for p in tmp_path.iterdir() if images.is_image_file(p))
     assert len(want) == 2 * len(images.IMAGE_SUFFIXES) and {".jfif", ".tga"} <= set(images.IMAGE_SUFFIXES)
-    assert sorted(p.name for p in pipeline.expand_inputs([tmp_path])) == want
+    assert sorted(p.name for p in expand_inputs([tmp_path])) == want
     assert sorted(list_dataset(tmp_path)) == want
 
 

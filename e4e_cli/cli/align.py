@@ -81,21 +81,21 @@ def align_command(
     ),
 ) -> None:
     """Find the face(s) in each photo and crop/rotate them the FFHQ way (256x256 PNG + JSON)."""
-    import os
     import sys
 
-    from ..alignment import _check_output_size, align_photo, aligned_filename, default_aligner, parse_face_choice, write_aligned
+    from .. import settings
+    from ..alignment import check_output_size, align_photo, aligned_filename, default_aligner, parse_face_choice, write_aligned
     from ..fsutil import ensure_dir
 
     choice = parse_face_choice(face)
-    size = _check_output_size(size)
+    size = check_output_size(size)
     inputs = _expand_inputs(list(photos))
     if not inputs:
         raise E4EError("no photos given")
     aligner = default_aligner(landmarks)
     ensure_dir(out)
 
-    debug = os.environ.get("E4E_DEBUG", "") not in ("", "0")
+    debug = settings.debug()
     stems = _unique_stems(inputs)
     used = {s.casefold() for s in stems}
     failures = 0

@@ -7,12 +7,12 @@ Command modules import torch and friends inside their functions so `e4e --help` 
 """
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 
 import typer
 
+from .. import settings
 from ..errors import EXIT_CODES, FAILURE, INTERRUPTED, USAGE, E4EError  # noqa: F401  (EXIT_CODES: the documented table)
 
 app = typer.Typer(
@@ -28,19 +28,18 @@ app = typer.Typer(
 def _register() -> None:
     # Each command lives in its own module (one concern per module); registering them here
     # keeps `cli.py` the single place that lists the commands.
-    from . import align as cli_align, dataset as cli_dataset, download as cli_download, evaluate as cli_evaluate
-    from . import directions as cli_directions, invert as cli_invert, train as cli_train, ui as cli_ui
+    from . import align, dataset, directions, download, edit, evaluate, invert, train, ui
 
-    app.command("download-weights")(cli_download.download_weights_command)
-    app.command("align")(cli_align.align_command)
-    app.command("invert")(cli_invert.invert_command)
-    app.command("edit")(cli_invert.edit_command)
-    if not any(g.typer_instance is cli_directions.app for g in app.registered_groups):  # main() may run many times
-        app.add_typer(cli_directions.app, name="directions")
-    app.command("evaluate")(cli_evaluate.evaluate_command)
-    app.command("train")(cli_train.train_command)
-    app.command("invert-dataset")(cli_dataset.invert_dataset_command)
-    app.command("ui")(cli_ui.ui_command)
+    app.command("download-weights")(download.download_weights_command)
+    app.command("align")(align.align_command)
+    app.command("invert")(invert.invert_command)
+    app.command("edit")(edit.edit_command)
+    if not any(g.typer_instance is directions.app for g in app.registered_groups):  # main() may run many times
+        app.add_typer(directions.app, name="directions")
+    app.command("evaluate")(evaluate.evaluate_command)
+    app.command("train")(train.train_command)
+    app.command("invert-dataset")(dataset.invert_dataset_command)
+    app.command("ui")(ui.ui_command)
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES). Every failure is one line on stderr
     that starts with `e4e: error:`."""
     _register()
-    debug = os.environ.get("E4E_DEBUG", "") not in ("", "0")
+    debug = settings.debug()
     if not debug:
         warnings.showwarning = _note  # library warnings as one line each, not file:line + source
     from typer._click import exceptions as click_exc

@@ -1,4 +1,4 @@
-"""`e4e invert-dataset`: a thin wrapper over `dataset.invert_dataset` (runs under torchrun too)."""
+"""`e4e invert-dataset`: a thin wrapper over `jobs.dataset.invert_dataset` (runs under torchrun too)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,47 +6,46 @@ from typing import Optional
 
 import typer
 
-from .invert import DOMAIN_HELP
 from ..errors import E4EError
+from . import options
 
 
 def invert_dataset_command(
     root: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Prefix of the outputs: PREFIX-00000.npz ..., PREFIX.index.json, PREFIX.failures.jsonl."),
-    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint"),
+    domain: Optional[str] = options.domain_option(),
+    checkpoint: Optional[Path] = options.checkpoint_option(),
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per shard file."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass (default: picked for memory)."),
+    batch_size: Optional[int] = options.batch_option(),
     workers: int = typer.Option(2, "--workers", help="Processes that read (and align) images."),
     no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq images are aligned by default)."),
     delta_scale: float = typer.Option(1.0, "--delta-scale", help="0 = pure W, 1 = e4e."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start again: replace an index made with another checkpoint or options and redo every shard."),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as e4e invert)."),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
+    device: str = options.device_option(),
+    precision: str = options.precision_option(),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """Invert a whole folder into latent shards: sharded, resumable, on torchrun for several processes."""
-    import os
     import sys
 
+    from .. import dist
     from ..jobs import dataset
-    from ..jobs import invert as pipeline
-    from .invert import _check_domain
+    from ..editing import check_delta_scale
+    from ..model import ModelOptions, load_model
 
-    _check_domain(domain)
+    options.check_domain(domain)
     if workers < 0:
         raise E4EError(f"--workers must be >= 0, got {workers}")
-    if batch_size is not None and batch_size < 1:
-        raise E4EError(f"--batch-size must be >= 1, got {batch_size}")
-    pipeline.check_delta_scale(delta_scale)
-    rank = int(os.environ.get("RANK", "0"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "auto":
+    options.check_batch_size(batch_size)
+    check_delta_scale(delta_scale)
+    rank = dist.rank()
+    if dist.world_size() > 1 and device == "auto":
         import torch
 
         if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    model = pipeline.load_model(pipeline.ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
-                                                      precision=precision, weights_dir=weights_dir))
+            device = f"cuda:{dist.local_rank()}"
+    model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
+                                    weights_dir=weights_dir))
     opts = dataset.DatasetOptions(root=root, prefix=out, shard_size=shard_size, batch_size=batch_size, workers=workers,
                                   align=not no_align, delta_scale=delta_scale, overwrite=overwrite)
 

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ..errors import E4EError
+from . import options
 
 app = typer.Typer(
     name="directions",
@@ -22,13 +22,12 @@ app = typer.Typer(
 )
 
 DOMAIN_HELP = "ffhq, cars, horse or church: whose checkpoint (in the weights folder) to use."
-WEIGHTS_HELP = "Weights folder (its directions/ holds the directions you make)."
 
 
 @app.callback()
 def directions_callback(
     ctx: typer.Context,
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help=WEIGHTS_HELP),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """List the editing directions (also `e4e directions list`); make your own with fit, pca and show."""
     if ctx.invoked_subcommand is None:
@@ -37,7 +36,7 @@ def directions_callback(
 
 @app.command("list")
 def list_command(
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help=WEIGHTS_HELP),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """List the editing directions: presets, what they do, whether their files are present, and yours."""
     directions_command(weights_dir)
@@ -50,7 +49,7 @@ def directions_command(weights_dir: Optional[Path] = None) -> None:
 
     from ..editing import PRESETS
     from ..jobs.directions import directions_dir, user_directions
-    from ..weights.fetch import asset_path
+    from ..weights.locate import asset_path
 
     table = Table(title="Editing directions")
     for col in ("direction", "domain", "kind", "default strength", "what it does", "file"):
@@ -70,14 +69,6 @@ def directions_command(weights_dir: Optional[Path] = None) -> None:
     Console().print(table)
 
 
-def _check_domain(domain: Optional[str]) -> Optional[str]:
-    from ..checkpoint import DOMAIN_SIZES
-
-    if domain is not None and domain not in DOMAIN_SIZES:
-        raise E4EError(f"unknown domain {domain!r}: choose from {', '.join(DOMAIN_SIZES)}")
-    return domain
-
-
 @app.command("fit")
 def fit_command(
     labels: Optional[Path] = typer.Argument(None, help="CSV of path,label rows: path is a latent (.npy/.pt), an e4e invert folder or a photo; label 0/1 or a score."),
@@ -95,15 +86,15 @@ def fit_command(
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Photos: the e4e checkpoint to invert them with."),
     invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Photos: where their inversions go (finished ones are reused)."),
     no_align: bool = typer.Option(False, "--no-align", help="Photos: do not align faces."),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision"),
+    device: str = options.device_option(),
+    precision: str = options.precision_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing NAME.npy / NAME.json."),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help=WEIGHTS_HELP),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """Fit an InterFaceGAN direction (linear SVM) to labelled latents or photos."""
     from ..jobs import directions as job
 
-    _check_domain(domain)
+    options.check_domain(domain)
     src = job.CodeSource(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                          weights_dir=weights_dir, invert_out=invert_out, align=not no_align)
     res = job.fit_direction(job.FitJob(name=name, labels=labels, positive=positive, negative=negative, out=out,
@@ -126,14 +117,14 @@ def pca_command(
     samples: int = typer.Option(1_000_000, "--samples", help="z samples through the mapping network (GANSpace: 1,000,000)."),
     components: int = typer.Option(80, "--components", help="Components to keep (GANSpace: 80)."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device"),
+    device: str = options.device_option(),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help=WEIGHTS_HELP),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """GANSpace: PCA of W for any generator, written as the released *_pca.pt files (use with --pca FILE)."""
-    from ..jobs import directions as job
+    from ..jobs import sampled as job
 
-    _check_domain(domain)
+    options.check_domain(domain)
     path, info = job.pca_direction_file(job.PcaJob(
         source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint, weights_dir=weights_dir),
         out=out, samples=samples, components=components, seed=seed, device=device, overwrite=overwrite))
@@ -144,7 +135,7 @@ def pca_command(
 def _strengths(text: Optional[str]) -> Optional[list]:
     if text is None:
         return None
-    from ..jobs.invert import parse_sweep
+    from ..editing import parse_sweep
 
     return parse_sweep(text)
 
@@ -163,14 +154,14 @@ def show_command(
     tile: Optional[int] = typer.Option(None, "--tile", help="Pixels per image (default: min(256, generator size))."),
     pca: Optional[Path] = typer.Option(None, "--pca", help="PCA file for ganspace:C:START:END."),
     out: Optional[Path] = typer.Option(None, "--out", help="The PNG (default: e4e-out/<name>_strip.png)."),
-    device: str = typer.Option("auto", "--device"),
+    device: str = options.device_option(),
     overwrite: bool = typer.Option(False, "--overwrite"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR", help=WEIGHTS_HELP),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """A strip image: the direction at a few strengths (columns) on a few samples (rows)."""
-    from ..jobs import directions as job
+    from ..jobs import sampled as job
 
-    _check_domain(domain)
+    options.check_domain(domain)
     path = job.show_strip(job.ShowJob(
         direction=name, source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint,
                                                    weights_dir=weights_dir),

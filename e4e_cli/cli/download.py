@@ -4,7 +4,6 @@ Heavy imports (requests, tqdm, rich) happen inside the command so `e4e --help` s
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -12,20 +11,21 @@ from typing import List, Optional
 import typer
 
 from ..errors import E4EError
+from . import options
 
 _NAMES_HELP = "ffhq, cars, horse, church, directions, landmarks, all (default: ffhq + directions)"
 
 
 def _where(weights_dir: Optional[Path]) -> str:
     """Why the weights folder is where it is (shown to the user)."""
-    from ..weights import fetch as downloads
+    from .. import settings
+    from ..weights.locate import source_checkout_weights
 
     if weights_dir is not None:
-        env = os.environ.get("E4E_WEIGHTS_DIR", "").strip()
-        if env and Path(env).expanduser() == weights_dir.expanduser():
-            return "from E4E_WEIGHTS_DIR"
         return "from --weights-dir"
-    if downloads._source_checkout_weights() is not None:
+    if settings.weights_dir() is not None:
+        return "from E4E_WEIGHTS_DIR"
+    if source_checkout_weights() is not None:
         return "the source checkout's weights/ folder"
     return "the user cache folder; set E4E_WEIGHTS_DIR or --weights-dir to change it"
 
@@ -34,10 +34,11 @@ def _print_table(names: Optional[List[str]], folder: Path, verify: bool, where: 
     from rich.console import Console
     from rich.table import Table
 
-    from ..weights import fetch as downloads
+    from ..weights.locate import list_assets
+    from ..weights.registry import expand_names, human_size
 
-    wanted = set(downloads.expand_names(names)) if names else None
-    rows = [r for r in downloads.list_assets(folder, verify=verify) if wanted is None or r.name in wanted]
+    wanted = set(expand_names(names)) if names else None
+    rows = [r for r in list_assets(folder, verify=verify) if wanted is None or r.name in wanted]
     console = Console(width=None if sys.stdout.isatty() else 200)
     table = Table(title=f"weights in {folder} ({where})", title_justify="left")
     table.add_column("name", no_wrap=True)
@@ -48,7 +49,7 @@ def _print_table(names: Optional[List[str]], folder: Path, verify: bool, where: 
     table.add_column("description", overflow="fold")
     for r in rows:
         style = "green" if r.present else ("yellow" if r.state.startswith("missing") else "red")
-        table.add_row(r.name, r.filename, downloads.human_size(r.size) if r.size else "?", f"[{style}]{r.state}[/]", str(r.path),
+        table.add_row(r.name, r.filename, human_size(r.size) if r.size else "?", f"[{style}]{r.state}[/]", str(r.path),
                       r.description)
     console.print(table)
     missing = [r for r in rows if not r.present]
@@ -61,10 +62,7 @@ def download_weights_command(
     list_: bool = typer.Option(
         False, "--list", help="Print a table of every asset (present, missing, size, path) and download nothing."
     ),
-    weights_dir: Optional[Path] = typer.Option(
-        None, "--weights-dir", envvar="E4E_WEIGHTS_DIR",
-        help="Folder for the weights (default: weights/ of a source checkout, else ~/.cache/e4e).",
-    ),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
     verify: bool = typer.Option(
         False, "--verify", help="Check the SHA-256 of files already present (re-download on mismatch)."
     ),
@@ -80,11 +78,13 @@ def download_weights_command(
     Downloads resume after a dropped connection and fall back to other sources; nothing
     lands under its final name before its size and hash are checked.
     """
-    from ..weights import fetch as downloads
+    from ..weights import fetch
+    from ..weights.locate import resolve_weights_dir
+    from ..weights.registry import expand_names
 
     names = list(names or [])
-    asset_names = downloads.expand_names(names)  # unknown names fail before anything else
-    folder = downloads.resolve_weights_dir(weights_dir)
+    asset_names = expand_names(names)  # unknown names fail before anything else
+    folder = resolve_weights_dir(weights_dir)
     where = _where(weights_dir)
 
     if list_:
@@ -101,7 +101,7 @@ def download_weights_command(
     def log(message: str) -> None:
         typer.echo(message, err=True)
 
-    results = downloads.download_assets(
+    results = fetch.download_assets(
         asset_names, weights_dir=folder, base_url=base_url, from_dir=from_, verify=verify, log=log,
     )
     width = max((len(r.filename) for r in results), default=0)
@@ -111,4 +111,4 @@ def download_weights_command(
             typer.echo(f"{r.filename:<{width}}  {status:<10}  {r.path}")
     done = sum(r.ok for r in results)
     typer.echo(f"{done} of {len(results)} files in {folder} ({where})")
-    downloads.raise_on_failures(results)
+    fetch.raise_on_failures(results)

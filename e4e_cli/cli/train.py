@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import E4EError
+from . import options
 
 
 def _ints(text: Optional[str], what: str, n: int) -> Optional[tuple]:
@@ -58,12 +59,12 @@ def train_command(
     encoder_units: Optional[str] = typer.Option(None, "--encoder-units", hidden=True, help="e.g. 1,1,1,1."),
     bn_groups: int = typer.Option(1, "--bn-groups", hidden=True, help="BatchNorm statistics over this many chunks of the batch (as that many processes)."),
     val_fraction: float = typer.Option(0.05, "--val-fraction"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """Train an e4e encoder for a StyleGAN2 generator (the paper's recipe; torchrun for several processes)."""
-    import os
     import sys
 
+    from .. import dist
     from ..train.coach import run
     from ..train.options import DATASET_TYPES, TrainOptions
 
@@ -103,7 +104,7 @@ def train_command(
         opts.encoder_widths = w
     if u:
         opts.encoder_units = u
-    quiet = int(os.environ.get("RANK", "0")) != 0
+    quiet = not dist.is_main()
 
     def log(msg: str) -> None:
         if not quiet:

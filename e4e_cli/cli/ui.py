@@ -6,28 +6,28 @@ from typing import Optional
 
 import typer
 
-from .invert import DOMAIN_HELP
 from ..errors import E4EError
+from . import options
 
 
 def ui_command(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="e4e checkpoint (default: the domain's file in the weights folder)."),
-    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
+    checkpoint: Optional[Path] = options.checkpoint_option(),
+    domain: Optional[str] = options.domain_option(),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (this machine only by default)."),
     port: int = typer.Option(7860, "--port"),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
     latents: Optional[Path] = typer.Option(None, "--latents", help="An `e4e invert` output folder whose latents the page may open."),
     directions: Optional[Path] = typer.Option(None, "--directions", help="A folder of direction files (.npy/.pt) that get sliders, besides the weights folder's directions/."),
-    precision: str = typer.Option("auto", "--precision"),
-    device: str = typer.Option("auto", "--device"),
-    weights_dir: Optional[Path] = typer.Option(None, "--weights-dir", envvar="E4E_WEIGHTS_DIR"),
-    token: Optional[str] = typer.Option(None, "--token", envvar="E4E_UI_TOKEN",
-                                        help="The page's secret, in the printed URL (default: a new random one each launch; "
-                                             "16+ characters of A-Z a-z 0-9 . _ ~ -; '' is refused)."),
+    precision: str = options.precision_option(),
+    device: str = options.device_option(),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
+    token: Optional[str] = typer.Option(None, "--token",
+                                        help="The page's secret, in the printed URL (default: $E4E_UI_TOKEN, else a new random "
+                                             "one each launch; 16+ characters of A-Z a-z 0-9 . _ ~ -; '' is refused)."),
 ):
     """A local page to edit a photo with sliders and a live preview (only for the URL it prints, with its token)."""
-    from ..jobs import invert as pipeline
-    from .invert import _check_domain
+    from .. import settings
+    from ..model import ModelOptions, load_model
 
     try:
         import fastapi  # noqa: F401  (present?)
@@ -36,8 +36,10 @@ def ui_command(
         raise E4EError('e4e ui needs its extra: pip install -e ".[ui]" (fastapi, uvicorn, python-multipart)') from None
     from ..ui.server import Editor, check_token, create_app, new_token, page_url, port_free
 
+    if token is None:
+        token = settings.ui_token()
     token = new_token() if token is None else check_token(token)
-    _check_domain(domain)
+    options.check_domain(domain)
     if not 0 < port < 65536:
         raise E4EError(f"--port must be 1..65535, got {port}")
     if not port_free(host, port):
@@ -46,8 +48,8 @@ def ui_command(
         raise E4EError(f"--latents {latents} is not a folder")
     if directions is not None and not directions.is_dir():
         raise E4EError(f"--directions {directions} is not a folder")
-    model = pipeline.load_model(pipeline.ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
-                                                      precision=precision, weights_dir=weights_dir))
+    model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
+                                    weights_dir=weights_dir))
     editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model),
                     directions_dir=directions)
     url = page_url(host, port, token)
@@ -62,8 +64,10 @@ def ui_command(
 def _not_released(model) -> bool:
     """True unless the checkpoint is the registry's released file (by name and size): synthetic
     and unknown checkpoints get a label on the page."""
-    from ..weights.fetch import ASSETS, DOMAIN_CHECKPOINTS
+    from ..domains import DOMAINS
+    from ..weights.registry import ASSETS
 
-    asset = ASSETS.get(DOMAIN_CHECKPOINTS.get(model.domain, ""))
+    domain = DOMAINS.get(model.domain)
+    asset = ASSETS.get(domain.checkpoint_asset) if domain else None
     path = Path(model.path or "")
     return not (asset and path.name == asset.filename and path.is_file() and path.stat().st_size == asset.size)

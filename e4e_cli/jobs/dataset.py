@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from .. import dist, domains
+from .. import progress as bars
 from ..errors import E4EError
 from ..digests import sha256_file
 from ..fsutil import atomic_write, ensure_dir
@@ -69,10 +70,10 @@ def shard_path(prefix: Path, k: int) -> Path:
 
 
 def fingerprint(model, opts: DatasetOptions) -> str:
-    from .invert import checkpoint_identity
+    from .outputs import checkpoint_identity
 
     return json.dumps({"checkpoint": checkpoint_identity(model), "precision": str(model.precision),
-                       "align": bool(opts.align and model.domain == "ffhq"), "face": opts.face,
+                       "align": bool(opts.align and domains.aligns_faces(model.domain)), "face": opts.face,
                        "delta_scale": opts.delta_scale}, sort_keys=True)
 
 
@@ -99,13 +100,14 @@ class _Images:
 
     def __getitem__(self, i):
         from ..model import preprocess_images
-        from .invert import InvertOptions, _prepare, item_error
+        from .invert import InvertOptions, prepare_input
+        from .outputs import item_error
 
         class _Domain:  # what _prepare reads of a model
             domain = self.domain
 
         try:
-            item = _prepare(self.root / self.rel[i], _Domain(), InvertOptions(out=Path("."), align=self.align, face=self.face))
+            item = prepare_input(self.root / self.rel[i], _Domain(), InvertOptions(out=Path("."), align=self.align, face=self.face))
             return i, preprocess_images(item["image"], self.size_hw)[0], ""
         except Exception as exc:  # noqa: BLE001  (a bad image never stops the run)
             return i, None, item_error(exc)
@@ -148,7 +150,7 @@ def invert_shards(model, root: Path, shards: Sequence[tuple[int, Sequence[str]]]
                 for (j, _), cj in zip(good, c):
                     res["codes"][j], res["ok"][j] = cj, True
             except Exception as exc:  # noqa: BLE001
-                from .invert import item_error
+                from .outputs import item_error
 
                 for j, _ in good:
                     res["errors"][j] = item_error(exc)
@@ -168,30 +170,12 @@ def write_shard(path: Path, rel: Sequence[str], result: dict, fp: str) -> None:
     atomic_write(path, write)
 
 
-def _dist():
-    """(rank, world); joins torchrun's process group when there are several processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group(backend="gloo")
-    return rank, world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def invert_dataset(model, opts: DatasetOptions, *, log: Callable[[str], None] = print, progress: bool = True) -> dict:
     """Invert every image under opts.root into shards; returns the index (rank 0) or this rank's summary."""
     if opts.shard_size < 1:
         raise E4EError(f"--shard-size must be >= 1, got {opts.shard_size}")
-    rank, world = _dist()
+    group = dist.Group(backend="gloo")
+    rank, world = group.rank, group.world
     rel = list_dataset(opts.root)
     prefix = Path(opts.prefix)
     ensure_dir(prefix.parent if str(prefix.parent) else ".")
@@ -200,7 +184,7 @@ def invert_dataset(model, opts: DatasetOptions, *, log: Callable[[str], None] = 
     if opts.overwrite and rank == 0:
         for old in (index_path(prefix), Path(f"{prefix}.failures.jsonl")):
             old.unlink(missing_ok=True)  # before any shard is written
-    _barrier(world)
+    group.barrier()
     n_shards = (len(rel) + opts.shard_size - 1) // opts.shard_size
     mine = [k for k in range(n_shards) if k % world == rank]
     todo, skipped = [], 0
@@ -215,32 +199,27 @@ def invert_dataset(model, opts: DatasetOptions, *, log: Callable[[str], None] = 
     if rank == 0:
         log(f"{len(rel)} images in {n_shards} shard(s) of {opts.shard_size}; {world} process(es); "
             f"this one: {len(todo)} to do, {skipped} already done")
-    stop_after = int(os.environ.get("E4E_DATASET_STOP_AFTER_SHARDS", "0"))  # tests: die like a killed run
-    bar = _bar(progress and rank == 0, total)
+    bar = bars.bar(total=total, desc="inverting", wanted=progress and rank == 0 and total > 0)
     t0, done_images = time.perf_counter(), 0
-    written = [0]
 
     def finish(k: int, part: Sequence[str], result: dict) -> None:
         write_shard(shard_path(prefix, k), part, result, fp)
-        written[0] += 1
-        if stop_after and written[0] >= stop_after:
-            os._exit(3)
 
     try:
         if todo:
-            invert_shards(model, opts.root, todo, opts, batch_size=batch, on_shard=finish, on_images=bar.advance)
+            invert_shards(model, opts.root, todo, opts, batch_size=batch, on_shard=finish, on_images=bar.update)
         done_images = total
     finally:
         bar.close()
     rate = done_images / max(1e-9, time.perf_counter() - t0)
-    _barrier(world)
+    group.barrier()
     summary = {"rank": rank, "shards_done": len(todo), "shards_skipped": skipped, "images_per_s": rate}
     if rank == 0:
         index = write_index(prefix, rel, opts, model, fp, n_shards)
         index["this_run"] = summary
-        _barrier(world)
+        group.barrier()
         return index
-    _barrier(world)
+    group.barrier()
     return summary
 
 
@@ -319,22 +298,3 @@ def load_latents(prefix) -> tuple[np.ndarray, list[str], np.ndarray]:
             paths += part
             ok.append(z["ok"])
     return np.concatenate(codes), paths, np.concatenate(ok)
-
-
-class _bar:
-    """Images/s and ETA on rank 0 (tqdm on stderr), or nothing."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.t = None
-        if enabled and total and os.environ.get("E4E_NO_PROGRESS", "") in ("", "0"):
-            from tqdm import tqdm
-
-            self.t = tqdm(total=total, unit="img", desc="inverting", dynamic_ncols=True)
-
-    def advance(self, n: int) -> None:
-        if self.t is not None:
-            self.t.update(n)
-
-    def close(self) -> None:
-        if self.t is not None:
-            self.t.close()

@@ -1,11 +1,12 @@
-"""Checkpoints of `e4e train`: the released e4e layout plus the training state.
+"""Checkpoints of `e4e train` on disk: saving, finding the latest, loading one to resume.
 
 Every file is a checkpoint `e4e invert --checkpoint` (and the reference code) loads:
 `state_dict` with `encoder.*` and `decoder.*`, `latent_avg` [n_styles,512] and `opts`
 (`encoder_type: Encoder4Editing`, `dataset_type`, `stylegan_size`, ...). The key `train_state`
 (ignored by loaders, as released files' `optimizer` is) holds what `--resume` needs: step,
 optimizers, discriminator, pools and random states. Files are written to a temporary name and
-renamed (`checkpoints/step_0001234.pt`); only the last `keep_last` are kept.
+renamed (`checkpoints/step_0001234.pt`); only the last `keep_last` are kept. The layout itself is
+`checkpoint.released_payload` (the writer) and `checkpoint.infer_info`/`Architecture` (the reader).
 """
 from __future__ import annotations
 
@@ -19,16 +20,6 @@ from ..errors import E4EError
 from ..fsutil import atomic_write, ensure_dir
 
 STEP_FILE = re.compile(r"step_(\d+)\.pt$")
-
-
-def released_layout(*, encoder, generator, latent_avg: torch.Tensor, opts: dict, n_styles: int) -> dict:
-    sd = {}
-    for k, v in encoder.state_dict().items():
-        sd["encoder." + k] = v.detach().cpu().clone()
-    for k, v in generator.state_dict().items():
-        sd["decoder." + k] = v.detach().cpu().clone()
-    return {"state_dict": sd, "latent_avg": latent_avg.detach().cpu().reshape(1, -1).repeat(n_styles, 1).float(),
-            "opts": opts}
 
 
 def save(run_dir, step: int, payload: dict, *, keep_last: int) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import sys
@@ -28,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import dist, domains, progress
+from ..checkpoint import Architecture, released_payload, split_state_dict
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
 from ..nn.networks import Encoder4Editing, upsample_add
@@ -81,34 +82,6 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest(), "little") >> 1
 
 
-class _Dist:
-    """torchrun's environment: rank, world size, and the process group (gloo on CPU, nccl on CUDA)."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.active = self.world > 1
-        if self.active and not torch.distributed.is_initialized():
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend=backend)
-
-    def barrier(self):
-        if self.active:
-            torch.distributed.barrier()
-
-    def mean(self, value: float) -> float:
-        if not self.active:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return float(t) / self.world
-
-    def close(self):
-        if self.active and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 def _device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,8 +96,8 @@ class Trainer:
     def __init__(self, opts: TrainOptions, *, resume: Optional[dict] = None, log: Callable[[str], None] = print,
                  bn_groups: int = 1):
         self.opts, self.log, self.bn_groups = opts, log, max(1, bn_groups)
-        self.device = _device(opts.device, int(os.environ.get("LOCAL_RANK", "0")))
-        self.dist = _Dist(self.device)
+        self.device = _device(opts.device, dist.local_rank())
+        self.dist = dist.Group(backend="nccl" if self.device.type == "cuda" else "gloo")
         if opts.batch_size % self.dist.world:
             raise E4EError(f"--batch-size {opts.batch_size} does not split over {self.dist.world} processes")
         self.local_batch = opts.batch_size // self.dist.world
@@ -144,7 +117,7 @@ class Trainer:
         root = Path(opts.images)
         files = readable(list_images(root), warn=self.log if self.dist.rank == 0 else None)
         self.train_files, self.val_files = split(files, root, opts.val_fraction)
-        h = opts.input_size * 3 // 4 if opts.domain == "cars" else opts.input_size
+        h = domains.image_hw(opts.domain, opts.input_size)[0]
         self.input_hw = (h, opts.input_size)
         self.batches = Batches(self.train_files, batch_size=opts.batch_size, size_hw=self.input_hw, seed=opts.seed,
                                flip=opts.flip)
@@ -197,10 +170,11 @@ class Trainer:
         elif opts.dataset_type not in DATASET_TYPES.values():
             raise E4EError(f"unknown dataset type {opts.dataset_type!r}: choose from {', '.join(DATASET_TYPES.values())}")
         if rank0:
-            ident = "ArcFace IR-SE50" if opts.domain == "ffhq" else "MoCo-v2 ResNet-50"
+            ident = {"arcface": "ArcFace IR-SE50", "moco": "MoCo-v2 ResNet-50"}[domains.identity_loss(opts.domain)]
             ident = f"{ident} x {opts.id_weight():g}" if opts.id_weight() > 0 else "off"
-            h = opts.input_size * 3 // 4 if opts.domain == "cars" else opts.input_size
-            crop = f", losses on the {opts.loss_size * 3 // 4}-row crop" if opts.domain == "cars" else ""
+            h = domains.image_hw(opts.domain, opts.input_size)[0]
+            rows = domains.image_hw(opts.domain, opts.loss_size)[0]
+            crop = f", losses on the {rows}-row crop" if rows != opts.loss_size else ""
             self.log(f"domain {opts.domain} ({opts.dataset_type}): identity loss {ident}, "
                      f"input {h}x{opts.input_size}{crop}")
 
@@ -272,13 +246,13 @@ class Trainer:
         s = self.opts.loss_size
         if img.shape[-1] != s:
             img = F.adaptive_avg_pool2d(img, (s, s))
-        if self.opts.domain == "cars":
-            img = img[:, :, s // 8 : s - s // 8]
+        top, bottom = domains.crop_rows(self.opts.domain, s)
+        img = img[:, :, top:bottom]
         return img
 
     def target(self, x: torch.Tensor) -> torch.Tensor:
         s = self.opts.loss_size
-        hw = (s * 3 // 4, s) if self.opts.domain == "cars" else (s, s)
+        hw = domains.image_hw(self.opts.domain, s)
         return x if tuple(x.shape[-2:]) == hw else F.interpolate(x, size=hw, mode="bilinear", align_corners=False)
 
     def real_codes(self, step: int) -> torch.Tensor:
@@ -381,13 +355,12 @@ class Trainer:
 
     def checkpoint_payload(self) -> dict:
         o = self.opts
-        opts = {"encoder_type": "Encoder4Editing", "dataset_type": o.dataset_type, "stylegan_size": self.size,
-                "start_from_latent_avg": True, "encoder_widths": list(o.encoder_widths),
-                "encoder_units": list(o.encoder_units), "input_size": o.input_size, "style_dim": self.style_dim,
-                "n_mlp": len(self.G.style) - 1, "generator_channels": {str(k): int(v) for k, v in self.G.channels.items()},
-                "e4e_train": o.to_dict()}
-        payload = checkpoints.released_layout(encoder=self.encoder, generator=self.G, latent_avg=self.latent_avg,
-                                              opts=opts, n_styles=self.n_styles)
+        arch = Architecture(encoder_widths=tuple(o.encoder_widths), encoder_units=tuple(o.encoder_units),
+                            input_size=o.input_size, style_dim=self.style_dim, n_mlp=len(self.G.style) - 1,
+                            generator_channels=dict(self.G.channels))
+        payload = released_payload(encoder_state=self.encoder.state_dict(), generator_state=self.G.state_dict(),
+                                   latent_avg=self.latent_avg, size=self.size, dataset_type=o.dataset_type,
+                                   architecture=arch, extra_opts={"e4e_train": o.to_dict()})
         payload["train_state"] = {
             "step": self.step,
             "encoder_opt": self.opt_e.state_dict(),
@@ -399,7 +372,7 @@ class Trainer:
         return payload
 
     def _load(self, obj: dict) -> None:
-        enc = {k[len("encoder."):]: v for k, v in obj["state_dict"].items() if k.startswith("encoder.")}
+        enc, _ = split_state_dict(obj["state_dict"])
         self.encoder.load_state_dict(enc)
         st = obj["train_state"]
         self.step = int(st["step"])
@@ -487,7 +460,8 @@ def append_log(run_dir, row: dict) -> None:
 
 
 def run(opts: TrainOptions, *, resume: bool = False, log: Callable[[str], None] = print, progress: bool = True,
-        bn_groups: int = 1, stop_after: Optional[int] = None) -> dict:
+        bn_groups: int = 1, stop_after: Optional[int] = None,
+        on_params: Optional[Callable[[str, int, dict], None]] = None) -> dict:
     """Train until `opts.max_steps` (or `stop_after` steps in this call). Returns the last logs."""
     run_dir = Path(opts.out)
     state = None
@@ -504,12 +478,10 @@ def run(opts: TrainOptions, *, resume: bool = False, log: Callable[[str], None] 
         opts.max_steps = TrainOptions().max_steps
     trainer = Trainer(opts, resume=state, log=log, bn_groups=bn_groups)
     rank0 = trainer.dist.rank == 0
-    dump = os.environ.get("E4E_TRAIN_DUMP_PARAMS")  # tests: every rank's encoder parameters, before and after
 
     def dump_params(tag: str) -> None:
-        if dump:
-            torch.save({k: v.detach().cpu().clone() for k, v in trainer.encoder.named_parameters()},
-                       Path(dump) / f"rank{trainer.dist.rank}{tag}.pt")
+        if on_params is not None:
+            on_params(tag, trainer.dist.rank, {k: v.detach().cpu().clone() for k, v in trainer.encoder.named_parameters()})
 
     dump_params("_start")
     if rank0:
@@ -572,30 +544,22 @@ def run(opts: TrainOptions, *, resume: bool = False, log: Callable[[str], None] 
 
 
 class _Bar:
-    """A rich progress bar with steps/s and the losses (rank 0, when enabled)."""
+    """The training bar (rank 0, when enabled): steps, steps/s, time left and the current losses."""
 
     def __init__(self, enabled: bool, start: int, total: int):
-        self.p = None
-        if enabled and os.environ.get("E4E_NO_PROGRESS", "") in ("", "0") and sys.stderr.isatty():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.p = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"))
-            self.p.start()
-            self.task = self.p.add_task("train", total=total, completed=start, rate="", losses="")
-            self.t0, self.s0 = time.perf_counter(), start
+        self.bar = progress.bar(total=total, initial=start, desc="training", unit="step", leave=True,
+                                wanted=enabled and sys.stderr.isatty())
+        self.step = start
 
     def update(self, step: int, logs: dict):
-        if self.p is None:
-            return
-        rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
         losses = " ".join(f"{k} {logs[k]:.3g}" for k in ("loss", "l2", "lpips", "id", "delta", "adv", "d_loss")
                           if isinstance(logs.get(k), float))
-        self.p.update(self.task, completed=step, rate=f"{rate:.2f} step/s", losses=losses)
+        self.bar.update(step - self.step)
+        self.step = step
+        self.bar.set_postfix_str(losses)
 
     def close(self):
-        if self.p is not None:
-            self.p.stop()
+        self.bar.close()
 
 
 __all__ = ["Trainer", "run", "progressive_stage", "delta_mask"]

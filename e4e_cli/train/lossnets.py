@@ -134,7 +134,7 @@ def load_lpips(*, weights_dir=None) -> LPIPS:
     """LPIPS with the released AlexNet and linear-layer weights (MissingWeightsError names the
     download). Both files are loaded strictly: a missing, unexpected or mis-shaped tensor is one
     E4EError line."""
-    from ..weights.fetch import require_asset
+    from ..weights.locate import require_asset
 
     net = LPIPS()
     alex = require_asset("lpips_alexnet", weights_dir)
@@ -261,7 +261,7 @@ class IdentityLoss(nn.Module):
 
 def _irse50_state(weights_dir, *, hint: str = "") -> tuple[dict, str]:
     """The IR-SE50 file's tensors, checked against the ArcFace layout (one E4EError line if not)."""
-    from ..weights.fetch import require_asset
+    from ..weights.locate import require_asset
     from ..errors import MissingWeightsError
 
     try:
@@ -277,9 +277,10 @@ def _irse50_state(weights_dir, *, hint: str = "") -> tuple[dict, str]:
 def load_identity_loss(*, domain: str, weights_dir=None) -> IdentityLoss:
     """ArcFace IR-SE50 for faces (`ffhq`), MoCo-v2 ResNet-50 for other domains (as the reference
     picks them by dataset type). Files are loaded strictly (one E4EError line on any mismatch)."""
-    from ..weights.fetch import require_asset
+    from ..domains import identity_loss
+    from ..weights.locate import require_asset
 
-    if domain == "ffhq":
+    if identity_loss(domain) == "arcface":
         sd, path = _irse50_state(weights_dir)
         net = ArcFaceIRSE50()
         _load_into(net, sd, what="IR-SE50 weights", path=path)

@@ -9,8 +9,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..domains import DOMAINS, identity_loss
+
 #: domain -> the reference's dataset type (which picks the identity network and the crops)
-DATASET_TYPES = {"ffhq": "ffhq_encode", "cars": "cars_encode", "horse": "horse_encode", "church": "church_encode"}
+DATASET_TYPES = {d.name: d.dataset_type for d in DOMAINS.values()}
 
 
 @dataclass
@@ -69,7 +71,7 @@ class TrainOptions:
     def id_weight(self) -> float:
         if self.id_lambda is not None:
             return float(self.id_lambda)
-        return 0.1 if self.domain == "ffhq" else 0.5
+        return 0.1 if identity_loss(self.domain) == "arcface" else 0.5
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

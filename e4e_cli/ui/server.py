@@ -2,8 +2,8 @@
 
 State per session (an uploaded photo or a picked latent): the encoder's w0 and deltas (or the
 codes), the photo and its alignment. A preview applies the delta scale and each slider's
-direction with exactly the functions `e4e edit` uses (`pipeline.rescale_codes`,
-`pipeline.resolve_direction(...).apply`, in slider order), decodes (a lock serialises the
+direction with exactly the functions `e4e edit` uses (`editing.rescale_codes`,
+`editing.resolve_direction(...).apply`, in slider order), decodes (a lock serialises the
 model), and returns a small PNG. A request that a newer one of the same session has
 overtaken before it reached the model is answered 409 without decoding, so dragging a
 slider never queues stale work. Uploads are size-limited and read with the same checks as
@@ -93,7 +93,7 @@ class Editor:
 
     def __init__(self, model, *, weights_dir=None, latents_dir: Optional[Path] = None, synthetic: bool = False,
                  directions_dir: Optional[Path] = None):
-        from ..jobs.invert import resolve_direction
+        from ..editing import resolve_direction
 
         self.model, self.synthetic = model, synthetic
         self.latents_dir = Path(latents_dir).resolve() if latents_dir else None
@@ -119,8 +119,8 @@ class Editor:
         """A slider for each direction file in the weights folder's directions/ and in
         `directions_dir` (`e4e ui --directions DIR`) that fits this checkpoint. Only plainly named
         files (SAFE_NAME) are offered: the name becomes the slider's id and label on the page."""
+        from ..editing import resolve_direction
         from ..jobs.directions import user_directions
-        from ..jobs.invert import resolve_direction
 
         for path in user_directions(weights_dir, directions_dir):
             if not SAFE_NAME.fullmatch(path.stem):
@@ -220,7 +220,7 @@ class Editor:
     def _pick_latent(self, path: Path) -> dict:
         import torch
 
-        from ..jobs.invert import load_latent_file
+        from ..editing import load_latent_file
 
         arr = load_latent_file(path)
         if arr.shape[0] != self.model.n_styles:
@@ -237,7 +237,7 @@ class Editor:
     def edited_codes(self, s: Session, strengths: dict, delta_scale: float):
         """The delta scale first (as `e4e edit --delta-scale`), then each slider's direction in the
         page's order, with `e4e edit`'s functions: [1,n,512]."""
-        from ..jobs.invert import check_delta_scale, rescale_codes
+        from ..editing import check_delta_scale, rescale_codes
 
         codes = s.codes
         a = check_delta_scale(float(delta_scale))
@@ -276,7 +276,7 @@ class Editor:
             with torch.inference_mode():
                 image = self.model.to_pil(self.model.decode(codes))[0]
         if paste_back and s.alignment is not None and s.photo is not None:
-            from ..jobs.pasteback import paste_face
+            from ..compositing import paste_face
 
             image = paste_face(s.photo, image, np.asarray(s.alignment["quad"]),
                                landmarks=np.asarray(s.alignment.get("landmarks")) if s.alignment.get("landmarks") else None)

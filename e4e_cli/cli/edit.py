@@ -1,0 +1,60 @@
+"""`e4e edit`: a thin wrapper over `jobs.edit` (heavy modules are imported inside, so `e4e --help` is fast)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import options
+
+
+def edit_command(
+    sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), or nothing: the last invert's latents."),
+    direction: str = typer.Option(..., "--direction", "-d", help="Preset (see `e4e directions`), a direction file, ganspace:COMP:START:END or sefa:K[:LAYERS]."),
+    strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="Edit strength; may repeat (default: the preset's)."),
+    sweep: Optional[str] = typer.Option(None, "--sweep", help="START:STOP:N: N strengths in one strip image and an animated GIF."),
+    out: Path = typer.Option(Path("e4e-out/edits"), "--out", help="Output folder."),
+    domain: Optional[str] = options.domain_option("ffhq, cars, horse or church (default: from the latent)."),
+    checkpoint: Optional[Path] = options.checkpoint_option(),
+    pca: Optional[Path] = typer.Option(None, "--pca", help="GANSpace PCA file for ganspace:COMP:START:END."),
+    device: str = options.device_option(),
+    precision: str = options.precision_option(),
+    batch_size: Optional[int] = options.batch_option(),
+    delta_scale: Optional[float] = typer.Option(None, "--delta-scale", help="Re-weight the per-layer deltas before editing (0 = pure W)."),
+    paste_back: bool = typer.Option(False, "--paste-back", help="Also paste each edited face back into the original photo."),
+    color_match: bool = typer.Option(False, "--color-match", help="With --paste-back: match the face's colour to the photo along the seam."),
+    paste_mask: str = typer.Option("hull", "--paste-mask", help="With --paste-back: hull (landmark outline) or ellipse."),
+    invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Where photos given as sources are inverted first."),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
+):
+    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
+    from ..editing import check_delta_scale, editing_strength, parse_sweep
+    from ..jobs.edit import EditJob, run_edit
+
+    options.check_domain(domain)
+    strengths = [editing_strength(s) for s in (strength or [])]
+    sweep_values = parse_sweep(sweep) if sweep else None
+    if delta_scale is not None:
+        check_delta_scale(delta_scale)
+    options.check_batch_size(batch_size)
+    job = EditJob(
+        sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
+        domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,
+        delta_scale=delta_scale, paste_back=paste_back, color_match=color_match, paste_mask=options.check_mask(paste_mask),
+        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir,
+    )
+    results = run_edit(job)
+    for r in results:
+        if r.status == "failed":
+            options.echo_error(f"{r.input}: {r.error}")
+    ok = [r for r in results if r.status == "ok"]
+    skipped = [r for r in results if r.status == "skipped"]
+    n_files = sum(len(r.files) for r in ok)
+    msg = f"{len(ok)} source(s) edited with {direction}: {n_files} files in {out}/"
+    if skipped:
+        msg += f"; {len(skipped)} already done (use --overwrite to redo)"
+    typer.echo(msg)
+    if any(r.status == "failed" for r in results):
+        raise typer.Exit(1)

@@ -1,0 +1,87 @@
+"""What several commands share: the --domain, --device, --precision, --batch-size and --weights-dir
+options, their checks, and the closing summary line of a batch.
+
+Options are made by functions (a fresh `typer.Option` per command). `--weights-dir` has no
+environment fallback here: `settings.weights_dir()` (E4E_WEIGHTS_DIR) is read where the folder
+is resolved (`weights.locate`), so the variable has one reader.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..compositing import MASK_KINDS
+from ..domains import NAMES as DOMAIN_NAMES
+from ..errors import E4EError
+
+DOMAIN_HELP = "ffhq, cars, horse or church (default: what --checkpoint records, else ffhq; an explicit one wins)."
+PRECISION_HELP = ("auto (default): bf16 where the CPU (AVX512-BF16/AMX) or GPU computes it natively, else fp32; "
+                  "or fp32 (the reference's numbers), bf16, fp16.")
+BATCH_HELP = "Images per forward pass (default: picked to keep memory low, e.g. 1 for 1024 fp32 on a CPU)."
+WEIGHTS_HELP = "Weights folder (default: $E4E_WEIGHTS_DIR, else weights/ of a source checkout, else ~/.cache/e4e)."
+CHECKPOINT_HELP = "e4e checkpoint (default: the domain's file in the weights folder)."
+
+
+def domain_option(help: str = DOMAIN_HELP):
+    return typer.Option(None, "--domain", help=help)
+
+
+def checkpoint_option():
+    return typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP)
+
+
+def device_option():
+    return typer.Option("auto", "--device", help="auto, cpu, cuda or mps.")
+
+
+def precision_option():
+    return typer.Option("auto", "--precision", help=PRECISION_HELP)
+
+
+def batch_option():
+    return typer.Option(None, "--batch-size", help=BATCH_HELP)
+
+
+def weights_dir_option():
+    return typer.Option(None, "--weights-dir", help=WEIGHTS_HELP)
+
+
+def check_domain(domain: Optional[str]) -> Optional[str]:
+    """A known domain, or None (not given)."""
+    if domain is not None and domain not in DOMAIN_NAMES:
+        raise E4EError(f"unknown domain {domain!r}: choose from {', '.join(DOMAIN_NAMES)}")
+    return domain
+
+
+def check_mask(mask: str) -> str:
+    if mask not in MASK_KINDS:
+        raise E4EError(f"--paste-mask must be {' or '.join(MASK_KINDS)}, got {mask!r}")
+    return mask
+
+
+def check_batch_size(batch_size: Optional[int]) -> Optional[int]:
+    if batch_size is not None and batch_size < 1:
+        raise E4EError(f"--batch-size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+def echo_error(message: str) -> None:
+    typer.echo(f"e4e: error: {message}", err=True)
+
+
+def print_results(results, out: Path, verb: str) -> None:
+    """One line per failed item on stderr, then one summary line."""
+    for r in results:
+        if r.status == "failed":
+            echo_error(f"{r.input}: {r.error}")
+    ok = sum(r.status == "ok" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    failed = sum(r.status == "failed" for r in results)
+    parts = [f"{ok} {verb}"]
+    if skipped:
+        parts.append(f"{skipped} already done (use --overwrite to redo)")
+    if failed:
+        parts.append(f"{failed} failed")
+    typer.echo(f"{', '.join(parts)}; results in {out}/ (summary.json lists every input)")

@@ -1,0 +1,111 @@
+"""The StyleGAN2 domains e4e was released for: every fact about a domain, in one table.
+
+A domain fixes the generator's output size (and so the number of style vectors), the encoder's
+input shape, the crop applied to decoded images (cars: the 3/4-height band of the square
+output, as the reference), which asset holds its e4e checkpoint and its GANSpace PCA file,
+the reference's `dataset_type` name, and the identity network its training uses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+from .errors import E4EError
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    size: int  # generator output side (px)
+    checkpoint_asset: str  # registry name of the released e4e checkpoint
+    dataset_type: str  # the reference's name (opts["dataset_type"] in checkpoints)
+    identity_loss: str  # "arcface" (faces) or "moco" (anything else)
+    aligned_faces: bool = False  # inputs are face photos aligned with dlib's landmarks
+    wide: bool = False  # 4:3 images: decoded rows cropped to the middle 3/4, encoder input 3/4 high
+    pca_asset: Optional[str] = None  # GANSpace components (registry name), where released
+
+    @property
+    def n_styles(self) -> int:
+        return n_styles_for(self.size)
+
+    def image_hw(self, side: Optional[int] = None) -> Tuple[int, int]:
+        """(height, width) of an image of this domain whose width is `side` (default: the output)."""
+        s = self.size if side is None else int(side)
+        return (s * 3 // 4, s) if self.wide else (s, s)
+
+    def crop_rows(self, side: Optional[int] = None) -> Tuple[int, int]:
+        """Rows [top, bottom) of the square generator output kept after the crop (cars 512: 64..448)."""
+        s = self.size if side is None else int(side)
+        h = self.image_hw(s)[0]
+        top = (s - h) // 2
+        return top, top + h
+
+
+DOMAINS: Dict[str, Domain] = {
+    d.name: d
+    for d in (
+        Domain("ffhq", 1024, "ffhq", "ffhq_encode", "arcface", aligned_faces=True, pca_asset="ffhq_pca"),
+        Domain("cars", 512, "cars", "cars_encode", "moco", wide=True, pca_asset="cars_pca"),
+        Domain("horse", 256, "horse", "horse_encode", "moco"),
+        Domain("church", 256, "church", "church_encode", "moco"),
+    )
+}
+
+NAMES: Tuple[str, ...] = tuple(DOMAINS)
+DEFAULT = "ffhq"
+
+
+def n_styles_for(size: int) -> int:
+    """Style vectors of a generator with output side `size`: 2*log2(size) - 2 (18 at 1024)."""
+    return 2 * int(math.log2(size)) - 2
+
+
+def get(name: str) -> Domain:
+    """The domain called `name`, or one E4EError listing the known ones."""
+    try:
+        return DOMAINS[name]
+    except KeyError:
+        raise E4EError(f"unknown domain {name!r}: choose from {', '.join(NAMES)}") from None
+
+
+def from_dataset_type(dataset_type: str) -> Optional[Domain]:
+    """`ffhq_encode` -> ffhq (None for an unknown or empty name)."""
+    for d in DOMAINS.values():
+        if d.dataset_type == dataset_type:
+            return d
+    return DOMAINS.get(str(dataset_type or "").split("_")[0])
+
+
+def guess_from_size(size: int) -> str:
+    """The released domain of a generator of this size when nothing else says (256: church)."""
+    return {1024: "ffhq", 512: "cars"}.get(int(size), "church")
+
+
+def guess_from_n_styles(n_styles: int) -> Optional[str]:
+    """A latent's domain from its number of style vectors (18 ffhq, 16 cars, 14 church/horse)."""
+    return {18: "ffhq", 16: "cars", 14: "church"}.get(int(n_styles))
+
+
+def aligns_faces(name: str) -> bool:
+    """Whether photos of this domain are face-aligned before encoding (False for unknown names)."""
+    d = DOMAINS.get(name)
+    return bool(d and d.aligned_faces)
+
+
+def image_hw(name: str, side: int) -> Tuple[int, int]:
+    """(height, width) of an image `side` wide in domain `name` (square for unknown names)."""
+    d = DOMAINS.get(name)
+    return d.image_hw(side) if d else (int(side), int(side))
+
+
+def crop_rows(name: str, side: int) -> Tuple[int, int]:
+    """Rows [top, bottom) kept of a square `side` image in domain `name` (all rows for unknown names)."""
+    d = DOMAINS.get(name)
+    return d.crop_rows(side) if d else (0, int(side))
+
+
+def identity_loss(name: str) -> str:
+    """The identity network training uses: "arcface" for faces, "moco" for anything else."""
+    d = DOMAINS.get(name)
+    return d.identity_loss if d else "moco"

@@ -1,0 +1,259 @@
+"""Edit latents: what `e4e edit` runs. Resolve the direction, gather the sources (inverting
+photos first), apply it at every strength, decode and write images, latents and records.
+
+Each output `<name>_<direction>_<strength>.png/.npy` has a `.json` record of what made it; a
+rerun skips outputs whose record matches and refuses to overwrite one made by another edit.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .. import domains, progress
+from ..editing import Direction, load_latent_file, rescale_codes, resolve_direction
+from ..errors import E4EError
+from ..fsutil import atomic_save_image, ensure_dir, slug
+from ..images import IMAGE_SUFFIXES
+from ..model import ModelOptions, load_model
+from .invert import InvertOptions, invert_inputs
+from .outputs import (DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, checkpoint_identity, expand_inputs, fmt_strength,
+                      item_error, save_gif, save_strip, unique_stems, write_json, write_npy, write_summary)
+
+@dataclass
+class Source:
+    """A latent to edit: codes [n,512], a name for outputs, and the invert folder it came from."""
+
+    name: str
+    codes: np.ndarray
+    origin: str
+    invert_dir: Optional[Path] = None
+
+
+def last_invert_sources(out: Path = DEFAULT_OUT) -> list[Path]:
+    """The latents of the last `e4e invert` into `out` (its summary.json)."""
+    summary = Path(out) / "summary.json"
+    if not summary.is_file():
+        raise E4EError(f"nothing to edit: no {summary} (run `e4e invert PHOTO` first, or name a photo or latent)")
+    try:
+        data = json.loads(summary.read_text())
+        items = [i for i in data.get("items", []) if i.get("status") in ("ok", "skipped") and i.get("outdir")]
+    except (ValueError, AttributeError):
+        raise E4EError(f"{summary} is not a valid summary file: run `e4e invert` again") from None
+    paths = [Path(i["outdir"]) / "latent.npy" for i in items]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        raise E4EError(f"the last invert into {out} produced no latents: run `e4e invert PHOTO` first")
+    return paths
+
+
+def domain_of_latent(path: Path, n_styles: int) -> Optional[str]:
+    meta = path.parent / "meta.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text()).get("domain")
+        except ValueError:
+            pass
+    return domains.guess_from_n_styles(n_styles)
+
+
+@dataclass
+class EditJob:
+    sources: list
+    direction: str
+    strengths: list
+    sweep: Optional[list]
+    out: Path
+    domain: Optional[str] = None
+    checkpoint: Optional[Path] = None
+    pca: Optional[Path] = None
+    device: str = "auto"
+    precision: Optional[str] = None
+    batch_size: Optional[int] = None  # None: the model's memory-safe default (E4E.default_batch_size)
+    delta_scale: Optional[float] = None
+    paste_back: bool = False
+    color_match: bool = False
+    paste_mask: str = "hull"
+    invert_out: Path = DEFAULT_OUT
+    overwrite: bool = False
+    weights_dir: Optional[Path] = None
+
+
+def _gather_sources(job: EditJob) -> tuple[list[tuple[Path, str]], list[ItemResult]]:
+    """(path, kind) per source: kind 'latent' or 'photo'; unreadable names become failures."""
+    if not job.sources:
+        return [(p, "latent") for p in last_invert_sources(DEFAULT_OUT)], []
+    items, failures = [], []
+    for p in expand_inputs(job.sources, (*IMAGE_SUFFIXES, *LATENT_SUFFIXES)):
+        suffix = p.suffix.lower()
+        if suffix in LATENT_SUFFIXES:
+            items.append((p, "latent"))
+        elif suffix in IMAGE_SUFFIXES or p.exists():
+            items.append((p, "photo"))
+        else:
+            failures.append(ItemResult(str(p), "failed", error="no such file"))
+    return items, failures
+
+
+def run_edit(job: EditJob) -> list[ItemResult]:
+    """Resolve sources (inverting photos first), apply the direction at every strength, write images + latents."""
+
+    items, results = _gather_sources(job)
+    strengths = job.sweep or job.strengths
+    # the domain decides the checkpoint: explicit, else the first latent's record, else ffhq
+    domain = job.domain
+    if domain is None:
+        for p, kind in items:
+            if kind == "latent" and p.is_file():
+                try:
+                    domain = domain_of_latent(p, load_latent_file(p).shape[0])
+                except E4EError:
+                    continue
+                break
+    domain = domain or "ffhq"
+    model = load_model(ModelOptions(domain=domain, checkpoint=job.checkpoint, device=job.device,
+                                    precision=job.precision, weights_dir=job.weights_dir))
+    direction = resolve_direction(job.direction, model, pca_file=job.pca, weights_dir=job.weights_dir)
+    if not strengths:
+        if direction.default_strength is None:
+            raise E4EError(f"direction {job.direction!r} has no default strength: pass --strength S or --sweep START:STOP:N")
+        strengths = [direction.default_strength]
+    out = ensure_dir(job.out)
+
+    sources: list[Source] = []
+    photos = [p for p, k in items if k == "photo"]
+    if photos:
+        inv = invert_inputs(photos, model, InvertOptions(out=job.invert_out, overwrite=job.overwrite,
+                                                          delta_scale=1.0, batch_size=job.batch_size))
+        for r in inv:
+            if r.status == "failed":
+                results.append(r)
+            else:
+                p = Path(r.outdir) / "latent.npy"
+                sources.append(Source(Path(r.input).stem, load_latent_file(p), r.input, Path(r.outdir)))
+    for p, kind in items:
+        if kind != "latent":
+            continue
+        try:
+            arr = load_latent_file(p)
+        except E4EError as exc:
+            results.append(ItemResult(str(p), "failed", error=str(exc)))
+            continue
+        name = p.parent.name if p.stem in ("latent",) else p.stem
+        sources.append(Source(name, arr, str(p), p.parent if (p.parent / "meta.json").is_file() else None))
+
+    strengths = list(dict.fromkeys(strengths, None)) if not job.sweep else strengths  # --strength 1 --strength 1.0: once
+    names = unique_stems([Path(s.name) for s in sources])
+    try:
+        for src, name in progress.iterate(list(zip(sources, names)), total=len(sources), desc="editing"):
+            try:
+                records = [edit_record(src, direction, s, job, model) for s in strengths]
+                done = _finished_edit_files(name, direction, strengths, records, job, out)
+                if done is not None:
+                    results.append(ItemResult(src.origin, "skipped", outdir=str(out), files=done))
+                    continue
+                files = _edit_one(src, name, model, direction, strengths, records, job, out)
+                results.append(ItemResult(src.origin, "ok", outdir=str(out), files=files))
+            except Exception as exc:  # noqa: BLE001  (see item_error)
+                results.append(ItemResult(src.origin, "failed", error=item_error(exc)))
+    finally:
+        write_summary(out, results, model, job)
+    return results
+
+
+def edit_record(src: "Source", direction: Direction, strength: float, job: "EditJob", model) -> dict:
+    """What produced an edit output, stored beside it as `<output>.json`: a rerun skips the output
+    only when this matches, so a file made with another direction file of the same name, another
+    PCA, checkpoint, precision or delta scale is never taken for done."""
+    import hashlib
+
+    return {
+        "direction": direction.identity or {"spec": direction.label},
+        "strength": float(strength),
+        "source": src.origin,
+        "source_sha256": hashlib.sha256(np.ascontiguousarray(src.codes, dtype=np.float32).tobytes()).hexdigest(),
+        "checkpoint": checkpoint_identity(model),
+        "precision": str(getattr(model, "precision", "")).replace("torch.", ""),
+        "delta_scale": job.delta_scale,
+    }
+
+
+def _finished_edit_files(name: str, direction: Direction, strengths: list, records: list, job: "EditJob",
+                         out: Path) -> Optional[dict]:
+    """The outputs of this edit if all are there and were made by the same edit (their `.json`
+    records match `records`); None when (some of) it is to be done. An output made by a different
+    edit is an E4EError (never overwritten silently) unless --overwrite."""
+    label = slug(direction.label)
+    paths, clashes = [], []
+    for s, rec in zip(strengths, records):
+        base = f"{name}_{label}_{fmt_strength(s)}"
+        outputs = [out / f"{base}.png", out / f"{base}.npy"]
+        paths += outputs
+        if any(p.is_file() for p in outputs):
+            have = _read_record(out / f"{base}.json")
+            if have != rec:
+                what = "no record of how it was made" if have is None else \
+                    "another " + ", ".join(k.replace("_", " ") for k in rec if have.get(k) != rec[k])
+                clashes.append(f"{outputs[0].name} ({what})")
+    if clashes and not job.overwrite:
+        raise E4EError(f"{out} already holds {clashes[0]}" + (f" and {len(clashes) - 1} more" if len(clashes) > 1 else "")
+                       + ": pass --overwrite to replace, or --out DIR")
+    if job.overwrite or job.paste_back:
+        return None
+    if job.sweep:
+        paths += [out / f"{name}_{label}_sweep.png", out / f"{name}_{label}_sweep.gif"]
+    if all(p.is_file() for p in paths):
+        return {p.name: str(p) for p in paths}
+    return None
+
+
+def _read_record(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _source_scale(src: Source) -> float:
+    if src.invert_dir is not None:
+        try:
+            return float(json.loads((src.invert_dir / "meta.json").read_text()).get("delta_scale", 1.0))
+        except (ValueError, OSError):
+            pass
+    return 1.0
+
+
+def _edit_one(src: Source, name: str, model, direction: Direction, strengths: list, records: list, job: EditJob,
+              out: Path) -> dict:
+    import torch
+
+    if src.codes.shape[0] != model.n_styles:
+        raise E4EError(f"latent has {src.codes.shape[0]} layers; the {model.domain} checkpoint needs {model.n_styles}")
+    codes = torch.from_numpy(src.codes)[None].to(model.device)
+    if job.delta_scale is not None:
+        codes = rescale_codes(codes, model.latent_avg, from_scale=_source_scale(src), to_scale=job.delta_scale)
+    edited = torch.cat([direction.apply(codes, s) for s in strengths])  # [S,n,512]
+    frames = []
+    files: dict = {}
+    step = job.batch_size or model.default_batch_size()
+    for start in range(0, len(strengths), step):
+        chunk = edited[start : start + step]
+        frames += model.to_pil(model.decode(chunk))
+    for s, codes_s, frame, rec in zip(strengths, edited, frames, records):
+        base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"
+        files[f"{base}.png"] = str(atomic_save_image(frame, out / f"{base}.png"))
+        files[f"{base}.npy"] = str(write_npy(out / f"{base}.npy", codes_s.detach().float().cpu().numpy()))
+        files[f"{base}.json"] = str(write_json(out / f"{base}.json", rec))  # last: marks the output done
+    if job.sweep:
+        base = f"{name}_{slug(direction.label)}_sweep"
+        files[f"{base}.png"] = str(save_strip(frames, out / f"{base}.png"))
+        files[f"{base}.gif"] = str(save_gif(frames, out / f"{base}.gif"))
+    if job.paste_back:
+        from .pasteback import paste_back_edits
+
+        files.update(paste_back_edits(src, name, direction.label, strengths, frames, out, sweep=bool(job.sweep),
+                                      color_match=job.color_match, mask=job.paste_mask))
+    return files

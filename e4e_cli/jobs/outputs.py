@@ -1,0 +1,139 @@
+"""What every job writes: atomic JSON/NumPy/PyTorch files, output names, summary.json, strips and GIFs.
+
+Every file is written to a temporary name and renamed (`fsutil.atomic_write`), so an
+interrupted run never leaves a half-written output under its final name.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .. import settings
+from ..errors import E4EError
+from ..fsutil import atomic_save_image, atomic_write, unique_names
+from ..images import IMAGE_SUFFIXES
+
+LATENT_SUFFIXES = (".npy", ".pt")
+DEFAULT_OUT = Path("e4e-out")
+
+
+def write_json(path: Path, data) -> Path:
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+
+
+def write_npy(path: Path, array: np.ndarray) -> Path:
+    return atomic_write(path, lambda fh: np.save(fh, np.ascontiguousarray(array), allow_pickle=False))
+
+
+def write_pt(path: Path, tensor) -> Path:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(tensor.detach().cpu().contiguous(), buf)
+    return atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+
+
+def expand_inputs(inputs: Sequence[Path], suffixes=IMAGE_SUFFIXES) -> list[Path]:
+    """Files as given; folders expanded to their files with `suffixes` (sorted). Missing paths are
+    kept so that they get reported per item."""
+    out: list[Path] = []
+    for p in inputs:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes and not q.name.startswith("."))
+            if not found:
+                raise E4EError(f"folder {p} holds no {'/'.join(sorted(s.lstrip('.') for s in suffixes))} files")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output folder names: each file's stem (characters a folder name should not hold replaced),
+    unique for any set of inputs (`fsutil.unique_names`), so two inputs never share a folder."""
+    return unique_names([re.sub(r"[^\w.+-]", "_", Path(p).stem) or "image" for p in paths])
+
+
+def fmt_strength(s: float) -> str:
+    """A strength as a file-name part: +3, -1p5; up to 10 significant digits, so two strengths
+    of one run never share a name (`:g`'s 6 digits made +1 of both 1 and 1.000001)."""
+    return f"{s:+.10g}".replace(".", "p")
+
+
+@dataclass
+class ItemResult:
+    input: str
+    status: str  # "ok" | "skipped" | "failed"
+    outdir: Optional[str] = None
+    error: Optional[str] = None
+    files: dict = field(default_factory=dict)
+
+
+def item_error(exc: BaseException) -> str:
+    """One line for a failed item of a batch. An E4EError is the user's problem and says so; anything
+    else is a bug or the system's (out of memory, a full disk) and is named with its type, so the
+    batch goes on and summary.json records it (E4E_DEBUG=1 re-raises it with its traceback)."""
+    if isinstance(exc, E4EError):
+        return str(exc)
+    if settings.debug():
+        raise exc
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if getattr(exc, "filename", None) else "")
+    return f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def write_summary(out: Path, results: Sequence[ItemResult], model, opts) -> Path:
+    data = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "checkpoint": getattr(model, "path", None),
+        "domain": model.domain,
+        "delta_scale": getattr(opts, "delta_scale", 1.0),
+        "counts": {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")},
+        "items": [r.__dict__ for r in results],
+    }
+    return write_json(Path(out) / "summary.json", data)
+
+
+def checkpoint_identity(model) -> dict:
+    """Which checkpoint made an output: its content's SHA-256 (with its file name, for people), so
+    two files of the same name, size and mtime are never taken for one (`digests` hashes each file
+    version once); its domain and size for an in-memory model."""
+    from ..digests import content_sha256
+
+    path = getattr(model, "path", None)
+    if path and Path(path).is_file():
+        return {"file": Path(path).name, "sha256": content_sha256(path), "domain": model.domain}
+    return {"domain": model.domain, "size": model.size}
+
+
+def save_strip(frames, path: Path, height: int = 256) -> Path:
+    """Frames side by side, each scaled to `height` pixels."""
+    from PIL import Image
+
+    scaled = [f.resize((max(1, round(f.width * height / f.height)), height), Image.LANCZOS) for f in frames]
+    strip = Image.new("RGB", (sum(f.width for f in scaled), height))
+    x = 0
+    for f in scaled:
+        strip.paste(f, (x, 0))
+        x += f.width
+    return atomic_save_image(strip, path)
+
+
+def save_gif(frames, path: Path, max_side: int = 512, ms: int = 120) -> Path:
+    """An animated GIF that plays the sweep forwards and back."""
+    from PIL import Image
+
+    scale = min(1.0, max_side / max(frames[0].size))
+    size = (max(1, round(frames[0].width * scale)), max(1, round(frames[0].height * scale)))
+    small = [f.resize(size, Image.LANCZOS) for f in frames]
+    seq = small + small[-2:0:-1]
+    return atomic_write(path, lambda fh: seq[0].save(fh, format="GIF", save_all=True, append_images=seq[1:], duration=ms, loop=0))

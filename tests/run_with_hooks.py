@@ -1,0 +1,57 @@
+"""Run the `e4e` command line with test hooks that shipped code does not carry.
+
+    python tests/run_with_hooks.py [--kill-after-shards N] [--dump-params DIR] -- e4e ARGS...
+
+--kill-after-shards N: after the N-th dataset shard is written the process dies at once
+  (os._exit(3)), as a killed run would: no index, no clean-up.
+--dump-params DIR: `e4e train` saves every rank's encoder parameters before and after the run
+  as DIR/rank{R}_start.pt and DIR/rank{R}.pt (the hook `train.coach.run(on_params=...)`).
+Runs under torchrun as well (`torchrun ... tests/run_with_hooks.py ...`).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--kill-after-shards", type=int, default=0)
+    parser.add_argument("--dump-params", type=Path, default=None)
+    hooks = parser.parse_args(argv[:cut])
+    e4e_args = argv[cut + 1:]
+
+    if hooks.kill_after_shards:
+        from e4e_cli.jobs import dataset
+
+        real, written = dataset.write_shard, [0]
+
+        def write_then_maybe_die(*args, **kwargs):
+            real(*args, **kwargs)
+            written[0] += 1
+            if written[0] >= hooks.kill_after_shards:
+                os._exit(3)
+
+        dataset.write_shard = write_then_maybe_die
+    if hooks.dump_params is not None:
+        import torch
+
+        from e4e_cli.train import coach
+
+        def dump(tag: str, rank: int, params: dict) -> None:
+            torch.save(params, hooks.dump_params / f"rank{rank}{tag}.pt")
+
+        coach.run = functools.partial(coach.run, on_params=dump)
+
+    from e4e_cli.cli.app import main as e4e_main
+
+    return e4e_main(e4e_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
