@@ -370,6 +370,10 @@ def test_pca_is_deterministic_with_its_seed_and_refuses_bad_generators(tmp_path,
     one_line_error(cli(capsys, "directions", "pca", "--generator", gpath, "--components", 33, "--samples", 100,
                        "--out", tmp_path / "k.pt"), "--components", "1..32")
     one_line_error(cli(capsys, "directions", "pca", "--generator", gpath, "--out", tmp_path / "x.npy"), ".pt")
+    flat, _ = tiny_generator_file(tmp_path / "flat.pt", style_dim=32, scale_mapping=1.0)  # as the synthetic checkpoints
+    code, _, err = cli(capsys, "directions", "pca", "--generator", flat, "--samples", 500, "--components", 2,
+                       "--out", tmp_path / "flat_pca.pt", "--device", "cpu")
+    assert code == 0 and "e4e: note:" in err and "nearly the same w" in err, err
     assert not (tmp_path / "h.pt").exists() and not (tmp_path / "e.pt").exists() and not (tmp_path / "k.pt").exists()
 
 

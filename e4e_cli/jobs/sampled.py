@@ -100,6 +100,11 @@ def pca_of_mapping(generator, *, samples: int, components: int, seed: int, devic
             stream.update(w)
             pbar.update(len(z))
     comp, std, mean = stream.components(components)
+    if not std[0] > 1e-3:  # a trained W spreads far more; the synthetic checkpoints: 1e-11
+        import warnings
+
+        warnings.warn(f"the mapping network sends every z to nearly the same w (largest std {std[0]:.1e}): "
+                      "its components are noise, and GANSpace edits with them will be erratic", stacklevel=2)
     return {"comp": torch.from_numpy(comp).float().reshape(components, 1, dim),
             "mean": torch.from_numpy(mean).float().reshape(1, dim),
             "std": torch.from_numpy(std).float()}
