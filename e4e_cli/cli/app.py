@@ -34,7 +34,8 @@ def _register() -> None:
     app.command("align")(align.align_command)
     app.command("invert")(invert.invert_command)
     app.command("edit")(edit.edit_command)
-    app.command("directions")(directions.directions_command)
+    if not any(g.typer_instance is directions.app for g in app.registered_groups):  # main() may run many times
+        app.add_typer(directions.app, name="directions")
     app.command("evaluate")(evaluate.evaluate_command)
     app.command("train")(train.train_command)
     app.command("invert-dataset")(dataset.invert_dataset_command)

@@ -17,6 +17,7 @@ def ui_command(
     port: int = typer.Option(7860, "--port"),
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser."),
     latents: Optional[Path] = typer.Option(None, "--latents", help="An `e4e invert` output folder whose latents the page may open."),
+    directions: Optional[Path] = typer.Option(None, "--directions", help="A folder of direction files (.npy/.pt) that get sliders, besides the weights folder's directions/."),
     precision: str = options.precision_option(),
     device: str = options.device_option(),
     weights_dir: Optional[Path] = options.weights_dir_option(),
@@ -45,9 +46,12 @@ def ui_command(
         raise E4EError(f"port {port} on {host} is in use (another e4e ui?): choose another with --port")
     if latents is not None and not latents.is_dir():
         raise E4EError(f"--latents {latents} is not a folder")
+    if directions is not None and not directions.is_dir():
+        raise E4EError(f"--directions {directions} is not a folder")
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                     weights_dir=weights_dir))
-    editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model))
+    editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model),
+                    directions_dir=directions)
     url = page_url(host, port, token)
     typer.echo(f"e4e ui: {url} ({model.domain}, {model.size}px; Ctrl-C stops it)")
     if not no_browser:

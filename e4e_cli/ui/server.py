@@ -46,6 +46,7 @@ N_SEFA = 5
 STATIC = Path(__file__).with_name("static")
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 TOKEN_CHARS = re.compile(r"[A-Za-z0-9._~-]{16,}")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")  # own direction files offered as sliders
 
 
 class Busy(E4EError):
@@ -90,7 +91,8 @@ def _data_url(png: bytes) -> str:
 class Editor:
     """The model, its directions and the sessions; no web code here (tests drive it directly)."""
 
-    def __init__(self, model, *, weights_dir=None, latents_dir: Optional[Path] = None, synthetic: bool = False):
+    def __init__(self, model, *, weights_dir=None, latents_dir: Optional[Path] = None, synthetic: bool = False,
+                 directions_dir: Optional[Path] = None):
         from ..editing import resolve_direction
 
         self.model, self.synthetic = model, synthetic
@@ -111,6 +113,26 @@ class Editor:
                 continue  # its file is not downloaded
             lo, hi = (-5.0, 5.0) if d.kind != "ganspace" else (-30.0, 30.0)
             self.directions[spec.replace(":", "-")] = (spec, d, lo, hi)
+        self._add_own_directions(weights_dir, directions_dir)
+
+    def _add_own_directions(self, weights_dir, directions_dir: Optional[Path]) -> None:
+        """A slider for each direction file in the weights folder's directions/ and in
+        `directions_dir` (`e4e ui --directions DIR`) that fits this checkpoint. Only plainly named
+        files (SAFE_NAME) are offered: the name becomes the slider's id and label on the page."""
+        from ..editing import resolve_direction
+        from ..jobs.directions import user_directions
+
+        for path in user_directions(weights_dir, directions_dir):
+            if not SAFE_NAME.fullmatch(path.stem):
+                continue
+            key = f"file-{path.stem}"
+            if key in self.directions:
+                continue  # the weights folder's file wins over a namesake in --directions
+            try:
+                d = resolve_direction(str(path), self.model)
+            except E4EError:
+                continue  # made for another checkpoint (other layers) or unreadable
+            self.directions[key] = (path.stem, d, -5.0, 5.0)
 
     # ---- facts for the page ---------------------------------------------------------------
 
