@@ -26,16 +26,17 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    # Each command lives in its own module (one concern per module); registering them here
-    # keeps `cli.py` the single place that lists the commands.
+    """Attach every command (once per process): each lives in its own module, and this is the one
+    place that lists them."""
+    if app.registered_commands:
+        return
     from . import align, dataset, directions, download, edit, evaluate, invert, train, ui
 
     app.command("download-weights")(download.download_weights_command)
     app.command("align")(align.align_command)
     app.command("invert")(invert.invert_command)
     app.command("edit")(edit.edit_command)
-    if not any(g.typer_instance is directions.app for g in app.registered_groups):  # main() may run many times
-        app.add_typer(directions.app, name="directions")
+    app.add_typer(directions.app, name="directions")
     app.command("evaluate")(evaluate.evaluate_command)
     app.command("train")(train.train_command)
     app.command("invert-dataset")(dataset.invert_dataset_command)
