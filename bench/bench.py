@@ -322,7 +322,7 @@ def startup() -> dict:
         subprocess.run(cmd, capture_output=True, cwd=str(ROOT))
         best = min(best, time.perf_counter() - t0)
     heavy = subprocess.run(
-        [PY, "-c", "import sys; from e4e_cli.cli import app as cli; cli._register(); "
+        [PY, "-c", "import sys; from e4e_cli.cli.app import _register; _register(); "
                    "print(','.join(m for m in ('torch','numpy','PIL') if m in sys.modules))"],
         capture_output=True, text=True, cwd=str(ROOT)).stdout.strip()
     return {"what": what, "best_of_5_s": best, "heavy_modules_imported_by_cli": heavy or "none"}

@@ -510,7 +510,7 @@ def test_physical_cores_and_thread_override():
 
 def test_cli_help_imports_no_heavy_modules():
     """`e4e --help` must start fast: no torch, numpy or PIL at import of the CLI and its commands."""
-    code = ("import sys; from e4e_cli.cli import app as cli; cli._register(); "
+    code = ("import sys; from e4e_cli.cli.app import _register; _register(); "
             "print(','.join(m for m in ('torch', 'numpy', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
