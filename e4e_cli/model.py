@@ -26,17 +26,24 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-# first: it sets up torch's CPU allocator, which must happen before torch is imported
-from .nn.runtime import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: F401
+from .nn import runtime
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
+# The library's start: torch's CPU allocator is set up (runtime.tune_process) before torch is
+# imported, as the CLI's main does; a no-op when that has happened already.
+runtime.tune_process()
 
-from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
-from .errors import E4EError
-from .nn.networks import Encoder4Editing, Generator
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from . import settings  # noqa: E402
+from .checkpoint import CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict  # noqa: E402
+from .errors import E4EError  # noqa: E402
+from .nn.networks import Encoder4Editing, Generator  # noqa: E402
+from .nn.runtime import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: E402,F401
+
+runtime.tune_process()  # torch is imported now: notes its thread count (see configure_threads)
 
 _HeapReuse = HeapReuse  # the name tests and older callers use
 
@@ -194,7 +201,7 @@ class E4E:
                        "it is emulated and several times slower than fp32 (--precision auto picks fp32 here)")
         model = cls(encoder, generator, latent_avg.to(dev), info, device=dev, impl=impl,
                     precision=prec, path=str(path))
-        if dev.type == "cuda" and os.environ.get("E4E_COMPILE", "") not in ("", "0"):
+        if dev.type == "cuda" and settings.compile_on_cuda():
             model.compile()
         if mmap and dev.type == "cpu":
             model._mmap_path = str(path)
