@@ -158,21 +158,21 @@ def test_conv3x3_auto_takes_winograd_only_where_it_can_run_and_pays(monkeypatch)
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", lambda *a: calls.append(a[0].shape) or real(*a))
     big, small = torch.randn(1, 8, 16, 16), torch.randn(1, 8, 6, 6)
     w = torch.randn(8, 8, 3, 3)
-    monkeypatch.setattr(ops, "WINOGRAD_MIN_CHANNELS", 8)
-    monkeypatch.setattr(ops, "WINOGRAD_MIN_SIDE", 16)
+    th = {"min_channels": 8, "min_side": 16}
     with torch.no_grad():
-        ops.conv3x3(big, w)  # pays: Winograd
-        ops.conv3x3(small, w)  # too small: direct
-        ops.conv3x3(big, w, impl="direct")
-        ops.conv3x3(big.double(), w.double())  # float64: direct
-        ops.conv3x3(big.bfloat16(), w.bfloat16())  # reduced precision: direct
+        ops.conv3x3(big, w, **th)  # pays: Winograd
+        ops.conv3x3(small, w, **th)  # too small: direct
+        ops.conv3x3(big, w)  # the default thresholds (128 or 256 channels, 64 pixels): direct
+        ops.conv3x3(big, w, impl="direct", **th)
+        ops.conv3x3(big.double(), w.double(), **th)  # float64: direct
+        ops.conv3x3(big.bfloat16(), w.bfloat16(), **th)  # reduced precision: direct
     assert calls == [big.shape]
     monkeypatch.setenv("E4E_WINOGRAD", "0")  # the off switch
     with torch.no_grad():
-        ops.conv3x3(big, w)
+        ops.conv3x3(big, w, **th)
     assert calls == [big.shape]
     monkeypatch.delenv("E4E_WINOGRAD")
-    y = ops.conv3x3(big, w.clone().requires_grad_())  # gradients wanted: direct, and they flow
+    y = ops.conv3x3(big, w.clone().requires_grad_(), **th)  # gradients wanted: direct, and they flow
     assert y.requires_grad and len(calls) == 1
     with pytest.warns(UserWarning, match="cannot run here"):
         with torch.no_grad():

@@ -16,12 +16,14 @@ tests/test_fastpaths.py.
 """
 from __future__ import annotations
 
+import contextvars
 import math
-import os
 import warnings
 
 import torch
 import torch.nn.functional as F
+
+from .. import settings
 
 IMPLS = ("ref", "fast")
 LRELU_GAIN = math.sqrt(2.0)
@@ -65,30 +67,38 @@ def upfirdn2d(x, kernel, *, up: int = 1, down: int = 1, pad=(0, 0), impl: str = 
 # every channel becomes its own single-channel image in the batch ([N*C,1,H,W]) and one
 # [1,1,kh,kw] kernel filters them all. Same numbers (tests check), but PyTorch's CPU backend
 # runs the second about ten times slower at 1024; bench/bench.py times the reference's way of
-# computing with it. Set for a block of code with `reference_fir_layout`.
-_FIR_LAYOUT = {"value": "depthwise"}
+# computing with it (E4E's FastOptions.fir_layout). Set for a block of code with
+# `reference_fir_layout`: a context variable, so each thread (and asyncio task) has its own.
+FIR_LAYOUTS = ("depthwise", "per_channel")
+_FIR_LAYOUT: contextvars.ContextVar[str] = contextvars.ContextVar("e4e_reference_fir_layout", default="depthwise")
+
+
+def current_fir_layout() -> str:
+    """The reference FIR layout in force here (this thread's or task's)."""
+    return _FIR_LAYOUT.get()
 
 
 class reference_fir_layout:
-    """Context manager: `with reference_fir_layout("per_channel"): ...` (not thread-safe)."""
+    """Context manager: `with reference_fir_layout("per_channel"): ...`; thread-safe (it sets a
+    context variable, seen only by the code it wraps in this thread)."""
 
     def __init__(self, layout: str):
-        if layout not in ("depthwise", "per_channel"):
+        if layout not in FIR_LAYOUTS:
             raise ValueError(f"FIR layout must be depthwise or per_channel, got {layout!r}")
         self.layout = layout
+        self._tokens: list = []
 
     def __enter__(self):
-        self.saved = _FIR_LAYOUT["value"]
-        _FIR_LAYOUT["value"] = self.layout
+        self._tokens.append(_FIR_LAYOUT.set(self.layout))
         return self
 
     def __exit__(self, *exc):
-        _FIR_LAYOUT["value"] = self.saved
+        _FIR_LAYOUT.reset(self._tokens.pop())
         return False
 
 
 def _upfirdn2d_ref(x, kernel, up, down, p0, p1):
-    if _FIR_LAYOUT["value"] == "per_channel":
+    if _FIR_LAYOUT.get() == "per_channel":
         return _upfirdn2d_per_channel(x, kernel, up, down, p0, p1)
     n, c, h, w = x.shape
     if up > 1:  # each sample followed by up-1 zeros: [N,C,H,1,W,1] -> [N,C,H*up,W*up]
@@ -390,14 +400,12 @@ def relayout(x, memory_format):
 # from 128 channels: 120 -> 77 ms with the layout changes at 128 x 256x256.
 
 CONV3X3_IMPLS = ("auto", "direct", "winograd")
-_WINOGRAD_OK: dict = {}
-WINOGRAD_MIN_CHANNELS = None  # "auto": both channel counts at least this (None: by the CPU, see above)
-WINOGRAD_MIN_SIDE = 64  # "auto": both image sides at least this
+_WINOGRAD_OK: dict = {}  # a fact about this PyTorch build, checked once
 
 
 def winograd_min_channels() -> int:
-    if WINOGRAD_MIN_CHANNELS is not None:
-        return WINOGRAD_MIN_CHANNELS
+    """The channel threshold of conv3x3's "auto" on this CPU (see above): 256, or 128 where
+    ATen's kernels are at most AVX2."""
     try:
         wide = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
     except (AttributeError, RuntimeError):
@@ -430,18 +438,22 @@ def _winograd_can_run(x, weight) -> bool:
             and not torch.is_grad_enabled() and winograd_available())
 
 
-def _winograd_pays(x, weight) -> bool:
-    return min(weight.shape[0], weight.shape[1]) >= winograd_min_channels() and min(x.shape[2], x.shape[3]) >= WINOGRAD_MIN_SIDE
+def _winograd_pays(x, weight, min_channels, min_side) -> bool:
+    min_channels = winograd_min_channels() if min_channels is None else min_channels
+    return min(weight.shape[0], weight.shape[1]) >= min_channels and min(x.shape[2], x.shape[3]) >= min_side
 
 
-def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto"):
+def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto", min_channels: int | None = None,
+            min_side: int = 64):
     """conv2d(x, weight, bias, padding=1) + addend, for x [N,I,H,W], weight [O,I,3,3], bias [O],
     `addend` broadcastable to [N,O,H,W] (the generator's noise). The result has x's layout
     (channels-last in, channels-last out).
 
     impl: "direct" (PyTorch's convolution: oneDNN on CPUs); "winograd" (NNPACK; float32 CPU
     inference only, falls back to direct with a warning elsewhere); "auto": Winograd where it
-    can run and pays by the table above, else direct (E4E_WINOGRAD=0: always direct).
+    can run and pays, else direct (E4E_WINOGRAD=0: always direct). It pays where both channel
+    counts are at least `min_channels` (None: `winograd_min_channels()`, by the CPU) and both
+    image sides at least `min_side`.
     """
     _check_nchw(x, "conv3x3")
     if tuple(weight.shape[2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
@@ -456,7 +468,7 @@ def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto"):
             warnings.warn("conv3x3: Winograd (NNPACK) cannot run here (it needs float32 CPU inference and "
                           "NNPACK in PyTorch), using direct", stacklevel=2)
     elif impl == "auto":
-        winograd = _winograd_pays(x, weight) and _winograd_can_run(x, weight) and os.environ.get("E4E_WINOGRAD", "1") != "0"
+        winograd = _winograd_pays(x, weight, min_channels, min_side) and _winograd_can_run(x, weight) and settings.winograd()
     if not winograd:
         y = F.conv2d(x, weight, bias, padding=1)
         return y if addend is None else y.add_(addend)
