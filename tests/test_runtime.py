@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from e4e_cli import model as model_mod
-from e4e_cli.nn import runtime
+from e4e_cli.nn import fast_generator, runtime
+from e4e_cli.nn.engine import Plans
 from e4e_cli.model import resolve_precision
 
 from conftest import assert_one_line_error, run_e4e, synthetic_checkpoint
@@ -99,10 +100,11 @@ def test_up_sampling_is_fused_in_reduced_precision_only_with_a_matrix_engine(fla
     assert runtime.matrix_engine() is engine
     g = tiny_generator(size=64)
     codes = torch.randn(1, g.n_styles, 16)
+    plans = Plans()
     with torch.no_grad():
-        g.synthesize(codes, impl="fast", dtype=torch.bfloat16)
-        g.synthesize(codes, impl="fast")  # float32: never fused
-    up_modes = sorted(key[2] for key in g._fast_plans)
+        fast_generator.synthesize(g, codes, dtype=torch.bfloat16, plans=plans)
+        fast_generator.synthesize(g, codes, plans=plans)  # float32: never fused
+    up_modes = sorted(key[2] for key in plans.of(g))
     assert up_modes == (["polyphase", "transpose"] if engine else ["transpose"])
     monkeypatch.setenv("E4E_MATRIX_ENGINE", "1" if not engine else "0")  # the override
     assert runtime.matrix_engine() is (not engine)

@@ -8,7 +8,7 @@ reference with a warning, never a crash.
 Shapes: `[NCHW]` activations, `[B,S]` styles (one scale per input channel), `[O,I,kh,kw]`
 convolution weights.
 
-Below the two ops are the building blocks of the generator's fast path (networks.py): the
+Below the two ops are the building blocks of the generator's fast path (fast_generator.py): the
 blur with its bias, demodulation from precomputed squared weights, the polyphase kernel that
 fuses transposed conv + blur, the pixel shuffle fused with the noise add, and oneDNN's fused
 convolution + leaky ReLU (with a plain fallback). Each is checked against the reference in
@@ -245,7 +245,7 @@ def blur2d(x, kernel, *, bias=None):
 
 
 # --------------------------------------------------------------------------------------
-# Building blocks of the fast generator (networks.Generator's fast path).
+# Building blocks of the fast generator (fast_generator.py).
 
 
 def demod_from_wsq(wsq, styles, eps: float = 1e-8):
@@ -303,16 +303,16 @@ def phase_shuffle_add(y, other, extra=None):
     return out
 
 
-_FUSED_LRELU: dict = {}
+_FUSED_LRELU_OK: dict = {}  # a fact about this PyTorch build, per dtype
 
 
-def _fused_conv_lrelu_ok(x, w) -> bool:
+def fused_conv_lrelu_ok(x, w) -> bool:
     """Whether oneDNN's fused convolution + leaky ReLU (torch.ops.mkldnn._convolution_pointwise,
     the op torch.compile's CPU backend uses) is usable here; checked once per dtype on a tiny input."""
     if x.device.type != "cpu" or torch.is_grad_enabled() or w.dtype != x.dtype:
         return False
     key = x.dtype
-    ok = _FUSED_LRELU.get(key)
+    ok = _FUSED_LRELU_OK.get(key)
     if ok is None:
         ok = False
         try:
@@ -327,14 +327,15 @@ def _fused_conv_lrelu_ok(x, w) -> bool:
                 ok = bool(torch.allclose(got.float(), want, atol=0.1, rtol=0.02))
         except (AttributeError, RuntimeError, NotImplementedError):
             ok = False
-        _FUSED_LRELU[key] = ok
+        _FUSED_LRELU_OK[key] = ok
     return ok
 
 
-def conv2d_lrelu(x, weight, bias, *, padding: int, slope: float = 0.2):
+def conv2d_lrelu(x, weight, bias, *, padding: int, slope: float = 0.2, fused: bool = True):
     """leaky_relu(conv2d(x, weight, bias, padding), slope): one oneDNN call with the activation
-    fused where available (saves two passes over the output), else conv then in-place lrelu."""
-    if _fused_conv_lrelu_ok(x, weight):
+    fused where available and `fused` (saves two passes over the output), else conv then
+    in-place lrelu."""
+    if fused and fused_conv_lrelu_ok(x, weight):
         b = None if bias is None else bias.to(x.dtype)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, b, [padding, padding], [1, 1], [1, 1], 1, "leaky_relu", [slope], "")
