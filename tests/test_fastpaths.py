@@ -479,7 +479,11 @@ def test_models_with_other_options_in_two_threads_do_not_affect_each_other():
         "ref": model(impl="ref", fast_options=FastOptions(fir_layout="per_channel")),
     }
     codes = torch.randn(2, 10, 16)
-    alone = {k: m.decode(codes) for k, m in models.items()}
+    alone = {}
+    for k, m in models.items():  # one at a time, each in a thread of its own as below (same thread settings)
+        t = threading.Thread(target=lambda k=k, m=m: alone.__setitem__(k, m.decode(codes)))
+        t.start()
+        t.join(60)
     assert not torch.equal(alone["a"], alone["b"])  # the options really change the numbers
     assert not torch.equal(alone["a"], alone["ref"]) and not torch.equal(alone["b"], alone["ref"])
     start = threading.Barrier(len(models))
