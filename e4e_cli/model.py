@@ -239,7 +239,7 @@ class E4E:
 
     def _engine(self, impl: str | None) -> str:
         """The path for this call, "fast" or "ref" (an unknown impl warns and runs the reference)."""
-        return ops._check_impl(impl or self.impl, "E4E")
+        return ops.check_impl(impl or self.impl, "E4E")
 
     # ---- memory ---------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ IMPLS = ("ref", "fast")
 LRELU_GAIN = math.sqrt(2.0)
 
 
-def _check_impl(impl: str, op: str) -> str:
+def check_impl(impl: str, op: str) -> str:
+    """`impl` when it is one of IMPLS, else "ref" with a warning naming `op`."""
     if impl not in IMPLS:
         warnings.warn(f"{op}: unknown impl {impl!r}, using the reference path", stacklevel=3)
         return "ref"
@@ -55,7 +56,7 @@ def upfirdn2d(x, kernel, *, up: int = 1, down: int = 1, pad=(0, 0), impl: str = 
         raise ValueError(f"upfirdn2d: kernel must be 2-D, got {tuple(kernel.shape)}")
     if up < 1 or down < 1:
         raise ValueError(f"upfirdn2d: up and down must be >= 1, got {up}, {down}")
-    impl = _check_impl(impl, "upfirdn2d")
+    impl = check_impl(impl, "upfirdn2d")
     p0, p1 = int(pad[0]), int(pad[1])
     if impl == "fast" and down == 1 and up == 2 and kernel.shape[0] == kernel.shape[1] == 4 and (p0, p1) == (2, 1):
         return _upsample2x_fir_fast(x, kernel)
@@ -183,7 +184,7 @@ def modulated_conv2d(
         )
     if up and blur_kernel is None:
         raise ValueError("modulated_conv2d: up=True needs blur_kernel")
-    impl = _check_impl(impl, "modulated_conv2d")
+    impl = check_impl(impl, "modulated_conv2d")
     if impl == "fast":
         return _modconv_fast(x, weight, styles, demodulate, up, blur_kernel)
     return _modconv_ref(x, weight, styles, demodulate, up, blur_kernel)
