@@ -115,7 +115,7 @@ def count_flops(model, torch, x, codes) -> tuple[float, float]:
 # speed
 
 
-# (impl, precision, reference FIR layout): see e4e_cli.nn.ops.reference_fir_layout
+# (impl, precision, reference FIR layout): see FastOptions.fir_layout (e4e_cli.nn.engine)
 REFERENCE_WAY = ("ref", "fp32", "per_channel")
 PATH_NAMES = {
     REFERENCE_WAY: "reference's way",
@@ -133,28 +133,30 @@ def time_rounds(model, torch, x, configs, rounds: int) -> list[dict]:
     each), so a slow spell of this shared machine hits them alike and the ratios between
     them stay fair; timed one after the other they drifted by up to 10%.
     """
-    from e4e_cli.nn import ops
-
     b = x.shape[0]
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     samples = {c: {"invert": [], "edit": [], "encode": []} for c in configs}
     codes = {}
+    saved = model.fast_options
 
     def use(c):
         model.impl, model.precision = c[0], dtypes[c[1]]
-        return ops.reference_fir_layout(c[2])
+        model.fast_options = saved.replace(fir_layout=c[2])
 
-    for c in configs:
-        with use(c):
+    try:
+        for c in configs:
+            use(c)
             codes[c] = model.encode(x)
             model.decode(codes[c])
-    for _ in range(rounds):
-        for c in configs:
-            s = samples[c]
-            with use(c):
+        for _ in range(rounds):
+            for c in configs:
+                s = samples[c]
+                use(c)
                 s["invert"].append(best_of(lambda: model.decode(model.encode(x)), 1, warmup=0))
                 s["edit"].append(best_of(lambda c=c: model.decode(codes[c]), 1, warmup=0))
                 s["encode"].append(best_of(lambda: model.encode(x), 1, warmup=0))
+    finally:
+        model.fast_options = saved
     rows = []
     for c in configs:
         row = {"impl": c[0], "precision": c[1], "fir_layout": c[2], "batch": b, "rounds": rounds,
@@ -166,57 +168,33 @@ def time_rounds(model, torch, x, configs, rounds: int) -> list[dict]:
     return rows
 
 
-def synth_ops_only(g, codes, torch):
-    """The reference's loop with each op's fast path (the first fast path: modulated conv
-    without per-sample weights, FIR up-sampling as a transposed conv), for the ablation."""
-    noise = g.fixed_noise()
-    b = codes.shape[0]
-    x = g.input.input.expand(b, -1, -1, -1)
-    x = g.conv1(x, codes[:, 0], noise[0], "fast")
-    skip = g.to_rgb1(x, codes[:, 1], impl="fast")
-    for k in range(len(g.to_rgbs)):
-        x = g.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], "fast")
-        x = g.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], "fast")
-        skip = g.to_rgbs[k](x, codes[:, 3 + 2 * k], skip, "fast")
-    return skip
-
-
 def ablation(model, torch, codes, repeat: int, *, bf16: bool = True) -> dict:
-    from e4e_cli.nn import ops
+    """Decode times of the generator's reference path, each op's fast path alone, and the fast
+    path with one choice changed at a time (FastOptions), all on the model's own plans."""
+    from e4e_cli.nn import fast_generator
+    from e4e_cli.nn.engine import FastOptions
 
     g = model.generator
+
+    def fast(dtype=None, **options):
+        opts = FastOptions(**options)
+        return lambda: fast_generator.synthesize(g, codes, dtype=dtype, options=opts, plans=model.plans)
+
     out = {}
     with torch.inference_mode():
-        out["ref (grouped per-sample weights)"] = best_of(lambda: g.synthesize(codes, impl="ref"), repeat)
-        out["ops fast only (shared weight, scaled activations)"] = best_of(lambda: synth_ops_only(g, codes, torch), repeat)
-        saved = g.fast_up_mode, g.fast_mode
-        try:
-            for prec, dt in (("fp32", None), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
-                for up in ("transpose", "polyphase"):
-                    g.fast_up_mode, g.fast_mode = up, "auto"
-                    out[f"fast {prec}, up={up}"] = best_of(lambda: g.synthesize(codes, impl="fast", dtype=dt), repeat)
-                g.fast_up_mode, g.fast_mode = "auto", "activation"
-                out[f"fast {prec}, all layers activation mode"] = best_of(lambda: g.synthesize(codes, impl="fast", dtype=dt), repeat)
-            g.fast_up_mode, g.fast_mode = "auto", "auto"
-            g.fast_conv3x3 = "direct"
-            try:
-                out["fast fp32, 3x3 convs direct (no Winograd)"] = best_of(lambda: g.synthesize(codes, impl="fast"), repeat)
-            finally:
-                g.fast_conv3x3 = "auto"
-            out["fast fp32, 3x3 convs auto (Winograd where it pays)"] = best_of(lambda: g.synthesize(codes, impl="fast"), repeat)
-            fused = dict(ops._FUSED_LRELU)
-            try:
-                if not bf16:
-                    return out
-                ops._FUSED_LRELU[torch.bfloat16] = False  # (it only runs after a polyphase layer)
-                g.fast_up_mode = "polyphase"
-                out["fast bf16, up=polyphase, without fused conv+lrelu (noise channels)"] = best_of(
-                    lambda: g.synthesize(codes, impl="fast", dtype=torch.bfloat16), repeat)
-            finally:
-                ops._FUSED_LRELU.clear()
-                ops._FUSED_LRELU.update(fused)
-        finally:
-            g.fast_up_mode, g.fast_mode = saved
+        out["ref (grouped per-sample weights)"] = best_of(lambda: g.synthesize(codes), repeat)
+        # the reference's structure with each op's fast path (the first fast path: modulated conv
+        # without per-sample weights, FIR up-sampling as a transposed conv)
+        out["ops fast only (shared weight, scaled activations)"] = best_of(lambda: g.synthesize(codes, impl="fast"), repeat)
+        for prec, dt in (("fp32", None), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
+            for up in ("transpose", "polyphase"):
+                out[f"fast {prec}, up={up}"] = best_of(fast(dt, up_mode=up), repeat)
+            out[f"fast {prec}, all layers activation mode"] = best_of(fast(dt, mode="activation"), repeat)
+        out["fast fp32, 3x3 convs direct (no Winograd)"] = best_of(fast(conv3x3="direct"), repeat)
+        out["fast fp32, 3x3 convs auto (Winograd where it pays)"] = best_of(fast(), repeat)
+        if bf16:  # (the fused conv + lrelu only runs after a polyphase layer)
+            out["fast bf16, up=polyphase, without fused conv+lrelu (noise channels)"] = best_of(
+                fast(torch.bfloat16, up_mode="polyphase", fused_lrelu=False), repeat)
     return out
 
 
@@ -322,7 +300,7 @@ def startup() -> dict:
         subprocess.run(cmd, capture_output=True, cwd=str(ROOT))
         best = min(best, time.perf_counter() - t0)
     heavy = subprocess.run(
-        [PY, "-c", "import sys; from e4e_cli.cli import app as cli; cli._register(); "
+        [PY, "-c", "import sys; from e4e_cli.cli.app import _register; _register(); "
                    "print(','.join(m for m in ('torch','numpy','PIL') if m in sys.modules))"],
         capture_output=True, text=True, cwd=str(ROOT)).stdout.strip()
     return {"what": what, "best_of_5_s": best, "heavy_modules_imported_by_cli": heavy or "none"}
@@ -452,6 +430,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reference-way-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--isa-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    from e4e_cli.nn import runtime
+
+    runtime.tune_process()  # first, as the CLI's main does: torch's allocator as the CLI gets it
     if args.reference_way_child:
         return reference_way_child(args)
     if args.isa_child:
@@ -459,7 +440,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     ckpt = ensure_checkpoint(args.checkpoint)
-    from e4e_cli.model import E4E  # first: it configures torch's allocator as the CLI gets it
+    from e4e_cli.model import E4E
 
     import torch
     import torch.nn.functional as F

@@ -1,12 +1,14 @@
 """The Python API: `E4E.from_checkpoint(path)` with `encode`, `decode` and image helpers.
 
 Speed and memory (issue 9; numbers in bench/bench.py): impl="fast" (the default) runs the
-networks' fast paths, precision="bf16" runs their convolutions in bfloat16 (AMX/AVX512-BF16
-CPUs; styles, demodulation and the RGB image stay float32), the memory-mapped encoder weights
-leave resident memory before decoding (`release_encoder_memory`), one thread per physical core,
-torch's CPU allocator uses transparent huge pages when this module is the first to import
-torch, and the float32 generator's large activations reuse freed memory (`cputune.HeapReuse`; every machine-specific trick is in `cputune.py`).
-`compile()` opts in to torch.compile (for GPUs).
+networks' fast paths (nn/fast_encoder.py, nn/fast_generator.py, chosen here; `fast_options`
+says how, `plans` keeps their derived tensors), precision="bf16" runs their convolutions in
+bfloat16 (AMX/AVX512-BF16 CPUs; styles, demodulation and the RGB image stay float32), the
+memory-mapped encoder weights leave resident memory before decoding (`release_encoder_memory`),
+one thread per physical core, torch's CPU allocator uses transparent huge pages when this module
+is the first to import torch, and the float32 generator's large activations reuse freed memory
+(`runtime.HeapReuse`; every machine-specific trick is in nn/runtime.py). `compile()` opts in to
+torch.compile (for GPUs).
 
     model = E4E.from_checkpoint("weights/e4e_ffhq_encode.pt", device="auto")
     codes = model.encode([pil_image])          # [B, n_styles, 512], latent_avg included
@@ -27,18 +29,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-# first: it sets up torch's CPU allocator, which must happen before torch is imported
-from .nn.runtime import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: F401
+from .nn import runtime
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from PIL import Image
+# The library's start: torch's CPU allocator is set up (runtime.tune_process) before torch is
+# imported, as the CLI's main does; a no-op when that has happened already.
+runtime.tune_process()
 
-from . import domains
-from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict
-from .errors import E4EError
-from .nn.networks import Encoder4Editing, Generator
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from . import domains, settings  # noqa: E402
+from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict  # noqa: E402
+from .errors import E4EError  # noqa: E402
+from .nn import fast_encoder, fast_generator, ops  # noqa: E402
+from .nn.engine import FastOptions, Plans  # noqa: E402
+from .nn.networks import Encoder4Editing, Generator  # noqa: E402
+from .nn.runtime import HeapReuse, configure_threads, native_bf16, physical_cores, release_file_pages  # noqa: E402,F401
+
+runtime.tune_process()  # torch is imported now: notes its thread count (see configure_threads)
 
 _HeapReuse = HeapReuse  # the name tests and older callers use
 
@@ -91,7 +101,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """None -> float32 (the library's default: the reference's numbers). "auto" (the CLI's
     default) -> the fastest precision this device computes natively: bfloat16 on CPUs with
-    AVX512-BF16/AMX (see `cputune.native_bf16`) and on CUDA GPUs that have it (float16 on older
+    AVX512-BF16/AMX (see `runtime.native_bf16`) and on CUDA GPUs that have it (float16 on older
     ones), float32 elsewhere (AVX2-only CPUs, where bfloat16 would be emulated, and MPS)."""
     if precision is None:
         return torch.float32
@@ -124,10 +134,16 @@ class EncoderOutput:
 
 
 class E4E:
-    """An e4e encoder and its StyleGAN2 generator, loaded from one checkpoint."""
+    """An e4e encoder and its StyleGAN2 generator, loaded from one checkpoint.
+
+    Runs them by the reference path (impl="ref": the modules themselves) or the fast paths
+    (impl="fast"), as `fast_options` (nn.engine.FastOptions) say; the fast paths' derived tensors
+    are kept in `plans`, per model (`clear_fast_cache()` after changing parameters in place).
+    """
 
     def __init__(self, encoder: Encoder4Editing, generator: Generator, latent_avg: torch.Tensor, info: CheckpointInfo,
-                 *, device: torch.device, impl: str = "fast", precision: torch.dtype = torch.float32, path: str | None = None):
+                 *, device: torch.device, impl: str = "fast", precision: torch.dtype = torch.float32, path: str | None = None,
+                 fast_options: FastOptions | None = None):
         self.encoder = encoder.eval()
         self.generator = generator.eval()
         self.latent_avg = latent_avg  # [n,D]
@@ -136,6 +152,8 @@ class E4E:
         self.impl = impl
         self.precision = precision
         self.path = path
+        self.fast_options = FastOptions() if fast_options is None else fast_options
+        self.plans = Plans()
         # memory: a memory-mapped checkpoint's encoder pages (about 85% of the file) are dropped
         # from the process before decoding (`release_encoder_memory`); see `low_memory`
         self.low_memory = True
@@ -148,7 +166,8 @@ class E4E:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", impl: str = "fast",
-                        precision: str | torch.dtype | None = None, mmap: bool = True) -> "E4E":
+                        precision: str | torch.dtype | None = None, mmap: bool = True,
+                        fast_options: FastOptions | None = None) -> "E4E":
         """Load a released (or synthetic, same format) e4e checkpoint without copying its weights."""
         ckpt = read_checkpoint(path, mmap=mmap)
         info = infer_info(ckpt, path=path)
@@ -172,13 +191,12 @@ class E4E:
             _warn_once("bf16 was asked for, but this CPU has no native bfloat16 (AVX512-BF16/AMX): "
                        "it is emulated and several times slower than fp32 (--precision auto picks fp32 here)")
         model = cls(encoder, generator, latent_avg.to(dev), info, device=dev, impl=impl,
-                    precision=prec, path=str(path))
-        if dev.type == "cuda" and os.environ.get("E4E_COMPILE", "") not in ("", "0"):
+                    precision=prec, path=str(path), fast_options=fast_options)
+        if dev.type == "cuda" and settings.compile_on_cuda():
             model.compile()
         if mmap and dev.type == "cpu":
             model._mmap_path = str(path)
             model._versions = {id(t): t._version for t in model._encoder_tensors()}
-            model.encoder.page_release_hook = model._release_pages
         return model
 
     def compile(self, **options) -> "E4E":
@@ -187,13 +205,19 @@ class E4E:
         project's 2-core test CPU compiling takes about half a minute even for a tiny model,
         and it was not measured on a GPU. Returns self. E4E_COMPILE=1 does this at load on CUDA.
         """
-        from .nn import fast as fastpaths
-
         self._compiled = {
-            "encoder": torch.compile(fastpaths.encoder_fast, **options),
-            "generator": torch.compile(fastpaths.synthesize_fast, **options),
+            "encoder": torch.compile(fast_encoder.encode, **options),
+            "generator": torch.compile(fast_generator.synthesize, **options),
         }
         return self
+
+    def clear_fast_cache(self) -> None:
+        """Forget the fast paths' derived tensors (call after changing the networks' parameters in place)."""
+        self.plans.clear()
+
+    def _engine(self, impl: str | None) -> str:
+        """The path for this call, "fast" or "ref" (an unknown impl warns and runs the reference)."""
+        return ops.check_impl(impl or self.impl, "E4E")
 
     # ---- memory ---------------------------------------------------------------------
 
@@ -311,16 +335,17 @@ class E4E:
             raise E4EError(f"encoder input must be [B,3,H,W], got {tuple(x.shape)}")
         if tuple(x.shape[-2:]) != (h, w):
             raise E4EError(f"encoder input must be {h}x{w} for the {self.domain} checkpoint, got {x.shape[-2]}x{x.shape[-1]}")
-        impl = self.impl
+        impl = self._engine(None)
         cdt = self.precision if impl == "fast" and self.precision != torch.float32 else None
         # float32 (and the reference) read the memory-mapped weights on every call; the reduced
         # precision fast path works from its own copies (their sources left memory as it built them)
         self._encoder_hot = self._encoder_hot or cdt is None
-        enc = self._compiled.get("encoder") if impl == "fast" else None
-        if enc is not None:
-            w0, deltas = enc(self.encoder, x.to(self.device, torch.float32), cdt)
+        x = x.to(self.device, torch.float32)
+        if impl == "fast":
+            run = self._compiled.get("encoder", fast_encoder.encode)
+            w0, deltas = run(self.encoder, x, dtype=cdt, plans=self.plans, release=self._release_pages)
         else:
-            w0, deltas = self.encoder(x.to(self.device, torch.float32), impl=impl, dtype=cdt)
+            w0, deltas = self.encoder(x)
         return EncoderOutput(w0=w0, deltas=deltas, latent_avg=self.latent_avg)
 
     def encode(self, images, *, delta_scale: float = 1.0) -> torch.Tensor:
@@ -353,17 +378,20 @@ class E4E:
         else:
             raise E4EError(f"unknown noise mode {noise!r} (fixed or random)")
         dtype = resolve_precision(precision, self.device) if precision is not None else self.precision
-        impl = impl or self.impl
+        impl = self._engine(impl)
+        if type(self.generator).synthesize is not Generator.synthesize:
+            impl = "ref"  # a generator with its own synthesis (train's ClampedGenerator) keeps it
         dt = dtype if dtype != torch.float32 else None
-        gen = self._compiled.get("generator") if impl == "fast" else None
         # float32 fast path on the CPU: reuse the large activations' pages (bfloat16's, half
         # the size, measured no faster that way; the reference path is left as it is)
         hold = self.device.type == "cpu" and impl == "fast" and dt is None
         with HeapReuse.hold() if hold else contextlib.nullcontext():
-            if gen is not None:
-                img = gen(self.generator, codes, self.generator.fixed_noise() if nz is None else nz, dt)
+            if impl == "fast":
+                run = self._compiled.get("generator", fast_generator.synthesize)
+                img = run(self.generator, codes, nz, dtype=dt, options=self.fast_options, plans=self.plans)
             else:
-                img = self.generator.synthesize(codes, noise=nz, impl=impl, dtype=dt)
+                with ops.reference_fir_layout(self.fast_options.fir_layout):
+                    img = self.generator.synthesize(codes, noise=nz, dtype=dt)
         top, bottom = domains.crop_rows(self.domain, img.shape[-1])
         if crop and (top, bottom) != (0, img.shape[-2]):
             img = img[:, :, top:bottom, :]

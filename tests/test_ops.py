@@ -1,13 +1,14 @@
 """Fast paths against the reference paths, on tiny networks (widths are arguments)."""
 from __future__ import annotations
 
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import tiny_generator
-from e4e_cli.nn import ops
+from e4e_cli.nn import fast_generator, ops
 from e4e_cli.nn.networks import Encoder4Editing, blur_kernel_2d
 
 torch.manual_seed(0)
@@ -44,11 +45,31 @@ def test_upfirdn2d_per_channel_layout_matches_depthwise(up, down, pad):
     a = ops.upfirdn2d(x, k, up=up, down=down, pad=pad)
     with ops.reference_fir_layout("per_channel"):
         b = ops.upfirdn2d(x, k, up=up, down=down, pad=pad)
-    assert ops._FIR_LAYOUT["value"] == "depthwise"  # restored
+    assert ops.current_fir_layout() == "depthwise"  # restored
     assert a.shape == b.shape
     torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     with pytest.raises(ValueError, match="layout"):
         ops.reference_fir_layout("nhwc")
+
+
+def test_reference_fir_layout_is_per_thread():
+    """The layout is a context variable: another thread's block does not change this thread's."""
+    seen = {}
+    inside, done = threading.Event(), threading.Event()
+
+    def worker():
+        with ops.reference_fir_layout("per_channel"):
+            seen["worker"] = ops.current_fir_layout()
+            inside.set()
+            done.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert inside.wait(10)
+    seen["main"] = ops.current_fir_layout()
+    done.set()
+    t.join()
+    assert seen == {"worker": "per_channel", "main": "depthwise"}
 
 
 def test_generator_reference_way_matches_reference_path():
@@ -116,8 +137,10 @@ def test_tiny_generator_fast_equals_ref_and_shapes():
     codes = torch.randn(2, g.n_styles, 16)
     with torch.no_grad():
         ref = g.synthesize(codes, impl="ref")
-        fast = g.synthesize(codes, impl="fast")
+        ops_fast = g.synthesize(codes, impl="fast")  # each op's fast path in the reference's structure
+        fast = fast_generator.synthesize(g, codes)  # the whole-network fast path
     assert ref.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(ops_fast, ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
     # every code index is read by some layer, in order
     assert sorted({idx for _, idx in g.layers()}) == list(range(g.n_styles))

@@ -50,6 +50,9 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES). Every failure is one line on stderr
     that starts with `e4e: error:`."""
+    from ..nn import runtime
+
+    runtime.tune_process()  # first: before any command imports torch
     _register()
     debug = settings.debug()
     if not debug:

@@ -3,13 +3,15 @@
 Module and parameter names mirror the released checkpoints (`encoder.*`, `decoder.*` in
 the rosinality layout), so a state dict loads without renaming. Widths are arguments,
 so tests build tiny versions of the same modules. SPEC.md in the parity folder is the
-reference for every formula here: this module is the plain reference path (impl="ref").
-The fast paths (impl="fast": folded BatchNorm, channels-last, fused modulation, reduced
-precision) live beside it in `fastpaths.py` and are tested against this one.
+reference for every formula here: this module is the plain reference path. It knows nothing of
+the fast paths (fast_encoder.py, fast_generator.py: folded BatchNorm, channels-last, fused
+modulation, reduced precision), which compute the same functions from these modules and are
+tested against them; `E4E` (model.py) chooses which runs.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import torch
@@ -141,15 +143,6 @@ class Encoder4Editing(nn.Module):
         self.latlayer1 = nn.Conv2d(widths[2], style_dim, 1)
         self.latlayer2 = nn.Conv2d(widths[1], style_dim, 1)
 
-    # Optional callable(list of tensors): told which loaded tensors the fast path has just
-    # replaced by derived copies, so a memory-mapped checkpoint's pages can leave memory (E4E
-    # sets it; see E4E.release_encoder_memory).
-    page_release_hook = None
-
-    def clear_fast_cache(self) -> None:
-        """Forget the fast path's folded weights (call after changing the parameters in place)."""
-        self.__dict__.pop("_fast_plans", None)
-
     def features(self, x):
         """Run the backbone: (c1, c2, c3) feature maps."""
         x = self.input_layer(x)
@@ -162,19 +155,15 @@ class Encoder4Editing(nn.Module):
                 c2 = x
         return c1, c2, x
 
-    def forward(self, x, impl: str = "ref", dtype=None):
+    def forward(self, x, impl: str = "ref"):
         """x [B,3,H,W] -> (w0 [B,D], deltas [B,n-1,D]), float32.
 
-        impl="fast": BatchNorm folded into the preceding convolutions (new tensors cached on
-        first use; the loaded parameters are untouched), channels-last activations, and
-        `dtype` (e.g. torch.bfloat16) for the convolutions.
+        The reference path only (`impl` other than "ref" warns and runs it); the fast path is
+        `fast_encoder.encode(encoder, x, ...)`.
         """
-        if impl == "fast":
-            from .fast import encoder_fast
-
-            return encoder_fast(self, x, dtype)
         if impl != "ref":
-            return self.forward(x, ops._check_impl(impl, "Encoder4Editing"), dtype)
+            warnings.warn(f"Encoder4Editing: impl {impl!r}: the module runs the reference path only "
+                          "(the fast path is e4e_cli.nn.fast_encoder.encode), using the reference", stacklevel=2)
         c1, c2, c3 = self.features(x)
         w0 = self.styles[0](c3)  # [B,D]
         deltas = []
@@ -289,11 +278,6 @@ class Generator(nn.Module):
     synthesize(codes [B,n_styles,D]) -> image [B,3,size,size], nominally in [-1,1].
     """
 
-    # fast path knobs (see fastpaths.synthesize_fast); derived tensors are cached per setting and device
-    fast_up_mode = "auto"
-    fast_mode = "auto"
-    fast_conv3x3 = "auto"  # ops.conv3x3's impl for the high-resolution 3x3 convolutions
-
     def __init__(self, size: int = 1024, *, style_dim: int = 512, n_mlp: int = 8, channels: dict[int, int] | None = None):
         super().__init__()
         self.size = size
@@ -324,10 +308,6 @@ class Generator(nn.Module):
         for i in range(1, 2 * self.log_size - 3):
             r = 2 ** (2 + (i + 1) // 2)
             self.noises.register_buffer(f"noise_{i}", torch.randn(1, 1, r, r))
-
-    def clear_fast_cache(self) -> None:
-        """Forget the fast path's derived tensors (call after changing the parameters in place)."""
-        self.__dict__.pop("_fast_plans", None)
 
     @property
     def n_noise(self) -> int:
@@ -366,20 +346,13 @@ class Generator(nn.Module):
         """codes [B,n_styles,D] -> image [B,3,size,size]. `noise` defaults to the fixed buffers.
 
         `dtype` runs the convolutions in a reduced precision (styles, demodulation and the
-        RGB accumulation stay float32).
-
-        impl="fast" (see `fastpaths.synthesize_fast`): all styles in one matmul, modulated convolutions
-        without grouped per-sample weights, up-sampling and blur fused where that pays,
-        channels-last activations, the high-resolution layers one sample at a time (so only one
-        image's large activations are alive), large activations freed as it goes.
+        RGB accumulation stay float32). `impl` is every op's implementation (ops.IMPLS: "fast"
+        is each op's own fast path inside this reference structure). The whole-network fast
+        path is `fast_generator.synthesize(generator, codes, ...)`.
         """
         if codes.ndim != 3 or codes.shape[1] != self.n_styles or codes.shape[2] != self.style_dim:
             raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
         noise = self.fixed_noise() if noise is None else noise
-        if impl == "fast":
-            from .fast import synthesize_fast
-
-            return synthesize_fast(self, codes, noise, dtype)
         b = codes.shape[0]
         cdt = dtype or codes.dtype
         x = self.input.input.expand(b, -1, -1, -1).to(cdt)

@@ -8,7 +8,7 @@ reference with a warning, never a crash.
 Shapes: `[NCHW]` activations, `[B,S]` styles (one scale per input channel), `[O,I,kh,kw]`
 convolution weights.
 
-Below the two ops are the building blocks of the generator's fast path (networks.py): the
+Below the two ops are the building blocks of the generator's fast path (fast_generator.py): the
 blur with its bias, demodulation from precomputed squared weights, the polyphase kernel that
 fuses transposed conv + blur, the pixel shuffle fused with the noise add, and oneDNN's fused
 convolution + leaky ReLU (with a plain fallback). Each is checked against the reference in
@@ -16,18 +16,21 @@ tests/test_fastpaths.py.
 """
 from __future__ import annotations
 
+import contextvars
 import math
-import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+from .. import settings
+
 IMPLS = ("ref", "fast")
 LRELU_GAIN = math.sqrt(2.0)
 
 
-def _check_impl(impl: str, op: str) -> str:
+def check_impl(impl: str, op: str) -> str:
+    """`impl` when it is one of IMPLS, else "ref" with a warning naming `op`."""
     if impl not in IMPLS:
         warnings.warn(f"{op}: unknown impl {impl!r}, using the reference path", stacklevel=3)
         return "ref"
@@ -53,7 +56,7 @@ def upfirdn2d(x, kernel, *, up: int = 1, down: int = 1, pad=(0, 0), impl: str = 
         raise ValueError(f"upfirdn2d: kernel must be 2-D, got {tuple(kernel.shape)}")
     if up < 1 or down < 1:
         raise ValueError(f"upfirdn2d: up and down must be >= 1, got {up}, {down}")
-    impl = _check_impl(impl, "upfirdn2d")
+    impl = check_impl(impl, "upfirdn2d")
     p0, p1 = int(pad[0]), int(pad[1])
     if impl == "fast" and down == 1 and up == 2 and kernel.shape[0] == kernel.shape[1] == 4 and (p0, p1) == (2, 1):
         return _upsample2x_fir_fast(x, kernel)
@@ -65,30 +68,38 @@ def upfirdn2d(x, kernel, *, up: int = 1, down: int = 1, pad=(0, 0), impl: str = 
 # every channel becomes its own single-channel image in the batch ([N*C,1,H,W]) and one
 # [1,1,kh,kw] kernel filters them all. Same numbers (tests check), but PyTorch's CPU backend
 # runs the second about ten times slower at 1024; bench/bench.py times the reference's way of
-# computing with it. Set for a block of code with `reference_fir_layout`.
-_FIR_LAYOUT = {"value": "depthwise"}
+# computing with it (E4E's FastOptions.fir_layout). Set for a block of code with
+# `reference_fir_layout`: a context variable, so each thread (and asyncio task) has its own.
+FIR_LAYOUTS = ("depthwise", "per_channel")
+_FIR_LAYOUT: contextvars.ContextVar[str] = contextvars.ContextVar("e4e_reference_fir_layout", default="depthwise")
+
+
+def current_fir_layout() -> str:
+    """The reference FIR layout in force here (this thread's or task's)."""
+    return _FIR_LAYOUT.get()
 
 
 class reference_fir_layout:
-    """Context manager: `with reference_fir_layout("per_channel"): ...` (not thread-safe)."""
+    """Context manager: `with reference_fir_layout("per_channel"): ...`; thread-safe (it sets a
+    context variable, seen only by the code it wraps in this thread)."""
 
     def __init__(self, layout: str):
-        if layout not in ("depthwise", "per_channel"):
+        if layout not in FIR_LAYOUTS:
             raise ValueError(f"FIR layout must be depthwise or per_channel, got {layout!r}")
         self.layout = layout
+        self._tokens: list = []
 
     def __enter__(self):
-        self.saved = _FIR_LAYOUT["value"]
-        _FIR_LAYOUT["value"] = self.layout
+        self._tokens.append(_FIR_LAYOUT.set(self.layout))
         return self
 
     def __exit__(self, *exc):
-        _FIR_LAYOUT["value"] = self.saved
+        _FIR_LAYOUT.reset(self._tokens.pop())
         return False
 
 
 def _upfirdn2d_ref(x, kernel, up, down, p0, p1):
-    if _FIR_LAYOUT["value"] == "per_channel":
+    if _FIR_LAYOUT.get() == "per_channel":
         return _upfirdn2d_per_channel(x, kernel, up, down, p0, p1)
     n, c, h, w = x.shape
     if up > 1:  # each sample followed by up-1 zeros: [N,C,H,1,W,1] -> [N,C,H*up,W*up]
@@ -173,7 +184,7 @@ def modulated_conv2d(
         )
     if up and blur_kernel is None:
         raise ValueError("modulated_conv2d: up=True needs blur_kernel")
-    impl = _check_impl(impl, "modulated_conv2d")
+    impl = check_impl(impl, "modulated_conv2d")
     if impl == "fast":
         return _modconv_fast(x, weight, styles, demodulate, up, blur_kernel)
     return _modconv_ref(x, weight, styles, demodulate, up, blur_kernel)
@@ -235,7 +246,7 @@ def blur2d(x, kernel, *, bias=None):
 
 
 # --------------------------------------------------------------------------------------
-# Building blocks of the fast generator (networks.Generator's fast path).
+# Building blocks of the fast generator (fast_generator.py).
 
 
 def demod_from_wsq(wsq, styles, eps: float = 1e-8):
@@ -293,16 +304,16 @@ def phase_shuffle_add(y, other, extra=None):
     return out
 
 
-_FUSED_LRELU: dict = {}
+_FUSED_LRELU_OK: dict = {}  # a fact about this PyTorch build, per dtype
 
 
-def _fused_conv_lrelu_ok(x, w) -> bool:
+def fused_conv_lrelu_ok(x, w) -> bool:
     """Whether oneDNN's fused convolution + leaky ReLU (torch.ops.mkldnn._convolution_pointwise,
     the op torch.compile's CPU backend uses) is usable here; checked once per dtype on a tiny input."""
     if x.device.type != "cpu" or torch.is_grad_enabled() or w.dtype != x.dtype:
         return False
     key = x.dtype
-    ok = _FUSED_LRELU.get(key)
+    ok = _FUSED_LRELU_OK.get(key)
     if ok is None:
         ok = False
         try:
@@ -317,14 +328,15 @@ def _fused_conv_lrelu_ok(x, w) -> bool:
                 ok = bool(torch.allclose(got.float(), want, atol=0.1, rtol=0.02))
         except (AttributeError, RuntimeError, NotImplementedError):
             ok = False
-        _FUSED_LRELU[key] = ok
+        _FUSED_LRELU_OK[key] = ok
     return ok
 
 
-def conv2d_lrelu(x, weight, bias, *, padding: int, slope: float = 0.2):
+def conv2d_lrelu(x, weight, bias, *, padding: int, slope: float = 0.2, fused: bool = True):
     """leaky_relu(conv2d(x, weight, bias, padding), slope): one oneDNN call with the activation
-    fused where available (saves two passes over the output), else conv then in-place lrelu."""
-    if _fused_conv_lrelu_ok(x, weight):
+    fused where available and `fused` (saves two passes over the output), else conv then
+    in-place lrelu."""
+    if fused and fused_conv_lrelu_ok(x, weight):
         b = None if bias is None else bias.to(x.dtype)
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, b, [padding, padding], [1, 1], [1, 1], 1, "leaky_relu", [slope], "")
@@ -390,14 +402,12 @@ def relayout(x, memory_format):
 # from 128 channels: 120 -> 77 ms with the layout changes at 128 x 256x256.
 
 CONV3X3_IMPLS = ("auto", "direct", "winograd")
-_WINOGRAD_OK: dict = {}
-WINOGRAD_MIN_CHANNELS = None  # "auto": both channel counts at least this (None: by the CPU, see above)
-WINOGRAD_MIN_SIDE = 64  # "auto": both image sides at least this
+_WINOGRAD_OK: dict = {}  # a fact about this PyTorch build, checked once
 
 
 def winograd_min_channels() -> int:
-    if WINOGRAD_MIN_CHANNELS is not None:
-        return WINOGRAD_MIN_CHANNELS
+    """The channel threshold of conv3x3's "auto" on this CPU (see above): 256, or 128 where
+    ATen's kernels are at most AVX2."""
     try:
         wide = torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2", "NO AVX")
     except (AttributeError, RuntimeError):
@@ -430,18 +440,22 @@ def _winograd_can_run(x, weight) -> bool:
             and not torch.is_grad_enabled() and winograd_available())
 
 
-def _winograd_pays(x, weight) -> bool:
-    return min(weight.shape[0], weight.shape[1]) >= winograd_min_channels() and min(x.shape[2], x.shape[3]) >= WINOGRAD_MIN_SIDE
+def _winograd_pays(x, weight, min_channels, min_side) -> bool:
+    min_channels = winograd_min_channels() if min_channels is None else min_channels
+    return min(weight.shape[0], weight.shape[1]) >= min_channels and min(x.shape[2], x.shape[3]) >= min_side
 
 
-def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto"):
+def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto", min_channels: int | None = None,
+            min_side: int = 64):
     """conv2d(x, weight, bias, padding=1) + addend, for x [N,I,H,W], weight [O,I,3,3], bias [O],
     `addend` broadcastable to [N,O,H,W] (the generator's noise). The result has x's layout
     (channels-last in, channels-last out).
 
     impl: "direct" (PyTorch's convolution: oneDNN on CPUs); "winograd" (NNPACK; float32 CPU
     inference only, falls back to direct with a warning elsewhere); "auto": Winograd where it
-    can run and pays by the table above, else direct (E4E_WINOGRAD=0: always direct).
+    can run and pays, else direct (E4E_WINOGRAD=0: always direct). It pays where both channel
+    counts are at least `min_channels` (None: `winograd_min_channels()`, by the CPU) and both
+    image sides at least `min_side`.
     """
     _check_nchw(x, "conv3x3")
     if tuple(weight.shape[2:]) != (3, 3) or weight.shape[1] != x.shape[1]:
@@ -456,7 +470,7 @@ def conv3x3(x, weight, bias=None, *, addend=None, impl: str = "auto"):
             warnings.warn("conv3x3: Winograd (NNPACK) cannot run here (it needs float32 CPU inference and "
                           "NNPACK in PyTorch), using direct", stacklevel=2)
     elif impl == "auto":
-        winograd = _winograd_pays(x, weight) and _winograd_can_run(x, weight) and os.environ.get("E4E_WINOGRAD", "1") != "0"
+        winograd = _winograd_pays(x, weight, min_channels, min_side) and _winograd_can_run(x, weight) and settings.winograd()
     if not winograd:
         y = F.conv2d(x, weight, bias, padding=1)
         return y if addend is None else y.add_(addend)

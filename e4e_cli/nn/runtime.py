@@ -3,8 +3,9 @@
 Nothing here changes a result; each item only changes how fast or how lean the same numbers
 are computed, and each can be switched off:
 
-- transparent huge pages for torch's CPU allocator (`THP_MEM_ALLOC_ENABLE=1`, set before torch
-  is imported, so import this module first; `THP_MEM_ALLOC_ENABLE=0` opts out): the 1024
+- transparent huge pages for torch's CPU allocator (`THP_MEM_ALLOC_ENABLE=1`, set by
+  `tune_process()` before torch is imported: the allocator reads it once, at its first
+  allocation; `THP_MEM_ALLOC_ENABLE=0` opts out): the 1024
   generator's large activations cost far fewer page faults. Measured about 10% faster invert
   at 1024 on the AMX machine (Xeon, 2 cores), same peak memory. On the Zen 4 EPYC machine
   (2 cores, a VM with about 7 GB of free huge pages, so no compaction stalls) it was not
@@ -24,6 +25,10 @@ are computed, and each can be switched off:
   has it in hardware; oneDNN emulates it elsewhere, 7x slower than float32 on an AVX2-only EPYC;
 - matrix-engine detection (`matrix_engine`: AMX, SME) for the generator's up-sampling in reduced
   precision: fused (polyphase) only there; Zen 4's AVX512-BF16 decodes 1.6x faster unfused.
+
+Importing this module changes nothing and does not import torch: the process is tuned by
+`tune_process()`, which the CLI's `main` calls first thing and `e4e_cli.model` calls when
+imported (before it imports torch), and by `configure_threads()` when a model is loaded.
 """
 from __future__ import annotations
 
@@ -32,15 +37,33 @@ import os
 import platform
 import sys
 import threading
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-if "torch" not in sys.modules:
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+from .. import settings
 
-import torch  # noqa: E402
+if TYPE_CHECKING:
+    import torch
 
+# what tune_process has done: the environment once; torch's thread count once torch is imported
+_TUNED = {"env": False, "threads": None}
 _THREADS_SET = False
-_TORCH_THREADS_AT_IMPORT = torch.get_num_threads()
+
+
+def tune_process() -> None:
+    """Tune this process for e4e; idempotent and cheap (imports nothing heavy).
+
+    - `THP_MEM_ALLOC_ENABLE=1` unless set, but only while torch is not imported yet: torch's CPU
+      allocator reads it once, at its first allocation, so later it would change nothing for this
+      process and only be inherited by its children;
+    - once torch is imported, notes its thread count, so that `configure_threads` can leave a
+      count the user set after that alone.
+    """
+    if not _TUNED["env"]:
+        _TUNED["env"] = True
+        if "torch" not in sys.modules:
+            os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    if _TUNED["threads"] is None and "torch" in sys.modules:
+        _TUNED["threads"] = sys.modules["torch"].get_num_threads()
 
 
 def physical_cores() -> int:
@@ -66,14 +89,17 @@ def physical_cores() -> int:
 def configure_threads() -> int:
     """Use one intra-op thread per physical core (oneDNN's convolutions gain nothing from
     hyper-threads), unless the user chose: E4E_NUM_THREADS (used as given), OMP_NUM_THREADS or
-    MKL_NUM_THREADS set, or torch.set_num_threads changed since this module was imported.
-    Returns the thread count in use."""
+    MKL_NUM_THREADS set, or torch.set_num_threads changed since `tune_process` first saw torch
+    (for a library user: since e4e_cli.model was imported). Returns the thread count in use."""
     global _THREADS_SET
-    env = os.environ.get("E4E_NUM_THREADS", "").strip()
+    import torch
+
+    tune_process()
+    env = settings.num_threads()
     if env.isdigit() and int(env) > 0:
         torch.set_num_threads(int(env))
     elif (not _THREADS_SET and not os.environ.get("OMP_NUM_THREADS") and not os.environ.get("MKL_NUM_THREADS")
-          and torch.get_num_threads() == _TORCH_THREADS_AT_IMPORT):
+          and torch.get_num_threads() == _TUNED["threads"]):
         n = physical_cores()
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
@@ -106,7 +132,7 @@ class HeapReuse:
     def _libc(cls):
         if cls._lib is None:
             cls._lib = False
-            if sys.platform.startswith("linux") and os.environ.get("E4E_HEAP_REUSE", "1") != "0":
+            if sys.platform.startswith("linux") and settings.heap_reuse():
                 try:
                     import ctypes
                     import platform
@@ -137,7 +163,7 @@ class HeapReuse:
                     lib.mallopt(cls.M_MMAP_MAX, 65536)  # glibc's default
                     lib.mallopt(cls.M_MMAP_THRESHOLD, 32 << 20)
                     lib.mallopt(cls.M_TRIM_THRESHOLD, 64 << 20)
-                    if os.environ.get("E4E_HEAP_TRIM", "1") != "0":
+                    if settings.heap_trim():
                         lib.malloc_trim(0)  # hand the held pages back before the encoder's weights return
 
 
@@ -168,12 +194,14 @@ def native_bf16() -> bool:
     x86, BF16 on Arm). oneDNN also *accepts* bfloat16 on plain AVX2/AVX-512 CPUs
     (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` may say yes there) but emulates it: measured
     7x slower than float32 on an AVX2-only EPYC. E4E_NATIVE_BF16=0/1 overrides the detection."""
-    env = os.environ.get("E4E_NATIVE_BF16", "").strip()
-    if env in ("0", "1"):
-        return env == "1"
+    override = settings.native_bf16()
+    if override is not None:
+        return override
     flags = cpu_flags()
     if flags:
         return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    import torch
+
     try:  # no /proc/cpuinfo (macOS, Windows): trust oneDNN
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -186,15 +214,17 @@ def matrix_engine() -> bool:
     one pass less over memory) pays. With AVX512-BF16 only (AMD Zen 4) it does not: decode at
     1024 in bfloat16 took 0.68 s fused and 0.43 s unfused (bench ablation, 2 cores).
     E4E_MATRIX_ENGINE=0/1 overrides the detection."""
-    env = os.environ.get("E4E_MATRIX_ENGINE", "").strip()
-    if env in ("0", "1"):
-        return env == "1"
+    override = settings.matrix_engine()
+    if override is not None:
+        return override
     return bool(cpu_flags() & {"amx_bf16", "amx_tile", "sme"})
 
 
 def isa_summary() -> dict:
     """What the benchmark prints about this CPU: model, ATen's kernel level, the vector and
     matrix extensions that matter here, and whether bfloat16 is native."""
+    import torch
+
     model = platform.processor() or ""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -234,7 +264,7 @@ def _file_mappings(path: str) -> list[tuple[int, int]]:
         return []
 
 
-def release_file_pages(tensors: Iterable[torch.Tensor], path: str) -> int:
+def release_file_pages(tensors: Iterable["torch.Tensor"], path: str) -> int:
     """Drop the resident pages of memory-mapped `tensors` from this process (madvise DONTNEED).
 
     Only pages that lie wholly inside a tensor and inside a mapping of the checkpoint file
