@@ -42,6 +42,7 @@ from PIL import Image  # noqa: E402
 
 from . import domains, settings  # noqa: E402
 from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict  # noqa: E402
+from .devices import PRECISIONS, resolve_device, resolve_precision  # noqa: E402,F401  (importable from here too)
 from .errors import E4EError  # noqa: E402
 from .nn import fast_encoder, fast_generator, ops  # noqa: E402
 from .nn.engine import FastOptions, Plans  # noqa: E402
@@ -73,50 +74,6 @@ def _warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-PRECISIONS = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks cuda, then mps, then cpu; an unavailable explicit choice is an E4EError."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise E4EError("--device cuda was asked for, but no CUDA GPU is available (use --device cpu or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-        raise E4EError("--device mps was asked for, but Apple's MPS backend is not available (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise E4EError(f"unknown device {name!r} (use auto, cpu, cuda or mps)") from None
-
-
-def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """None -> float32 (the library's default: the reference's numbers). "auto" (the CLI's
-    default) -> the fastest precision this device computes natively: bfloat16 on CPUs with
-    AVX512-BF16/AMX (see `runtime.native_bf16`) and on CUDA GPUs that have it (float16 on older
-    ones), float32 elsewhere (AVX2-only CPUs, where bfloat16 would be emulated, and MPS)."""
-    if precision is None:
-        return torch.float32
-    if isinstance(precision, str) and precision.lower() == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and native_bf16():
-            return torch.bfloat16
-        return torch.float32
-    if isinstance(precision, torch.dtype):
-        return precision
-    try:
-        return PRECISIONS[str(precision).lower()]
-    except KeyError:
-        raise E4EError(f"unknown precision {precision!r} (use fp32, bf16 or fp16)") from None
 
 
 @dataclass

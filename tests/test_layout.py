@@ -32,7 +32,7 @@ LAYERS = [
     ("jobs", "work over folders: invert, edit, evaluate, datasets, paste-back, training",
      ["jobs", "jobs.*", "train", "train.*"]),
     ("library", "the model and what is done with codes and images",
-     ["model", "editing", "boundaries", "analysis", "charts", "compositing", "alignment", "metrics", "synthetic"]),
+     ["model", "devices", "editing", "boundaries", "analysis", "charts", "compositing", "alignment", "metrics", "synthetic"]),
     ("networks and weights", "reference modules, fast paths, checkpoints, the weights folder",
      ["nn", "nn.*", "checkpoint", "weights", "weights.*"]),
     ("foundations", "facts and plumbing every layer uses",

@@ -39,11 +39,10 @@ def invert_dataset_command(
     options.check_batch_size(batch_size)
     check_delta_scale(delta_scale)
     rank = dist.rank()
-    if dist.world_size() > 1 and device == "auto":
-        import torch
+    if dist.world_size() > 1 and device in ("auto", "cuda"):
+        from ..devices import resolve_device
 
-        if torch.cuda.is_available():
-            device = f"cuda:{dist.local_rank()}"
+        device = str(resolve_device(device, local_rank=dist.local_rank()))  # each process its own GPU
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                     weights_dir=weights_dir))
     opts = dataset.DatasetOptions(root=root, prefix=out, shard_size=shard_size, batch_size=batch_size, workers=workers,

@@ -51,7 +51,7 @@ def train_command(
     val_every: int = typer.Option(5000, "--val-every"),
     log_every: int = typer.Option(50, "--log-every"),
     seed: int = typer.Option(0, "--seed"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, or bf16 / fp16 autocast (fp16 on CUDA only)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 (default: the recipe's numbers), bf16 or fp16 autocast (fp16 on CUDA only), or auto (as e4e invert)."),
     device: str = typer.Option("auto", "--device"),
     loss_size: int = typer.Option(256, "--loss-size", hidden=True),
     input_size: int = typer.Option(256, "--input-size", hidden=True),

@@ -58,7 +58,7 @@ def load_any_generator(src: GeneratorSource):
 
 
 def torch_device(name: str):
-    from ..model import resolve_device
+    from ..devices import resolve_device
 
     return resolve_device(name)
 

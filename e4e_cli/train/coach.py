@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .. import dist, domains, progress
 from ..checkpoint import Architecture, released_payload, split_state_dict
+from ..devices import resolve_device, resolve_precision
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
 from ..nn.networks import Encoder4Editing, upsample_add
@@ -82,30 +83,19 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest(), "little") >> 1
 
 
-def _device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise E4EError("--device cuda was asked for, but no CUDA GPU is available")
-        return torch.device("cuda", local_rank)
-    return torch.device(name)
-
-
 class Trainer:
     def __init__(self, opts: TrainOptions, *, resume: Optional[dict] = None, log: Callable[[str], None] = print,
                  bn_groups: int = 1):
         self.opts, self.log, self.bn_groups = opts, log, max(1, bn_groups)
-        self.device = _device(opts.device, dist.local_rank())
+        self.device = resolve_device(opts.device, local_rank=dist.local_rank() if dist.world_size() > 1 else None)
         self.dist = dist.Group(backend="nccl" if self.device.type == "cuda" else "gloo")
         if opts.batch_size % self.dist.world:
             raise E4EError(f"--batch-size {opts.batch_size} does not split over {self.dist.world} processes")
         self.local_batch = opts.batch_size // self.dist.world
         if self.dist.active and self.bn_groups > 1:
             raise E4EError("--bn-groups imitates several processes in one: not under torchrun")
-        if opts.precision not in ("fp32", "bf16", "fp16"):
-            raise E4EError(f"--precision must be fp32, bf16 or fp16, got {opts.precision!r}")
-        if opts.precision == "fp16" and self.device.type != "cuda":
+        self.dtype = resolve_precision(opts.precision, self.device)  # the inference vocabulary, auto included
+        if self.dtype == torch.float16 and self.device.type != "cuda":
             raise E4EError("--precision fp16 needs a CUDA GPU (use bf16 or fp32 on a CPU)")
 
         # everything a user can get wrong is checked before RUN_DIR is touched
@@ -213,10 +203,9 @@ class Trainer:
                                  n_styles=self.n_styles)
 
     def _autocast(self):
-        if self.opts.precision == "fp32":
+        if self.dtype == torch.float32:
             return nullcontext()
-        dtype = torch.bfloat16 if self.opts.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def codes(self, x: torch.Tensor, stage: int, *, module=None) -> torch.Tensor:
         """Encoder output with only the active deltas, plus latent_avg: [N,n_styles,D] (layers
