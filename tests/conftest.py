@@ -53,6 +53,15 @@ def e4e_executable() -> str:
 HOOKS = Path(__file__).resolve().with_name("run_with_hooks.py")
 
 
+def sigint_default() -> None:
+    """preexec_fn for a child that is sent SIGINT: Ctrl-C's default action, as a terminal gives it,
+    even when the test run was started in the background (a shell's background job ignores SIGINT,
+    children inherit that, and Python then never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_e4e(*args, cwd=None, env=None, timeout=600, input=None, hooks=None) -> subprocess.CompletedProcess:
     """Run `e4e ARGS...` and return the completed process (text mode, never raises). `hooks`
     (e.g. ["--kill-after-shards", "2"]) runs it through tests/run_with_hooks.py instead."""

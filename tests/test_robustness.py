@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RunsCode, assert_one_line_error, e4e_executable, run_e4e
+from conftest import RunsCode, assert_one_line_error, e4e_executable, run_e4e, sigint_default
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_interrupted_batch_leaves_only_complete_files_and_resumes(tmp_path, phot
     env = dict(os.environ, E4E_NO_PROGRESS="1")
     proc = subprocess.Popen([e4e_executable(), "invert", str(src), "--domain", "church", "--checkpoint", str(church),
                              "--out", str(out), "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=sigint_default)
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "p1" / "meta.json").exists():
         time.sleep(0.05)

@@ -579,7 +579,7 @@ def test_ctrl_c_saves_and_resume_finishes(tiny_setup, tmp_path):
     import subprocess
     import time
 
-    from conftest import e4e_executable
+    from conftest import e4e_executable, sigint_default
 
     out = tmp_path / "run"
     args = [e4e_executable(), "train", str(tiny_setup / "img"), "--generator", str(tiny_setup / "g.pt"), "--out", str(out),
@@ -587,7 +587,7 @@ def test_ctrl_c_saves_and_resume_finishes(tiny_setup, tmp_path):
             "--loss-size", "64", "--encoder-widths", "16,16,32,32", "--encoder-units", "1,1,1,1", "--log-every", "1",
             "--val-every", "0", "--image-every", "0", "--save-every", "0", "--device", "cpu", "--encoder-init", "random"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, E4E_NO_PROGRESS="1"))
+                            env=dict(os.environ, E4E_NO_PROGRESS="1"), preexec_fn=sigint_default)
     deadline = time.time() + 120
     while time.time() < deadline and not ((out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3):
         time.sleep(0.2)
