@@ -186,7 +186,10 @@ def test_interrupted_batch_leaves_only_complete_files_and_resumes(tmp_path, phot
     while time.time() < deadline and not (out / "p1" / "meta.json").exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave the process behind when the test fails
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert not list(out.rglob("*.part")), "temporary files left behind"

@@ -592,7 +592,10 @@ def test_ctrl_c_saves_and_resume_finishes(tiny_setup, tmp_path):
     while time.time() < deadline and not ((out / "log.jsonl").exists() and len((out / "log.jsonl").read_text().splitlines()) >= 3):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()  # never leave a training process behind when the test fails
     assert proc.returncode == 130, err
     assert "--resume" in err and "Traceback" not in err
     ckpt = checkpoints.latest(out)
