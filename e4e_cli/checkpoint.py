@@ -21,6 +21,7 @@ from . import domains
 from .errors import E4EError
 from .fsutil import read_head
 
+
 @dataclass
 class CheckpointInfo:
     """What the checkpoint says about itself (from `opts`, SPEC "Checkpoint file")."""

@@ -77,14 +77,18 @@ def from_dataset_type(dataset_type: str) -> Optional[Domain]:
     return DOMAINS.get(str(dataset_type or "").split("_")[0])
 
 
+#: which domain a bare size or style count means when two share it (horse and church are both 256)
+GUESS_ORDER: Tuple[str, ...] = ("ffhq", "cars", "church", "horse")
+
+
 def guess_from_size(size: int) -> str:
-    """The released domain of a generator of this size when nothing else says (256: church)."""
-    return {1024: "ffhq", 512: "cars"}.get(int(size), "church")
+    """The released domain of a generator of this size when nothing else says (256, or unknown: church)."""
+    return next((n for n in GUESS_ORDER if DOMAINS[n].size == int(size)), "church")
 
 
 def guess_from_n_styles(n_styles: int) -> Optional[str]:
-    """A latent's domain from its number of style vectors (18 ffhq, 16 cars, 14 church/horse)."""
-    return {18: "ffhq", 16: "cars", 14: "church"}.get(int(n_styles))
+    """A latent's domain from its number of style vectors (18 ffhq, 16 cars, 14 church)."""
+    return next((n for n in GUESS_ORDER if DOMAINS[n].n_styles == int(n_styles)), None)
 
 
 def aligns_faces(name: str) -> bool:

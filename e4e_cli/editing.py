@@ -228,9 +228,15 @@ def sefa(codes: torch.Tensor, generator, k: int, layers: Sequence[int], strength
     if not 0 <= k < codes.shape[2]:
         raise E4EError(f"SeFa component {k} is out of range (0..{codes.shape[2] - 1})")
     dirs, _ = sefa_directions(generator, layers)
+    return add_on_layers(codes, dirs[k], layers, strength)
+
+
+def add_on_layers(codes: torch.Tensor, vec: torch.Tensor, layers: Sequence[int], strength: float) -> torch.Tensor:
+    """codes [B,n,512] with strength * vec [512] added on the given layers (a new tensor)."""
     out = codes.clone()
-    out[:, list(layers)] += strength * dirs[k].to(codes)
+    out[:, list(layers)] += strength * vec.to(codes)
     return out
+
 
 # --------------------------------------------------------------------------------------
 # A direction named on the command line, latent files, the delta scale
@@ -285,7 +291,7 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
             raise E4EError(f"SeFa component {k} is out of range (0..{model.generator.style_dim - 1})")
         dirs, _ = sefa_directions(model.generator, layers)
         vec = dirs[k]
-        return Direction(slug(spec), "sefa", 3.0, lambda c, s: _add_on_layers(c, vec, layers, check_strength(s)),
+        return Direction(slug(spec), "sefa", 3.0, lambda c, s: add_on_layers(c, vec, layers, check_strength(s)),
                          {"spec": spec})
     if spec.startswith(("ganspace:", "sefa:")):
         raise E4EError(f"bad direction {spec!r}: use ganspace:COMPONENT:START:END or sefa:K[:LAYERS]")
@@ -306,12 +312,6 @@ def _file_identity(spec: str, path: Path) -> dict:
     from .digests import content_sha256
 
     return {"spec": spec, "file": Path(path).name, "sha256": content_sha256(path)}
-
-
-def _add_on_layers(codes, vec, layers, strength):
-    out = codes.clone()
-    out[:, list(layers)] += strength * vec.to(codes)
-    return out
 
 
 def load_latent_file(path: Path) -> np.ndarray:
@@ -338,10 +338,6 @@ def rescale_codes(codes, latent_avg, *, from_scale: float, to_scale: float):
     avg = latent_avg.to(codes)
     base = codes[:, :1] + (avg - avg[:1])[None]  # avg_i + w0
     return base + (to_scale / from_scale) * (codes - base)
-
-
-def editing_strength(s: float) -> float:
-    return check_strength(s)
 
 
 def parse_sweep(text: str) -> list[float]:

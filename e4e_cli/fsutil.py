@@ -16,7 +16,6 @@ from typing import IO, Callable, Iterator, Sequence
 from .errors import E4EError
 
 
-
 def read_umask() -> int:
     """The process's umask, read without changing it where the system tells it (Linux:
     /proc/self/status). Setting it to read it back, the only other way, races with threads

@@ -42,7 +42,7 @@ from PIL import Image  # noqa: E402
 
 from . import domains, settings  # noqa: E402
 from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict  # noqa: E402
-from .devices import PRECISIONS, resolve_device, resolve_precision  # noqa: E402,F401  (importable from here too)
+from .devices import resolve_device, resolve_precision  # noqa: E402
 from .errors import E4EError  # noqa: E402
 from .nn import fast_encoder, fast_generator, ops  # noqa: E402
 from .nn.engine import FastOptions, Plans  # noqa: E402

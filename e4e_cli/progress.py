@@ -19,8 +19,6 @@ def enabled(wanted: bool = True) -> bool:
 class _Silent:
     """The bar's interface, drawing nothing."""
 
-    n = 0
-
     def update(self, n: int = 1) -> None:
         pass
 
@@ -38,6 +36,11 @@ class _Silent:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+def silent() -> _Silent:
+    """A bar that draws nothing (a placeholder until the real one is known)."""
+    return _Silent()
 
 
 def bar(*, total: Optional[int], desc: str, unit: str = "img", wanted: bool = True, initial: int = 0,

@@ -110,8 +110,8 @@ def main(argv=None) -> int:
             sys.exit(f"invert failed: {r.error}")
         folder = Path(r.outdir)
         job = EditJob(sources=[folder / "latent.npy"], direction=str(args.direction),
-                               strengths=[args.strength], sweep=None, out=tmp / "edits", checkpoint=ckpt,
-                               device=args.device, paste_back=True)
+                      strengths=[args.strength], sweep=None, out=tmp / "edits", checkpoint=ckpt,
+                      device=args.device, paste_back=True)
         edits = run_edit(job)
         if edits[0].status != "ok":
             sys.exit(f"edit failed: {edits[0].error}")

@@ -23,6 +23,7 @@ from e4e_cli import editing
 from e4e_cli.boundaries import CovarianceStream, fit_boundary, project_out
 from e4e_cli.cli.app import main
 from e4e_cli.jobs import sampled
+from e4e_cli.model import E4E
 from e4e_cli.train.generators import save_rosinality_checkpoint
 
 
@@ -414,7 +415,7 @@ def test_show_writes_a_seeded_strip(tmp_path, capsys):
         w = g.mapping(z)
         avg = torch.load(gpath, weights_only=True)["latent_avg"]
         w = avg + 0.7 * (w - avg)
-        img = sampled.to_uint8(g.synthesize(w[:, None].repeat(1, g.n_styles, 1)))
+        img = E4E.to_uint8(g.synthesize(w[:, None].repeat(1, g.n_styles, 1)))
     assert np.abs(a[:, 32:64].astype(int) - np.concatenate(list(img), axis=0).astype(int)).max() <= 1
     # given latents instead of samples; a 16 px tile
     lat = tmp_path / "lat.npy"

@@ -129,8 +129,6 @@ def test_demodulated_weights_have_unit_norm():
     torch.testing.assert_close(wb.pow(2).sum([2, 3, 4]), torch.ones(b, o, dtype=torch.float64), atol=1e-7, rtol=0)
 
 
-
-
 def test_tiny_generator_fast_equals_ref_and_shapes():
     g = tiny_generator()
     assert g.n_styles == 8 and len(g.fixed_noise()) == 7

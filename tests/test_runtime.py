@@ -13,7 +13,7 @@ import torch
 from e4e_cli import model as model_mod
 from e4e_cli.nn import fast_generator, runtime
 from e4e_cli.nn.engine import Plans
-from e4e_cli.model import resolve_precision
+from e4e_cli.devices import resolve_precision
 
 from conftest import assert_one_line_error, run_e4e, synthetic_checkpoint
 

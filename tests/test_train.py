@@ -435,8 +435,7 @@ def test_resume_after_an_interrupt_equals_an_uninterrupted_run(tiny_setup, tmp_p
 
 
 @pytest.mark.slow
-def test_checkpoint_is_the_released_layout_and_loads_in_invert(tmp_path, case_checkpoint, parity_dir, lossnet_weights,
-                                                                monkeypatch):
+def test_checkpoint_is_the_released_layout_and_loads_in_invert(tmp_path, case_checkpoint, parity_dir, lossnet_weights):
     """The full-size encoder for a 256 generator (the synthetic church e4e checkpoint's decoder),
     its backbone started from the IR-SE50 file (as the reference): keys and shapes equal the
     released manifest; E4E and `e4e invert` reproduce its codes."""

@@ -30,11 +30,11 @@ def edit_command(
     weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
-    from ..editing import check_delta_scale, editing_strength, parse_sweep
+    from ..editing import check_delta_scale, check_strength, parse_sweep
     from ..jobs.edit import EditJob, run_edit
 
     options.check_domain(domain)
-    strengths = [editing_strength(s) for s in (strength or [])]
+    strengths = [check_strength(s) for s in (strength or [])]
     sweep_values = parse_sweep(sweep) if sweep else None
     if delta_scale is not None:
         check_delta_scale(delta_scale)

@@ -68,7 +68,7 @@ def evaluate_command(
         y_key, y_label = "w_distance", "mean distance from W (Mahalanobis)"
         title = f"Distortion vs closeness to W: {n_img} image(s)"
     chart = curve_chart(curve, x_key="psnr", y_key=y_key, x_label="PSNR of the inversion (dB, higher = less distortion)",
-                                 y_label=y_label, title=title)
+                        y_label=y_label, title=title)
     curve_png = atomic_save_image(chart, out / "curve.png")
 
     lp_ok, _ = lpips_status()

@@ -103,7 +103,7 @@ class _Images:
         from .invert import InvertOptions, prepare_input
         from .outputs import item_error
 
-        class _Domain:  # what _prepare reads of a model
+        class _Domain:  # what prepare_input reads of a model
             domain = self.domain
 
         try:

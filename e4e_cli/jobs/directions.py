@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..digests import content_sha256
 from ..errors import E4EError
 from ..fsutil import atomic_write, ensure_dir
 from ..images import IMAGE_SUFFIXES
@@ -51,12 +52,6 @@ def check_free(paths: Sequence[Path], overwrite: bool) -> None:
     for p in paths:
         if Path(p).exists():
             raise E4EError(f"{p} already exists: pass --overwrite to replace it, or choose another name or --out")
-
-
-def sha256_file(path: Path) -> str:
-    from ..digests import content_sha256
-
-    return content_sha256(path)
 
 
 # --------------------------------------------------------------------------------------
@@ -356,7 +351,7 @@ def fit_direction(job: FitJob) -> FitResult:
         "split": job.split,
         "svm": {"model": "sklearn.svm.LinearSVC", "C": job.svm_c, "seed": job.seed,
                 "note": "accuracy from the train/validation split; the written normal is refit on all kept codes"},
-        "conditions": [{"file": str(Path(c).resolve()), "sha256": sha256_file(Path(c))} for c in job.conditions],
+        "conditions": [{"file": str(Path(c).resolve()), "sha256": content_sha256(Path(c))} for c in job.conditions],
         "checkpoint": makers,
     }
     ensure_dir(out)

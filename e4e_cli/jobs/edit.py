@@ -23,6 +23,7 @@ from .invert import InvertOptions, invert_inputs
 from .outputs import (DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, checkpoint_identity, expand_inputs, fmt_strength,
                       item_error, save_gif, save_strip, unique_stems, write_json, write_npy, write_summary)
 
+
 @dataclass
 class Source:
     """A latent to edit: codes [n,512], a name for outputs, and the invert folder it came from."""
@@ -127,7 +128,7 @@ def run_edit(job: EditJob) -> list[ItemResult]:
     photos = [p for p, k in items if k == "photo"]
     if photos:
         inv = invert_inputs(photos, model, InvertOptions(out=job.invert_out, overwrite=job.overwrite,
-                                                          delta_scale=1.0, batch_size=job.batch_size))
+                                                         delta_scale=1.0, batch_size=job.batch_size))
         for r in inv:
             if r.status == "failed":
                 results.append(r)

@@ -20,9 +20,11 @@ from typing import Optional
 import numpy as np
 
 from .. import progress
+from ..devices import resolve_device
+from ..digests import content_sha256
 from ..errors import E4EError
 from ..fsutil import atomic_write, ensure_dir
-from .directions import NAME_RE, check_free, directions_dir, load_code, sha256_file
+from .directions import NAME_RE, check_free, directions_dir, load_code
 from .outputs import write_json
 
 PCA_BLOCK = 10_000  # z rows per block; the samples depend only on the seed and their number
@@ -55,12 +57,6 @@ def load_any_generator(src: GeneratorSource):
 
         path = checkpoint_path(src.domain or "ffhq", src.weights_dir)
     return load_generator(Path(path)), Path(path)
-
-
-def torch_device(name: str):
-    from ..devices import resolve_device
-
-    return resolve_device(name)
 
 
 # --------------------------------------------------------------------------------------
@@ -139,11 +135,11 @@ def pca_direction_file(job: PcaJob) -> tuple[Path, dict]:
     loaded, gpath = load_any_generator(src)
     t0 = time.time()
     pca = pca_of_mapping(loaded.generator, samples=job.samples, components=job.components, seed=job.seed,
-                         device=torch_device(job.device), show_progress=job.show_progress)
+                         device=resolve_device(job.device), show_progress=job.show_progress)
     buf = io.BytesIO()
     torch.save(pca, buf)
     atomic_write(out, lambda fh: fh.write(buf.getvalue()))
-    info = {"kind": "ganspace", "generator": {"file": gpath.name, "sha256": sha256_file(gpath), "layout": loaded.kind},
+    info = {"kind": "ganspace", "generator": {"file": gpath.name, "sha256": content_sha256(gpath), "layout": loaded.kind},
             "samples": job.samples, "components": job.components, "seed": job.seed,
             "sampling": f"z ~ N(0,1) in blocks of {PCA_BLOCK} from torch.Generator().manual_seed(seed), w = mapping(z)",
             "std_top5": [round(float(s), 6) for s in pca["std"][:5]], "seconds": round(time.time() - t0, 1),
@@ -192,12 +188,6 @@ class _GeneratorModel:
     n_styles: int
 
 
-def to_uint8(images) -> np.ndarray:
-    """[B,3,H,W] in about [-1,1] -> uint8 [B,H,W,3]."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to("cpu").numpy().astype(np.uint8)
-    return x.transpose(0, 2, 3, 1)
-
-
 def show_strip(job: ShowJob) -> Path:
     """Rows: samples (seeded random W, truncated to `truncation`) or given latents; columns:
     the strengths. Each cell is a `tile` px square; writes a PNG of
@@ -207,6 +197,7 @@ def show_strip(job: ShowJob) -> Path:
 
     from ..editing import resolve_direction
     from ..fsutil import slug
+    from ..model import E4E
 
     if job.samples < 1 or job.samples > 64:
         raise E4EError(f"--samples must be 1..64, got {job.samples}")
@@ -217,7 +208,7 @@ def show_strip(job: ShowJob) -> Path:
     out = Path(job.out) if job.out is not None else Path("e4e-out") / f"{slug(Path(spec).stem if Path(spec).exists() else spec)}_strip.png"
     check_free([out], job.overwrite)
     loaded, _ = load_any_generator(job.source)
-    g = loaded.generator.to(torch_device(job.device))
+    g = loaded.generator.to(resolve_device(job.device))
     dev = g.noises.noise_0.device
     domain = job.source.domain or loaded.domain_hint or "custom"
     model = _GeneratorModel(g, domain, g.n_styles)
@@ -246,7 +237,7 @@ def show_strip(job: ShowJob) -> Path:
         cells = []
         for s in strengths:
             edited = direction.apply(codes, float(s))
-            cells.append(to_uint8(g.synthesize(edited, noise=g.fixed_noise())))  # [R,H,W,3]
+            cells.append(E4E.to_uint8(g.synthesize(edited, noise=g.fixed_noise())))  # [R,H,W,3]
     n_rows = codes.shape[0]
     strip = Image.new("RGB", (tile * len(strengths), tile * n_rows))
     for col, imgs in enumerate(cells):

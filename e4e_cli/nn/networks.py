@@ -155,8 +155,10 @@ class Encoder4Editing(nn.Module):
                 c2 = x
         return c1, c2, x
 
-    def forward(self, x, impl: str = "ref"):
-        """x [B,3,H,W] -> (w0 [B,D], deltas [B,n-1,D]), float32.
+    def forward(self, x, impl: str = "ref", *, n_deltas: int | None = None):
+        """x [B,3,H,W] -> (w0 [B,D], deltas [B,k,D]), float32, with k = n-1 (all), or `n_deltas`
+        (training's progressive stages: the heads above it, and the lateral layers no active head
+        needs, never run).
 
         The reference path only (`impl` other than "ref" warns and runs it); the fast path is
         `fast_encoder.encode(encoder, x, ...)`.
@@ -166,17 +168,18 @@ class Encoder4Editing(nn.Module):
                           "(the fast path is e4e_cli.nn.fast_encoder.encode), using the reference", stacklevel=2)
         c1, c2, c3 = self.features(x)
         w0 = self.styles[0](c3)  # [B,D]
+        k = self.n_styles - 1 if n_deltas is None else max(0, min(int(n_deltas), self.n_styles - 1))
         deltas = []
         feats = c3
         p2 = None
-        for i in range(1, self.n_styles):
+        for i in range(1, k + 1):
             if i == self.coarse_ind:
                 p2 = upsample_add(c3, self.latlayer1(c2))
                 feats = p2
             elif i == self.middle_ind:
                 feats = upsample_add(p2, self.latlayer2(c1))
             deltas.append(self.styles[i](feats))
-        return w0, torch.stack(deltas, dim=1)
+        return w0, (torch.stack(deltas, dim=1) if deltas else w0.new_zeros(w0.shape[0], 0, w0.shape[1]))
 
 
 # --------------------------------------------------------------------------------------

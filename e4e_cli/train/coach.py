@@ -32,7 +32,7 @@ from ..checkpoint import Architecture, released_payload, split_state_dict
 from ..devices import resolve_device, resolve_precision
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
-from ..nn.networks import Encoder4Editing, upsample_add
+from ..nn.networks import Encoder4Editing
 from . import checkpoints
 from .data import Batches, list_images, readable, split
 from .discriminator import CodePool, LatentDiscriminator, d_loss, delta_penalty, g_adv_loss, r1_step_loss
@@ -64,18 +64,7 @@ class ActiveEncoder(nn.Module):
         self.encoder = encoder
 
     def forward(self, x, stage: int):
-        e = self.encoder
-        c1, c2, c3 = e.features(x)
-        w0 = e.styles[0](c3)
-        deltas, feats, p2 = [], c3, None
-        for i in range(1, min(stage, e.n_styles - 1) + 1):
-            if i == e.coarse_ind:
-                p2 = upsample_add(c3, e.latlayer1(c2))
-                feats = p2
-            elif i == e.middle_ind:
-                feats = upsample_add(p2, e.latlayer2(c1))
-            deltas.append(e.styles[i](feats))
-        return w0, (torch.stack(deltas, dim=1) if deltas else w0.new_zeros(w0.shape[0], 0, w0.shape[1]))
+        return self.encoder(x, n_deltas=stage)
 
 
 def _seed(*parts) -> int:

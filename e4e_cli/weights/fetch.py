@@ -33,14 +33,6 @@ __all__ = ["Result", "download_assets", "raise_on_failures"]
 # --------------------------------------------------------------------------------------
 
 
-
-
-
-
-def _progress_enabled(progress: bool) -> bool:
-    return bars.enabled(progress)
-
-
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError, AttributeError):
         fd = os.open(folder, os.O_RDONLY)
@@ -123,7 +115,6 @@ def raise_on_failures(results: Sequence[Result]) -> None:
         reasons = reasons[:cut] + reasons[cut:].replace(" (offline?)", "")
     raise E4EError(f"{len(failed)} of {len(results)} downloads failed{offline}: {reasons}"
                    + (f"; {' / '.join(hints)}" if hints else ""))
-
 
 
 def _make_bar(total: int, initial: int, desc: str, enabled: bool):
@@ -318,7 +309,7 @@ def _download_one(
     part = Partial(folder / (asset.wire_filename + ".part"), asset.wire_size)
     failures: List[str] = []
     counter = [0]
-    bar = bars.bar(total=None, desc="", wanted=False)
+    bar = bars.silent()  # replaced by a real bar once a source answers
     ok_url: Optional[str] = None
     try:
         for url in _sources(asset, base_url):
@@ -459,7 +450,7 @@ def download_assets(
     if src_dir is not None and not src_dir.is_dir():
         raise E4EError(f"--from folder {src_dir} does not exist")
     say = log or (lambda msg: None)
-    enabled = _progress_enabled(progress)
+    enabled = bars.enabled(progress)
 
     own_session = session is None
     if own_session:

@@ -21,7 +21,6 @@ from .registry import HTML_SNIFF
 CHUNK = 256 * 1024  # bytes per read/write while streaming
 
 
-
 class SourceFailed(Exception):
     """This source cannot deliver the file; try the next one."""
 
