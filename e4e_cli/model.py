@@ -311,11 +311,16 @@ class E4E:
 
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, *, noise: str = "fixed", seed: int | None = None, crop: bool = True,
-               impl: str | None = None, precision: str | torch.dtype | None = None) -> torch.Tensor:
+               impl: str | None = None, precision: str | torch.dtype | None = None, offsets=None,
+               size: int | None = None) -> torch.Tensor:
         """codes [B,n,512] (or [n,512]) -> images [B,3,H,W], float32, cropped for cars.
 
         noise: "fixed" uses the checkpoint's noise buffers (deterministic, as the reference
         inverts and edits); "random" draws new noise (from `seed` when given).
+        offsets: per-layer weight offsets ({layer: tensor}, `Generator.check_offsets`; HyperStyle's
+        refinement of one image, or per image with a batch dimension).
+        size: a preview resolution (a power of two up to the model's): the synthesis stops after
+        that block and returns its running RGB image, exactly the full decode's partial sum.
         """
         codes = torch.as_tensor(codes)
         if codes.ndim == 2:
@@ -339,16 +344,23 @@ class E4E:
         if type(self.generator).synthesize is not Generator.synthesize:
             impl = "ref"  # a generator with its own synthesis (train's ClampedGenerator) keeps it
         dt = dtype if dtype != torch.float32 else None
+        try:
+            off = self.generator.check_offsets(offsets, batch=codes.shape[0])
+            self.generator.blocks_until(size)
+        except ValueError as exc:
+            raise E4EError(str(exc)) from None
+        off = {k: v.to(self.device) for k, v in off.items()}
         # float32 fast path on the CPU: reuse the large activations' pages (bfloat16's, half
         # the size, measured no faster that way; the reference path is left as it is)
         hold = self.device.type == "cpu" and impl == "fast" and dt is None
         with HeapReuse.hold() if hold else contextlib.nullcontext():
             if impl == "fast":
                 run = self._compiled.get("generator", fast_generator.synthesize)
-                img = run(self.generator, codes, nz, dtype=dt, options=self.fast_options, plans=self.plans)
+                img = run(self.generator, codes, nz, dtype=dt, options=self.fast_options, plans=self.plans,
+                          offsets=off or None, stop_at=size)
             else:
                 with ops.reference_fir_layout(self.fast_options.fir_layout):
-                    img = self.generator.synthesize(codes, noise=nz, dtype=dt)
+                    img = self.generator.synthesize(codes, noise=nz, dtype=dt, offsets=off or None, stop_at=size)
         top, bottom = domains.crop_rows(self.domain, img.shape[-1])
         if crop and (top, bottom) != (0, img.shape[-2]):
             img = img[:, :, top:bottom, :]

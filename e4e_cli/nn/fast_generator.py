@@ -11,6 +11,7 @@ caller's `engine.Plans`.
 """
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,20 +27,32 @@ if TYPE_CHECKING:
 class _Step:
     """One style-reading layer of the synthesis network, in execution order."""
 
-    __slots__ = ("kind", "mod", "owner", "code", "noise", "res_in", "gain", "weight_mode", "off", "wsq", "poly", "wcache")
+    __slots__ = ("kind", "mod", "owner", "code", "noise", "res_in", "gain", "weight_mode", "off", "wsq", "poly", "wcache",
+                 "weight")
 
     def __init__(self, kind, mod, owner, code, noise, res_in, gain):
         self.kind, self.mod, self.owner, self.code, self.noise = kind, mod, owner, code, noise
         self.res_in, self.gain = res_in, gain
         self.weight_mode, self.off, self.wsq, self.poly = False, 0, None, None
         self.wcache: dict = {}
+        self.weight = mod.weight.detach()[0]  # [O,I,k,k] raw (a copy with offsets applied: `_GeneratorFastPlan.with_offsets`)
+
+    def derive(self, acc, up_mode: str) -> None:
+        """The tensors derived from `weight`: squared scaled weights for demodulation and, for a
+        high-resolution up-sampling layer, the polyphase kernels."""
+        if self.kind != "conv":
+            return
+        wsc = self.weight.to(acc) * self.mod.scale
+        self.wsq = wsc.pow(2).sum(dim=[2, 3])  # [O,I]
+        if self.mod.up and self.weight_mode and up_mode == "polyphase":
+            self.poly = ops.polyphase_up_weight(wsc, self.mod.blur.kernel.to(acc), phase_major=True)  # [4O,I,3,3]
 
     def shared_weight(self, dtype):
         """The layer's unmodulated weight for activation mode in `dtype` ([I,O,k,k] for a
         transposed conv). In another dtype than the loaded one, a channels-last copy made once
         (about 5 MB a layer in bfloat16: converting on every call cost ~12 ms per 1024 image);
         in the loaded dtype, the weight itself (a channels-last copy measured no faster)."""
-        w0 = self.mod.weight.detach()[0]
+        w0 = self.weight
         if self.mod.up:
             w0 = w0.transpose(0, 1)
         if w0.dtype == dtype:
@@ -90,24 +103,35 @@ class _GeneratorFastPlan:
             bs.append(lin.bias.detach().to(acc) * lin.lr_mul)
             st.off = off
             off += lin.weight.shape[0]
-            w0 = st.mod.weight.detach()[0]
-            o, _, k, _ = w0.shape
+            o, _, k, _ = st.weight.shape
             if st.kind == "conv":
                 if mode == "auto":
                     st.weight_mode = prev_weight_mode or o * k * k <= st.res_in * st.res_in
                 else:
                     st.weight_mode = mode == "weight"
                 prev_weight_mode = st.weight_mode
-                wsc = w0.to(acc) * st.mod.scale
-                st.wsq = wsc.pow(2).sum(dim=[2, 3])  # [O,I]
-                if st.mod.up and st.weight_mode and up_mode == "polyphase":
-                    st.poly = ops.polyphase_up_weight(wsc, st.mod.blur.kernel.to(acc), phase_major=True)  # [4O,I,3,3]
             else:
                 st.weight_mode = prev_weight_mode
+            st.derive(acc, up_mode)
         self.steps = steps
         self.style_w = torch.cat(ws)  # [sum(I), D]
         self.style_b = torch.cat(bs)
         self.up_mode = up_mode
+
+    def with_offsets(self, offsets: dict) -> "_GeneratorFastPlan":
+        """This plan for the weights W * (1 + offset) of the layers in `offsets` ({layer index:
+        [O,I,k,k] or [O,I,1,1]}, indices as `Generator.layers()`, which is the steps' order):
+        the stacked styles are shared, the offset layers' steps are copies with their own
+        weight and derived tensors. Built per call (offsets are per image)."""
+        plan = copy.copy(self)
+        plan.steps = list(self.steps)
+        for i, off in offsets.items():
+            st = copy.copy(self.steps[i])
+            st.weight = st.weight * (1 + off.to(device=st.weight.device, dtype=st.weight.dtype))
+            st.wcache = {}
+            st.derive(self.dtype, self.up_mode)
+            plan.steps[i] = st
+        return plan
 
 
 def _noise_term(st: _Step, noise, cdt):
@@ -119,8 +143,7 @@ def _noise_term(st: _Step, noise, cdt):
 def _conv_activation_mode(st: _Step, x, s, nz, cdt, opts: FastOptions):
     """Batched modulated conv for low resolutions: scale x by the style, demodulate the output."""
     m = st.mod
-    w0 = m.weight[0]
-    k = w0.shape[-1]
+    k = st.weight.shape[-1]
     x = x * (s * (m.scale * st.gain)).to(cdt)[:, :, None, None]
     w = st.shared_weight(cdt)
     if m.up:
@@ -159,7 +182,7 @@ def _conv_weight_mode(st: _Step, x, s, nz, cdt, opts: FastOptions, extras=None):
     up-sampling layer, `extras` ([1,E,2H,2W]) are appended to its output.
     """
     m = st.mod
-    w0 = m.weight[0]
+    w0 = st.weight
     o, i, k, _ = w0.shape
     c = k // 2
     d = ops.demod_from_wsq(st.wsq, s)  # [1,O]
@@ -200,7 +223,7 @@ def _to_rgb_fast(st: _Step, x, s, skip, cdt):
     """ToRGB: 1x1 modulated conv (no demodulation) + bias in the compute dtype; the running RGB
     image (`skip`, up-sampled by the FIR) is accumulated in float32."""
     m = st.mod
-    w0 = m.weight[0]  # [3,I,1,1]
+    w0 = st.weight  # [3,I,1,1]
     coef = s * (m.scale * st.gain)  # [B,I]
     bias = lowp(st.owner.bias.reshape(-1), cdt)
     if st.weight_mode and x.shape[0] == 1:
@@ -234,17 +257,32 @@ def _conv3x3_args(opts: FastOptions) -> dict:
 
 
 def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOptions | None = None,
-               plans: Plans | None = None):
+               plans: Plans | None = None, offsets=None, stop_at: int | None = None):
     """The generator's fast path: codes [B,n_styles,D] -> image [B,3,size,size], the same
-    function as `g.synthesize(codes, noise=noise)` (networks.py, the reference).
+    function as `g.synthesize(codes, noise=noise, offsets=offsets, stop_at=stop_at)`
+    (networks.py, the reference).
 
     `noise` defaults to the fixed buffers; `dtype` runs the convolutions in a reduced precision
     (styles, demodulation and the RGB image stay float32); `options` (engine.FastOptions) choose
     the modes; `plans` keeps the derived tensors between calls (None: built for this call only).
+    `offsets`: per-layer relative weight offsets (`Generator.check_offsets`); one image's are
+    folded into a per-call copy of the plan's weights, per-sample ones run image by image.
+    `stop_at`: return the [B,3,r,r] image after the r block (the skip branch's partial sum).
     """
     if codes.ndim != 3 or codes.shape[1] != g.n_styles or codes.shape[2] != g.style_dim:
         raise ValueError(f"codes must be [B,{g.n_styles},{g.style_dim}], got {tuple(codes.shape)}")
     noise = g.fixed_noise() if noise is None else noise
+    b = codes.shape[0]
+    off = g.check_offsets(offsets, batch=b)
+    n_steps = 2 + 3 * g.blocks_until(stop_at)
+    if any(t.ndim == 5 and t.shape[0] > 1 for t in off.values()):  # a different generator per image
+        parts = []
+        for i in range(b):
+            own = {k: (t[i] if t.ndim == 5 and t.shape[0] > 1 else t) for k, t in off.items()}
+            nz = [n[i : i + 1] if n.shape[0] > 1 else n for n in noise]
+            parts.append(synthesize(g, codes[i : i + 1], nz, dtype=dtype, options=options, plans=plans,
+                                    offsets=own, stop_at=stop_at))
+        return torch.cat(parts)
     opts = FastOptions() if options is None else options
     up_mode, mode = opts.up_mode, opts.mode
     if up_mode == "auto":
@@ -256,16 +294,16 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
     key = (str(codes.device), g.input.input.dtype, up_mode, mode)
     plans = Plans() if plans is None else plans
     plan = plans.get(g, key, lambda: _GeneratorFastPlan(g, up_mode, mode))
+    if off:
+        plan = plan.with_offsets({k: (t[0] if t.ndim == 5 else t) for k, t in off.items()})
     base = plan.dtype  # styles, demodulation and the RGB image: float32 (float64 for a float64 model)
     cdt = dtype or base
-    b = codes.shape[0]
-    # every layer's style in one matmul (per sample: see engine.each)
     styles = each(lambda c: F.linear(c, plan.style_w, plan.style_b), codes.to(base))  # [B, n_styles, sum(I)]
-    svec = [styles[:, st.code, st.off : st.off + st.mod.weight.shape[2]] for st in plan.steps]
+    svec = [styles[:, st.code, st.off : st.off + st.weight.shape[1]] for st in plan.steps[:n_steps]]
     cl = torch.channels_last
     x = g.input.input.expand(b, -1, -1, -1).to(cdt).contiguous(memory_format=cl)
     skip = None
-    steps = plan.steps
+    steps = plan.steps[:n_steps]
     first_w = next((i for i, st in enumerate(steps) if st.weight_mode), len(steps))
     for j, st in enumerate(steps[:first_w]):  # low resolutions: the whole batch at once
         if st.kind == "conv":

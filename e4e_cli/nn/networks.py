@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Sequence
 
 import torch
@@ -218,10 +219,16 @@ class ModulatedConv2d(nn.Module):
             self.blur = nn.Module()
             self.blur.register_buffer("kernel", blur_kernel_2d(scale=4.0))
 
-    def forward(self, x, code, impl: str = "ref", styles=None):
+    def forward(self, x, code, impl: str = "ref", styles=None, offset=None):
+        """`offset`: a relative change of the raw weight (HyperStyle's per-image weight delta,
+        applied before modulation and demodulation): the weight becomes W * (1 + offset).
+        [O,I,k,k] or [O,I,1,1] (shared by the batch), or [B,O,I,k,k] / [B,O,I,1,1] (per sample)."""
         s = self.modulation(code) if styles is None else styles  # [B,I]
+        w = self.weight[0] * self.scale  # [O,I,k,k]
+        if offset is not None:
+            w = w * (1 + offset.to(w.dtype))  # [O,I,k,k] or [B,O,I,k,k]
         return ops.modulated_conv2d(
-            x, self.weight[0] * self.scale, s, demodulate=self.demodulate, up=self.up,
+            x, w, s, demodulate=self.demodulate, up=self.up,
             blur_kernel=self.blur.kernel if self.up else None, impl=impl,
         )
 
@@ -253,8 +260,8 @@ class StyledConv(nn.Module):
         self.noise = NoiseInjection()
         self.activate = FusedLeakyReLU(cout)
 
-    def forward(self, x, code, noise, impl: str = "ref", styles=None):
-        return self.activate(self.noise(self.conv(x, code, impl, styles), noise))
+    def forward(self, x, code, noise, impl: str = "ref", styles=None, offset=None):
+        return self.activate(self.noise(self.conv(x, code, impl, styles, offset), noise))
 
 
 class ToRGB(nn.Module):
@@ -268,8 +275,8 @@ class ToRGB(nn.Module):
         self.conv = ModulatedConv2d(cin, 3, 1, style_dim, demodulate=False)
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
-    def forward(self, x, code, skip=None, impl: str = "ref", styles=None):
-        out = self.conv(x, code, impl, styles) + self.bias.to(x.dtype)
+    def forward(self, x, code, skip=None, impl: str = "ref", styles=None, offset=None):
+        out = self.conv(x, code, impl, styles, offset) + self.bias.to(x.dtype)
         if skip is not None:
             out = out + ops.upfirdn2d(skip, self.upsample.kernel, up=2, pad=(2, 1), impl=impl)
         return out
@@ -345,27 +352,70 @@ class Generator(nn.Module):
             out += [(self.convs[2 * k].conv, 1 + 2 * k), (self.convs[2 * k + 1].conv, 2 + 2 * k), (self.to_rgbs[k].conv, 3 + 2 * k)]
         return out
 
-    def synthesize(self, codes, *, noise: list[torch.Tensor] | None = None, impl: str = "ref", dtype=None):
+    def synthesize(self, codes, *, noise: list[torch.Tensor] | None = None, impl: str = "ref", dtype=None,
+                   offsets=None, stop_at: int | None = None):
         """codes [B,n_styles,D] -> image [B,3,size,size]. `noise` defaults to the fixed buffers.
 
         `dtype` runs the convolutions in a reduced precision (styles, demodulation and the
         RGB accumulation stay float32). `impl` is every op's implementation (ops.IMPLS: "fast"
         is each op's own fast path inside this reference structure). The whole-network fast
         path is `fast_generator.synthesize(generator, codes, ...)`.
+
+        `offsets`: per-layer relative weight offsets (HyperStyle), indexed as `layers()`
+        ({index: tensor} or a sequence with None for untouched layers; see `check_offsets`).
+        `stop_at`: a resolution r (4 .. size): return the skip branch's image after the r block,
+        [B,3,r,r] -- exactly the low-resolution partial sum that the full decode up-samples on.
         """
         if codes.ndim != 3 or codes.shape[1] != self.n_styles or codes.shape[2] != self.style_dim:
             raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
         noise = self.fixed_noise() if noise is None else noise
         b = codes.shape[0]
+        off = self.check_offsets(offsets, batch=b)
+        last = self.blocks_until(stop_at)
         cdt = dtype or codes.dtype
         x = self.input.input.expand(b, -1, -1, -1).to(cdt)
-        x = self.conv1(x, codes[:, 0], noise[0], impl)
-        skip = self.to_rgb1(x, codes[:, 1], impl=impl).float()
-        for k in range(len(self.to_rgbs)):
-            x = self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl)
-            x = self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl)
-            skip = self.to_rgbs[k](x, codes[:, 3 + 2 * k], skip, impl).float()
+        x = self.conv1(x, codes[:, 0], noise[0], impl, offset=off.get(0))
+        skip = self.to_rgb1(x, codes[:, 1], impl=impl, offset=off.get(1)).float()
+        for k in range(last):
+            x = self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl, offset=off.get(2 + 3 * k))
+            x = self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl, offset=off.get(3 + 3 * k))
+            skip = self.to_rgbs[k](x, codes[:, 3 + 2 * k], skip, impl, offset=off.get(4 + 3 * k)).float()
         return skip
+
+    def blocks_until(self, stop_at: int | None) -> int:
+        """How many up-sampling blocks run to stop after resolution `stop_at` (None: all)."""
+        if stop_at is None:
+            return len(self.to_rgbs)
+        r = int(stop_at)
+        if r < 4 or r > self.size or r & (r - 1):
+            raise ValueError(f"stop_at must be a power of two from 4 to {self.size}, got {stop_at}")
+        return int(math.log2(r)) - 2
+
+    def check_offsets(self, offsets, *, batch: int | None = None) -> dict[int, torch.Tensor]:
+        """Weight offsets as {layer index (as `layers()`): tensor}, each checked against its layer:
+        [O,I,k,k] or [O,I,1,1] (one image's, broadcast over the batch), or the same with a
+        leading batch dimension equal to `batch`. Raises ValueError naming the layer."""
+        if offsets is None:
+            return {}
+        items = offsets.items() if isinstance(offsets, Mapping) else enumerate(offsets)
+        layers = self.layers()
+        out = {}
+        for i, t in items:
+            if t is None:
+                continue
+            i = int(i)
+            if not 0 <= i < len(layers):
+                raise ValueError(f"weight offset for layer {i}: this generator has layers 0..{len(layers) - 1}")
+            o, c, k, _ = layers[i][0].weight.shape[1:]
+            shape = tuple(t.shape)
+            core = shape[-4:] if len(shape) == 5 else shape
+            ok = len(shape) in (4, 5) and core[:2] == (o, c) and core[2:] in ((k, k), (1, 1))
+            if ok and len(shape) == 5 and batch is not None and shape[0] not in (1, batch):
+                ok = False
+            if not ok:
+                raise ValueError(f"weight offset for layer {i} has shape {shape}; the layer's weight is [{o},{c},{k},{k}]")
+            out[i] = t
+        return out
 
     def forward(self, codes, **kw):
         return self.synthesize(codes, **kw)

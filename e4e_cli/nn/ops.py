@@ -168,8 +168,9 @@ def modulated_conv2d(
     """StyleGAN2 modulated convolution (SPEC "Modulated conv").
 
     x [B,I,H,W]; weight [O,I,k,k], already multiplied by its equalized-lr scale
-    1/sqrt(I*k*k); styles [B,I]. With `up`, a stride-2 transposed conv followed by
-    `blur_kernel` [4,4] (already multiplied by 4) with padding (1,1). Returns [B,O,H',W'].
+    1/sqrt(I*k*k), or per sample [B,O,I,k,k] / [1,O,I,k,k] (a weight with HyperStyle's offsets);
+    styles [B,I]. With `up`, a stride-2 transposed conv followed by `blur_kernel` [4,4]
+    (already multiplied by 4) with padding (1,1). Returns [B,O,H',W'].
 
     "ref": per-sample weights in one grouped convolution, as the reference does.
     "fast": scale the activations by the style, convolve with the shared weight,
@@ -177,23 +178,26 @@ def modulated_conv2d(
     """
     _check_nchw(x, "modulated_conv2d")
     b, i, h, w = x.shape
-    o, wi, kh, kw = weight.shape
-    if wi != i or styles.shape != (b, i):
+    if weight.ndim == 5 and weight.shape[0] == 1:
+        weight = weight[0]  # one weight for the whole batch
+    per_sample = weight.ndim == 5
+    o, wi, kh, kw = weight.shape[-4:]
+    if wi != i or styles.shape != (b, i) or (per_sample and weight.shape[0] != b):
         raise ValueError(
             f"modulated_conv2d: x {tuple(x.shape)}, weight {tuple(weight.shape)}, styles {tuple(styles.shape)} do not fit"
         )
     if up and blur_kernel is None:
         raise ValueError("modulated_conv2d: up=True needs blur_kernel")
     impl = check_impl(impl, "modulated_conv2d")
-    if impl == "fast":
+    if impl == "fast" and not per_sample:  # per-sample weights: the grouped convolution is the way
         return _modconv_fast(x, weight, styles, demodulate, up, blur_kernel)
     return _modconv_ref(x, weight, styles, demodulate, up, blur_kernel)
 
 
 def _modconv_ref(x, weight, styles, demodulate, up, blur_kernel):
     b, i, h, w = x.shape
-    o, _, k, _ = weight.shape
-    wb = weight.unsqueeze(0) * styles.reshape(b, 1, i, 1, 1)  # [B,O,I,k,k]
+    o, _, k, _ = weight.shape[-4:]
+    wb = (weight if weight.ndim == 5 else weight.unsqueeze(0)) * styles.reshape(b, 1, i, 1, 1)  # [B,O,I,k,k]
     if demodulate:
         d = torch.rsqrt(wb.pow(2).sum(dim=[2, 3, 4]) + 1e-8)  # [B,O]
         wb = wb * d.reshape(b, o, 1, 1, 1)

@@ -206,25 +206,31 @@ class ClampedGenerator(Generator):
     def _clamp(x, c):
         return x if c is None else x.clamp(-c, c)
 
-    def _rgb(self, layer, x, code, skip, c, impl):
-        out = self._clamp(layer.conv(x, code, impl) + layer.bias.to(x.dtype), c)
+    def _rgb(self, layer, x, code, skip, c, impl, offset=None):
+        out = self._clamp(layer.conv(x, code, impl, offset=offset) + layer.bias.to(x.dtype), c)
         if skip is not None:
             out = out + ops.upfirdn2d(skip, layer.upsample.kernel, up=2, pad=(2, 1), impl=impl)
         return out.float()
 
-    def synthesize(self, codes, *, noise: Optional[list] = None, impl: str = "ref", dtype=None):
-        """codes [B,n_styles,D] -> image [B,3,size,size], clamped layer by layer."""
+    def synthesize(self, codes, *, noise: Optional[list] = None, impl: str = "ref", dtype=None,
+                   offsets=None, stop_at: Optional[int] = None):
+        """codes [B,n_styles,D] -> image [B,3,size,size], clamped layer by layer (offsets and
+        stop_at as `Generator.synthesize`)."""
         if codes.ndim != 3 or codes.shape[1] != self.n_styles or codes.shape[2] != self.style_dim:
             raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
         noise = self.fixed_noise() if noise is None else noise
+        off = self.check_offsets(offsets, batch=codes.shape[0])
+        last = self.blocks_until(stop_at)
         impl, cc, rc = "ref", self.conv_clamps, self.rgb_clamps
         x = self.input.input.expand(codes.shape[0], -1, -1, -1).to(dtype or codes.dtype)
-        x = self._clamp(self.conv1(x, codes[:, 0], noise[0], impl), cc[0])
-        skip = self._rgb(self.to_rgb1, x, codes[:, 1], None, rc[0], impl)
-        for k in range(len(self.to_rgbs)):
-            x = self._clamp(self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl), cc[1 + 2 * k])
-            x = self._clamp(self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl), cc[2 + 2 * k])
-            skip = self._rgb(self.to_rgbs[k], x, codes[:, 3 + 2 * k], skip, rc[1 + k], impl)
+        x = self._clamp(self.conv1(x, codes[:, 0], noise[0], impl, offset=off.get(0)), cc[0])
+        skip = self._rgb(self.to_rgb1, x, codes[:, 1], None, rc[0], impl, off.get(1))
+        for k in range(last):
+            x = self._clamp(self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl, offset=off.get(2 + 3 * k)),
+                            cc[1 + 2 * k])
+            x = self._clamp(self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl, offset=off.get(3 + 3 * k)),
+                            cc[2 + 2 * k])
+            skip = self._rgb(self.to_rgbs[k], x, codes[:, 3 + 2 * k], skip, rc[1 + k], impl, off.get(4 + 3 * k))
         return skip
 
 
