@@ -18,12 +18,15 @@ from .errors import E4EError
 class Domain:
     name: str
     size: int  # generator output side (px)
-    checkpoint_asset: str  # registry name of the released e4e checkpoint
+    checkpoint_asset: Optional[str]  # registry name of the released e4e checkpoint (None: no e4e release)
     dataset_type: str  # the reference's name (opts["dataset_type"] in checkpoints)
     identity_loss: str  # "arcface" (faces) or "moco" (anything else)
     aligned_faces: bool = False  # inputs are face photos aligned with dlib's landmarks
     wide: bool = False  # 4:3 images: decoded rows cropped to the middle 3/4, encoder input 3/4 high
     pca_asset: Optional[str] = None  # GANSpace components (registry name), where released
+    refiner_asset: Optional[str] = None  # HyperStyle checkpoint (registry name), where released
+    w_encoder_asset: Optional[str] = None  # the W-encoder HyperStyle starts from
+    refiner_dataset_type: Optional[str] = None  # HyperStyle's dataset_type for this domain
 
     @property
     def n_styles(self) -> int:
@@ -45,10 +48,15 @@ class Domain:
 DOMAINS: Dict[str, Domain] = {
     d.name: d
     for d in (
-        Domain("ffhq", 1024, "ffhq", "ffhq_encode", "arcface", aligned_faces=True, pca_asset="ffhq_pca"),
-        Domain("cars", 512, "cars", "cars_encode", "moco", wide=True, pca_asset="cars_pca"),
+        Domain("ffhq", 1024, "ffhq", "ffhq_encode", "arcface", aligned_faces=True, pca_asset="ffhq_pca",
+               refiner_asset="hyperstyle_ffhq", w_encoder_asset="w_encoder_ffhq", refiner_dataset_type="ffhq_hypernet"),
+        Domain("cars", 512, "cars", "cars_encode", "moco", wide=True, pca_asset="cars_pca",
+               refiner_asset="hyperstyle_cars", w_encoder_asset="w_encoder_cars", refiner_dataset_type="cars_hypernet"),
         Domain("horse", 256, "horse", "horse_encode", "moco"),
         Domain("church", 256, "church", "church_encode", "moco"),
+        # AFHQ wild animals (StyleGAN2-ADA, 512): HyperStyle and its W-encoder exist, e4e does not
+        Domain("wild", 512, None, "afhq_wild_encode", "moco",
+               refiner_asset="hyperstyle_wild", w_encoder_asset="w_encoder_wild", refiner_dataset_type="afhq_wild_hypernet"),
     )
 }
 
@@ -72,7 +80,7 @@ def get(name: str) -> Domain:
 def from_dataset_type(dataset_type: str) -> Optional[Domain]:
     """`ffhq_encode` -> ffhq (None for an unknown or empty name)."""
     for d in DOMAINS.values():
-        if d.dataset_type == dataset_type:
+        if dataset_type in (d.dataset_type, d.refiner_dataset_type):
             return d
     return DOMAINS.get(str(dataset_type or "").split("_")[0])
 

@@ -98,10 +98,10 @@ class E4E:
     are kept in `plans`, per model (`clear_fast_cache()` after changing parameters in place).
     """
 
-    def __init__(self, encoder: Encoder4Editing, generator: Generator, latent_avg: torch.Tensor, info: CheckpointInfo,
+    def __init__(self, encoder: Encoder4Editing | None, generator: Generator, latent_avg: torch.Tensor, info: CheckpointInfo,
                  *, device: torch.device, impl: str = "fast", precision: torch.dtype = torch.float32, path: str | None = None,
                  fast_options: FastOptions | None = None):
-        self.encoder = encoder.eval()
+        self.encoder = None if encoder is None else encoder.eval()  # None: a decoder only (HyperStyle's generator)
         self.generator = generator.eval()
         self.latent_avg = latent_avg  # [n,D]
         self.info = info
@@ -179,6 +179,8 @@ class E4E:
     # ---- memory ---------------------------------------------------------------------
 
     def _encoder_tensors(self) -> list[torch.Tensor]:
+        if self.encoder is None:
+            return []
         return [t for t in list(self.encoder.parameters()) + list(self.encoder.buffers()) if t.device.type == "cpu"]
 
     def release_encoder_memory(self) -> int:
@@ -286,6 +288,8 @@ class E4E:
     @torch.inference_mode()
     def encode_parts(self, images) -> EncoderOutput:
         """Run the encoder: w0 and the per-layer deltas kept apart (see `EncoderOutput`)."""
+        if self.encoder is None:
+            raise E4EError("this model has no e4e encoder (a generator loaded for decoding only)")
         x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
         h, w = self.input_size
         if x.ndim != 4 or x.shape[1] != 3:

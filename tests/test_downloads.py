@@ -595,7 +595,7 @@ def test_registry_holds_the_issue_facts():
     lm = a["landmarks"]
     assert lm.compressed.size == 64040097 and lm.size == 99693937
     assert lm.urls[0] == "http://dlib.net/files/shape_predictor_68_face_landmarks.dat.bz2"
-    unverified = {"ir_se50", "moco"}  # their publishers give no size or SHA-256
+    unverified = {"ir_se50", "moco"} | {n for n in a if n.startswith(("hyperstyle_", "w_encoder_"))}  # no size or SHA-256 published
     for asset in a.values():
         if asset.name in unverified:
             assert asset.sha256 == "" and asset.size == 0
@@ -605,8 +605,15 @@ def test_registry_holds_the_issue_facts():
     assert weights_registry.GROUPS["lpips"] == ["lpips_alexnet", "lpips_alex"]
     assert a["moco"].licence.startswith("CC-BY-NC")
     assert a["lpips_alexnet"].sha256.startswith("7be5be79") and a["lpips_alexnet"].size == 244408911
-    assert {d.name: d.checkpoint_asset for d in domains.DOMAINS.values()} == {"ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church"}
-    for name in (d.checkpoint_asset for d in domains.DOMAINS.values()):
+    assert {d.name: d.checkpoint_asset for d in domains.DOMAINS.values()} == {
+        "ffhq": "ffhq", "cars": "cars", "horse": "horse", "church": "church", "wild": None}
+    assert a["hyperstyle_ffhq"].urls == ("https://drive.google.com/uc?export=download&id=1C3dEIIH1y8w1-zQMCyx7rDF0ndswSXh4",)
+    assert a["w_encoder_wild"].filename == "afhq_wild_w_encoder.pt"
+    assert weights_registry.GROUPS["hyperstyle_cars"] == ["hyperstyle_cars", "w_encoder_cars"]
+    for d in domains.DOMAINS.values():
+        assert (d.refiner_asset is None) == (d.w_encoder_asset is None)
+        assert d.refiner_asset is None or a[d.refiner_asset].domain == a[d.w_encoder_asset].domain == d.name
+    for name in (d.checkpoint_asset for d in domains.DOMAINS.values() if d.checkpoint_asset):
         assert stream.is_drive_url(a[name].urls[1]) and not stream.is_drive_url(a[name].urls[0])
 
 

@@ -14,7 +14,7 @@ from .. import settings
 from ..digests import sha256_file
 from ..domains import DOMAINS
 from ..domains import get as get_domain
-from ..errors import MissingWeightsError
+from ..errors import E4EError, MissingWeightsError
 from ..fsutil import sniff_head
 from .registry import ASSETS, HTML_SNIFF, Asset, get_asset, human_size
 
@@ -86,7 +86,20 @@ def require_asset(name: str, weights_dir: Optional[os.PathLike | str] = None) ->
 
 def checkpoint_path(domain: str, weights_dir: Optional[os.PathLike | str] = None) -> Path:
     """The e4e checkpoint of `domain` (ffhq, cars, horse, church), or MissingWeightsError."""
-    return require_asset(get_domain(domain).checkpoint_asset, weights_dir)
+    d = get_domain(domain)
+    if d.checkpoint_asset is None:
+        raise E4EError(f"there is no released e4e checkpoint for the {d.name} domain: pass --checkpoint PATH, "
+                       f"or invert with `--refine hyperstyle`, which starts from HyperStyle's own W-encoder")
+    return require_asset(d.checkpoint_asset, weights_dir)
+
+
+def refiner_paths(domain: str, weights_dir: Optional[os.PathLike | str] = None) -> tuple[Path, Path]:
+    """(HyperStyle checkpoint, W-encoder) of `domain`, or MissingWeightsError naming the download."""
+    d = get_domain(domain)
+    if d.refiner_asset is None or d.w_encoder_asset is None:
+        have = ", ".join(n for n, x in DOMAINS.items() if x.refiner_asset)
+        raise E4EError(f"HyperStyle was not released for the {d.name} domain (it was for {have})")
+    return require_asset(d.refiner_asset, weights_dir), require_asset(d.w_encoder_asset, weights_dir)
 
 
 # --------------------------------------------------------------------------------------

@@ -186,6 +186,35 @@ _REGISTRY = _REGISTRY + (
           licence="CC-BY-NC 4.0 (facebookresearch/moco): non-commercial use"),
 )
 
+# HyperStyle (issue 23): the refiners and the W-encoders they start from, on Google Drive as the
+# reference's README links them. No size or hash is published: unverified (size 0, sha256 ""),
+# downloaded as they come but never as an HTML page. Their digests are recorded once downloaded.
+_HYPERSTYLE_LICENCE = ("HyperStyle code MIT (yuval-alaluf/hyperstyle); the checkpoint embeds NVIDIA's StyleGAN2 "
+                       "generator (Nvidia Source Code License-NC): non-commercial use")
+_WILD_LICENCE = ("HyperStyle code MIT (yuval-alaluf/hyperstyle); the generator is NVIDIA's StyleGAN2-ADA trained on "
+                 "AFHQ (Nvidia Source Code License-NC; AFHQ images CC BY-NC 4.0): non-commercial use")
+
+
+def _hyperstyle(name: str, filename: str, drive_id: str, domain: str, description: str, licence: str) -> Asset:
+    return Asset(name=name, filename=filename, size=0, sha256="", urls=(_GDRIVE + drive_id,),
+                 group=f"hyperstyle_{domain}", description=description, licence=licence, domain=domain)
+
+
+_REGISTRY = _REGISTRY + (
+    _hyperstyle("hyperstyle_ffhq", "hyperstyle_ffhq.pt", "1C3dEIIH1y8w1-zQMCyx7rDF0ndswSXh4", "ffhq",
+                "HyperStyle refiner + StyleGAN2 generator, FFHQ faces (1024 px)", _HYPERSTYLE_LICENCE),
+    _hyperstyle("w_encoder_ffhq", "faces_w_encoder.pt", "1M-hsL3W_cJKs77xM1mwq2e9-J0_m7rHP", "ffhq",
+                "W-encoder HyperStyle starts from, FFHQ faces", _HYPERSTYLE_LICENCE),
+    _hyperstyle("hyperstyle_cars", "hyperstyle_cars.pt", "1WZ7iNv5ENmxXFn6dzPeue1jQGNp6Nr9d", "cars",
+                "HyperStyle refiner + StyleGAN2 generator, Stanford Cars (512 px)", _HYPERSTYLE_LICENCE),
+    _hyperstyle("w_encoder_cars", "cars_w_encoder.pt", "1GZke8pfXMSZM9mfT-AbP1Csyddf5fas7", "cars",
+                "W-encoder HyperStyle starts from, Stanford Cars", _HYPERSTYLE_LICENCE),
+    _hyperstyle("hyperstyle_wild", "hyperstyle_afhq_wild.pt", "1OMAKYRp3T6wzGr0s3887rQK-5XHlJ2gp", "wild",
+                "HyperStyle refiner + StyleGAN2-ADA generator, AFHQ wild animals (512 px)", _WILD_LICENCE),
+    _hyperstyle("w_encoder_wild", "afhq_wild_w_encoder.pt", "1MhEHGgkTpnTanIwuHYv46i6MJeet2Nlr", "wild",
+                "W-encoder HyperStyle starts from, AFHQ wild animals", _WILD_LICENCE),
+)
+
 #: file-level name -> asset
 ASSETS: Dict[str, Asset] = {a.name: a for a in _REGISTRY}
 
@@ -201,6 +230,11 @@ GROUPS: Dict[str, List[str]] = {
     "ir_se50": ["ir_se50"],
     "moco": ["moco"],
     "train": ["lpips_alexnet", "lpips_alex", "ir_se50", "moco"],
+    "hyperstyle": ["hyperstyle_ffhq", "w_encoder_ffhq", "hyperstyle_cars", "w_encoder_cars",
+                   "hyperstyle_wild", "w_encoder_wild"],
+    "hyperstyle_ffhq": ["hyperstyle_ffhq", "w_encoder_ffhq"],
+    "hyperstyle_cars": ["hyperstyle_cars", "w_encoder_cars"],
+    "hyperstyle_wild": ["hyperstyle_wild", "w_encoder_wild"],
     "all": [a.name for a in _REGISTRY],
 }
 

@@ -1,0 +1,282 @@
+"""HyperStyle refinement: a W inversion made faithful by per-image offsets of the generator's weights.
+
+HyperStyle (Alaluf et al., CVPR 2022) keeps the edits on the code and moves the generator
+instead: a W-encoder gives the code (one vector for every layer, plus the checkpoint's
+`latent_avg`), and a hypernetwork that sees the photo beside the current reconstruction adds
+relative offsets to the generator's convolution weights, N times (5 by default), each time
+decoding again. Edits change the code and decode it with the same offsets.
+
+The loop (../shared/parity/hyperstyle/SPEC.md "Inference loop"): the code is computed once;
+the offsets accumulate (the sum of every pass's output); every decode uses the fixed noise;
+the hypernetwork's second input is the full decode average-pooled to its input size (cars:
+the 384x512 crop pooled to 192x256), not clipped. The intermediate decodes are full size:
+pooling the 1024 image is not the 256 block's image (the later blocks add their own RGB), so
+stopping early would change what the hypernetwork sees.
+
+Offsets are kept compact: layers whose offsets are one value per (out, in) channel pair hold
+[B,O,I,1,1], which the generator broadcasts over the kernel; the nine shared-hypernet layers
+hold [B,512,512,3,3]. `save_offsets` / `load_offsets` write them without pickle.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import domains
+from .checkpoint import CheckpointInfo
+from .devices import resolve_device
+from .digests import content_sha256
+from .errors import E4EError
+from .fsutil import atomic_write
+from .hyperstyle_ckpt import HyperStyleParts, read_hyperstyle, read_w_encoder
+from .model import E4E, preprocess_images
+
+DEFAULT_STEPS = 5  # the reference's test option n_iters_per_batch
+OFFSETS_FORMAT = "e4e-weight-offsets/1"
+OFFSET_PRECISIONS = {"fp16": np.float16, "fp32": np.float32}
+
+
+@dataclass
+class Refined:
+    """What a refinement gives, per batch: `codes` [B,n,512] (the edits apply to these),
+    `offsets` {layer: [B,O,I,k,k] or [B,O,I,1,1]} accumulated over the steps, the last
+    full-resolution `image` [B,3,H,W] (cropped for cars) and, with `keep_steps`, the pooled
+    reconstruction after every step (`steps[0]` is the W-only inversion)."""
+
+    codes: torch.Tensor
+    offsets: dict
+    image: torch.Tensor
+    steps: list = field(default_factory=list)
+
+    def offsets_of(self, i: int) -> dict:
+        """Image `i`'s offsets, without the batch dimension (what `save_offsets` and an edit take)."""
+        return {k: v[i] for k, v in self.offsets.items()}
+
+
+class HyperStyle:
+    """A HyperStyle checkpoint (hypernetwork + its generator + latent_avg) and the W-encoder it
+    starts from. The generator runs through `E4E.decode` (a decode-only E4E), so precision,
+    fast paths, crops and memory handling are those of e4e."""
+
+    def __init__(self, parts: HyperStyleParts, w_encoder: torch.nn.Module, *, device: str = "auto",
+                 precision: str | torch.dtype | None = None, impl: str = "fast", w_encoder_path: str | None = None):
+        dev = resolve_device(device)
+        self.parts = parts
+        self.hypernet = parts.hypernet.to(dev).eval()
+        self.w_encoder = w_encoder.to(dev).eval()
+        self.w_encoder_path = w_encoder_path
+        info = CheckpointInfo(size=parts.size, n_styles=parts.n_styles, domain=parts.domain,
+                              encoder_type="SharedWeightsHyperNetResNet", start_from_latent_avg=True, opts=parts.opts)
+        generator = parts.generator().to(dev)
+        self.decoder = E4E(None, generator, parts.latent_avg.to(dev), info, device=dev, impl=impl,
+                           precision=_precision(precision, dev), path=parts.path)
+
+    @classmethod
+    def from_files(cls, refiner: str | os.PathLike, w_encoder: str | os.PathLike, *, device: str = "auto",
+                   precision: str | torch.dtype | None = None, impl: str = "fast") -> "HyperStyle":
+        """Load a released (or synthetic, same layout) HyperStyle checkpoint and its W-encoder."""
+        parts = read_hyperstyle(refiner)
+        enc = read_w_encoder(w_encoder)
+        return cls(parts, enc, device=device, precision=precision, impl=impl, w_encoder_path=str(w_encoder))
+
+    # ---- facts ----------------------------------------------------------------------------
+
+    @property
+    def domain(self) -> str:
+        return self.parts.domain
+
+    @property
+    def size(self) -> int:
+        return self.parts.size
+
+    @property
+    def n_styles(self) -> int:
+        return self.parts.n_styles
+
+    @property
+    def path(self) -> str:
+        return self.parts.path
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.device
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The generator layers the hypernetwork offsets (indices as `Generator.layers()`)."""
+        return tuple(self.parts.layers_to_tune)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) the W-encoder and the hypernetwork see: 256x256 (cars 192x256)."""
+        return (192, 256) if self.parts.wide else (256, 256)
+
+    def sha256(self) -> str:
+        """The refiner file's content digest (cached per file): names the offsets' generator."""
+        return content_sha256(self.path)
+
+    def default_batch_size(self) -> int:
+        return 1  # offsets are per image: the decodes run image by image anyway
+
+    def preprocess(self, images) -> torch.Tensor:
+        return preprocess_images(images, self.input_size)
+
+    def to_pil(self, images: torch.Tensor):
+        return self.decoder.to_pil(images)
+
+    # ---- inference --------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_w(self, x: torch.Tensor) -> torch.Tensor:
+        """Input [B,3,H,W] -> codes [B,n_styles,512]: the W-encoder's vector on every row + latent_avg."""
+        w = self.w_encoder(x.to(self.device, torch.float32))  # [B,512]
+        return w[:, None, :] + self.decoder.latent_avg[None]  # [B,n,512]
+
+    def pool(self, image: torch.Tensor) -> torch.Tensor:
+        """A (cropped) full decode -> the hypernetwork's input size, by area averaging."""
+        return F.adaptive_avg_pool2d(image, self.input_size)
+
+    @torch.inference_mode()
+    def refine(self, images, *, steps: Optional[int] = None, keep_steps: bool = False,
+               on_step: Optional[Callable[[int, int], None]] = None) -> Refined:
+        """Photos (PIL list or preprocessed [B,3,H,W]) -> `Refined`. `steps` hypernetwork passes
+        (default the checkpoint's inference default, 5); `on_step(done, total)` after each decode."""
+        n = DEFAULT_STEPS if steps is None else int(steps)
+        if n < 0:
+            raise E4EError(f"--refine-steps must be >= 0, got {n}")
+        x = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != self.input_size:
+            h, w = self.input_size
+            raise E4EError(f"refiner input must be [B,3,{h},{w}], got {tuple(x.shape)}")
+        x = x.to(self.device, torch.float32)
+        codes = self.encode_w(x)
+        image = self.decoder.decode(codes)
+        y_hat = self.pool(image)
+        kept = [y_hat] if keep_steps else []
+        offsets: dict[int, torch.Tensor] = {}
+        if on_step:
+            on_step(0, n)
+        for k in range(n):
+            out = self.hypernet.forward_compact(torch.cat([x, y_hat], dim=1))  # input first, reconstruction second
+            for i, d in enumerate(out):
+                if d is None:
+                    continue
+                d = d if d.ndim == 5 else d[..., None, None]  # [B,O,I] -> [B,O,I,1,1] (constant over the kernel)
+                offsets[i] = d if i not in offsets else offsets[i] + d
+            image = self.decoder.decode(codes, offsets=offsets)
+            y_hat = self.pool(image)
+            if keep_steps:
+                kept.append(y_hat)
+            if on_step:
+                on_step(k + 1, n)
+        return Refined(codes=codes, offsets=offsets, image=image, steps=kept)
+
+    def decode(self, codes: torch.Tensor, *, offsets: Optional[dict] = None, **kw) -> torch.Tensor:
+        """Codes decoded by this checkpoint's generator with (one image's or per-image) offsets."""
+        return self.decoder.decode(codes, offsets=offsets, **kw)
+
+
+def _precision(precision, dev):
+    from .devices import resolve_precision
+
+    return resolve_precision(precision, dev)
+
+
+def find_refiner(domain: str, *, refiner: Optional[Path] = None, w_encoder: Optional[Path] = None,
+                 weights_dir: Optional[Path] = None) -> tuple[Path, Path]:
+    """(HyperStyle checkpoint, W-encoder): the files given, else the domain's in the weights folder
+    (MissingWeightsError, exit 3, naming `e4e download-weights hyperstyle_<domain>`)."""
+    from .weights.locate import refiner_paths
+
+    for p, what in ((refiner, "--refiner"), (w_encoder, "--w-encoder")):
+        if p is not None and not Path(p).is_file():
+            raise E4EError(f"{what} {p}: no such file")
+    if refiner is not None and w_encoder is not None:
+        return Path(refiner), Path(w_encoder)
+    found = refiner_paths(domain, weights_dir)
+    return Path(refiner or found[0]), Path(w_encoder or found[1])
+
+
+# ------------------------------------------------------------------------------------------
+# Offsets on disk: an npz of float16 (or float32) arrays and a JSON record, no pickle
+
+
+def save_offsets(path: str | os.PathLike, offsets: dict, *, meta: dict, precision: str = "fp16") -> Path:
+    """One image's offsets {layer: [O,I,k,k] or [O,I,1,1]} -> `path` (npz, written atomically).
+
+    Offsets constant over the kernel are stored as [O,I]; `meta` (JSON) records what produced
+    them (refiner digest, layers, steps). Returns the path."""
+    if precision not in OFFSET_PRECISIONS:
+        raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {precision!r}")
+    dtype = OFFSET_PRECISIONS[precision]
+    arrays = {}
+    for i, t in sorted(offsets.items()):
+        a = t.detach().float().cpu()
+        if a.ndim != 4:
+            raise ValueError(f"offset {i}: want [O,I,k,k] or [O,I,1,1], got {tuple(a.shape)}")
+        if a.shape[-2:] == (1, 1):
+            a = a[:, :, 0, 0]  # [O,I]
+        arrays[f"layer_{int(i):02d}"] = a.numpy().astype(dtype)
+    record = dict(meta, format=OFFSETS_FORMAT, precision=precision, layers=sorted(int(i) for i in offsets))
+    arrays["meta"] = np.array(json.dumps(record, sort_keys=True))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return atomic_write(Path(path), lambda fh: fh.write(buf.getbuffer()))
+
+
+def load_offsets(path: str | os.PathLike) -> tuple[dict, dict]:
+    """`save_offsets`'s file -> ({layer: float32 [O,I,k,k] or [O,I,1,1]}, meta). One E4EError
+    line for a file that is missing, truncated, not ours, or holds something unexpected."""
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            names = list(z.files)
+            if "meta" not in names:
+                raise E4EError(f"{p} is not a weight offsets file written by e4e (no record)")
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != OFFSETS_FORMAT:
+                raise E4EError(f"{p}: unknown offsets format {meta.get('format')!r} (want {OFFSETS_FORMAT})")
+            out = {}
+            for name in names:
+                if name == "meta":
+                    continue
+                if not name.startswith("layer_") or not name[6:].isdigit():
+                    raise E4EError(f"{p}: unexpected array {name!r}")
+                a = torch.from_numpy(np.asarray(z[name], dtype=np.float32))
+                if a.ndim == 2:
+                    a = a[:, :, None, None]
+                if a.ndim != 4 or not torch.isfinite(a).all():
+                    raise E4EError(f"{p}: offsets of layer {int(name[6:])} are malformed")
+                out[int(name[6:])] = a
+    except E4EError:
+        raise
+    except FileNotFoundError:
+        raise E4EError(f"{p}: no such file") from None
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, json.JSONDecodeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise E4EError(f"weight offsets file {p} is truncated or corrupt ({first}): invert again") from None
+    if sorted(out) != sorted(meta.get("layers", [])):
+        raise E4EError(f"{p}: the layers stored differ from its record (truncated or edited?)")
+    return out, meta
+
+
+def check_offsets_fit(offsets: dict, generator, *, source: str) -> None:
+    """One E4EError line when offsets do not fit the generator they are about to be applied to."""
+    try:
+        generator.check_offsets(offsets)
+    except ValueError as exc:
+        raise E4EError(f"{source} does not fit this generator ({exc}): it was made for another checkpoint") from None
+
+
+def domain_of_refiner(domain: Optional[str]) -> str:
+    """The domain whose refiner is meant (ffhq when none is given)."""
+    return domains.get(domain or domains.DEFAULT).name
