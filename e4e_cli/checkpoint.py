@@ -34,13 +34,14 @@ class CheckpointInfo:
     opts: dict = field(default_factory=dict)
 
 
-def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True, kind: str = "e4e") -> dict[str, Any]:
     """Load the checkpoint dict with `weights_only=True` on the CPU, or raise E4EError.
 
     The error names the file and the likely cause: an HTML page saved instead of the
     file, a truncated download, or a pickle that would run code.
     """
     p = Path(path)
+    an = "an" if kind[:1].lower() in "aeiou" else "a"  # `kind`: "e4e", "HyperStyle", ...
     head = read_head(p, what="checkpoint", hint="delete it and run `e4e download-weights`")
     is_zip = zipfile.is_zipfile(p)
     if head[:2] == b"PK" and not is_zip:
@@ -52,17 +53,17 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True) -> dict[str, 
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):
             raise E4EError(
                 f"checkpoint {p} was refused: it holds Python objects that would run code when unpickled, "
-                "which a released e4e checkpoint never does"
+                f"which a released {kind} checkpoint never does"
             ) from None
         raise E4EError(f"checkpoint {p} is not a valid PyTorch file ({msg}): download it again") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, TypeError, KeyError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise E4EError(f"checkpoint {p} is truncated or corrupt ({first}): download it again") from None
     if not isinstance(obj, dict):
-        raise E4EError(f"checkpoint {p} holds a {type(obj).__name__}, not an e4e checkpoint dict")
+        raise E4EError(f"checkpoint {p} holds a {type(obj).__name__}, not {an} {kind} checkpoint dict")
     if "state_dict" not in obj or not isinstance(obj["state_dict"], dict):
         hint = " (a bare state dict?)" if any(isinstance(k, str) and k.startswith("encoder.") for k in obj) else ""
-        raise E4EError(f"checkpoint {p} has no 'state_dict'{hint}: not an e4e checkpoint")
+        raise E4EError(f"checkpoint {p} has no 'state_dict'{hint}: not {an} {kind} checkpoint")
     return obj
 
 
@@ -126,8 +127,10 @@ def split_state_dict(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[
     return enc, dec
 
 
-def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, prefix: str, path: str | os.PathLike) -> None:
-    """Strict load with `assign=True` (no copy): a readable error names missing/unexpected/misshapen keys."""
+def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, prefix: str, path: str | os.PathLike,
+              what: str = "the e4e architecture") -> None:
+    """Strict load with `assign=True` (no copy): a readable error names missing/unexpected/misshapen keys
+    (and `what` the checkpoint should have fitted)."""
     expected = module.state_dict(keep_vars=True)
     missing = [k for k in expected if k not in tensors]
     unexpected = [k for k in tensors if k not in expected]
@@ -144,7 +147,7 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, pref
     if wrong:
         problems.append(f"{len(wrong)} key(s) of the wrong shape: {', '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
     if problems:
-        raise E4EError(f"checkpoint {path} does not fit the e4e architecture: " + "; ".join(problems))
+        raise E4EError(f"checkpoint {path} does not fit {what}: " + "; ".join(problems))
     for k, v in tensors.items():
         if v.dtype != expected[k].dtype and v.is_floating_point():
             tensors[k] = v.to(expected[k].dtype)

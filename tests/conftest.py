@@ -116,6 +116,18 @@ def case_checkpoint():
     return lambda name: synthetic_checkpoint(*CASES[name])
 
 
+#: HyperStyle parity cases (parity/hyperstyle/cases): size, seed, domain, layers_to_tune of the synthetic pair
+HYPERSTYLE_CASES = {"ffhq_1024_s1": (1024, 1, "ffhq", synthetic.HYPERSTYLE_RELEASE_LAYERS),
+                    "cars_512_s2": (512, 2, "cars", "")}
+
+
+def hyperstyle_checkpoints(name: str) -> tuple[Path, Path]:
+    """(HyperStyle checkpoint, W-encoder) of a parity case, built once (about 10 s, 3 GB) and cached."""
+    if not (parity_available() and (PARITY / "hyperstyle" / "make_hyperstyle.py").is_file()):
+        _no_parity()
+    return synthetic.synthetic_hyperstyle(*HYPERSTYLE_CASES[name])
+
+
 class RunsCode:
     """Unpickling this would run `touch marker`: a stand-in for a hostile checkpoint or pickle.
     Tests assert the marker never appears."""

@@ -34,7 +34,7 @@ LAYERS = [
     ("library", "the model and what is done with codes and images",
      ["model", "devices", "editing", "boundaries", "analysis", "charts", "compositing", "alignment", "metrics", "synthetic"]),
     ("networks and weights", "reference modules, fast paths, checkpoints, the weights folder",
-     ["nn", "nn.*", "checkpoint", "weights", "weights.*"]),
+     ["nn", "nn.*", "checkpoint", "hyperstyle_ckpt", "weights", "weights.*"]),
     ("foundations", "facts and plumbing every layer uses",
      ["domains", "settings", "dist", "progress", "errors", "fsutil", "digests", "images"]),
 ]
