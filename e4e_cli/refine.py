@@ -280,3 +280,23 @@ def check_offsets_fit(offsets: dict, generator, *, source: str) -> None:
 def domain_of_refiner(domain: Optional[str]) -> str:
     """The domain whose refiner is meant (ffhq when none is given)."""
     return domains.get(domain or domains.DEFAULT).name
+
+
+_REFINERS: dict = {}
+
+
+def load_refiner(*, domain: Optional[str] = None, refiner: Optional[Path] = None, w_encoder: Optional[Path] = None,
+                 device: str = "auto", precision: Optional[str] = None, weights_dir: Optional[Path] = None) -> HyperStyle:
+    """The HyperStyle model for these options (cached per process): the files given, else the
+    domain's (ffhq when none) from the weights folder. A refiner whose recorded domain differs
+    from an explicit `domain` is refused: its generator, crop and input size are another's."""
+    name = domain_of_refiner(domain)
+    hs_path, we_path = find_refiner(name, refiner=refiner, w_encoder=w_encoder, weights_dir=weights_dir)
+    key = (str(hs_path.resolve()), str(we_path.resolve()), device, precision)
+    if key not in _REFINERS:
+        _REFINERS[key] = HyperStyle.from_files(hs_path, we_path, device=device, precision=precision)
+    model = _REFINERS[key]
+    if domain is not None and model.domain != name:
+        raise E4EError(f"refiner {hs_path.name} is a {model.domain} {model.size} px checkpoint, "
+                       f"but --domain {name} ({domains.get(name).size} px) was asked for")
+    return model

@@ -28,6 +28,9 @@ def edit_command(
     invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Where photos given as sources are inverted first."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     weights_dir: Optional[Path] = options.weights_dir_option(),
+    generator: Optional[Path] = typer.Option(None, "--generator", help="Decode with this generator instead (same "
+                                             "architecture: a fine-tuned rosinality .pt or SG2-ADA .pkl); refined "
+                                             "latents keep their weight offsets on it."),
 ):
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
     from ..editing import check_delta_scale, check_strength, parse_sweep
@@ -43,7 +46,7 @@ def edit_command(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,
         delta_scale=delta_scale, paste_back=paste_back, color_match=color_match, paste_mask=options.check_mask(paste_mask),
-        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir,
+        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir, generator=generator,
     )
     results = run_edit(job)
     for r in results:

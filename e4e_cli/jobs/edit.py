@@ -3,6 +3,11 @@ photos first), apply it at every strength, decode and write images, latents and 
 
 Each output `<name>_<direction>_<strength>.png/.npy` has a `.json` record of what made it; a
 rerun skips outputs whose record matches and refuses to overwrite one made by another edit.
+
+A latent refined by HyperStyle (`e4e invert --refine hyperstyle`: weight_offsets.npz beside it)
+is decoded by that refiner's generator with its offsets: the edit moves the code, the offsets
+stay, as the reference's editing scripts do. `--generator FILE` decodes with another generator
+of the same architecture instead (a fine-tuned one: domain adaptation keeps the person).
 """
 from __future__ import annotations
 
@@ -32,6 +37,22 @@ class Source:
     codes: np.ndarray
     origin: str
     invert_dir: Optional[Path] = None
+    refine: Optional[dict] = None  # the invert's HyperStyle record (meta.json "refine"), if refined
+
+    @property
+    def offsets_file(self) -> Optional[Path]:
+        return None if self.refine is None or self.invert_dir is None else self.invert_dir / "weight_offsets.npz"
+
+
+def refine_record(invert_dir: Optional[Path]) -> Optional[dict]:
+    """meta.json's HyperStyle record of an invert folder (None: a plain e4e inversion)."""
+    if invert_dir is None:
+        return None
+    try:
+        rec = json.loads((invert_dir / "meta.json").read_text()).get("refine")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
 def last_invert_sources(out: Path = DEFAULT_OUT) -> list[Path]:
@@ -81,6 +102,7 @@ class EditJob:
     invert_out: Path = DEFAULT_OUT
     overwrite: bool = False
     weights_dir: Optional[Path] = None
+    generator: Optional[Path] = None  # decode with this generator (same architecture) instead
 
 
 def _gather_sources(job: EditJob) -> tuple[list[tuple[Path, str]], list[ItemResult]]:
@@ -115,8 +137,14 @@ def run_edit(job: EditJob) -> list[ItemResult]:
                     continue
                 break
     domain = domain or "ffhq"
-    model = load_model(ModelOptions(domain=domain, checkpoint=job.checkpoint, device=job.device,
-                                    precision=job.precision, weights_dir=job.weights_dir))
+    refined = next((r for r in (refine_record(p.parent) for p, k in items if k == "latent" and p.is_file()) if r), None)
+    if refined is not None:  # the refiner's generator decodes (with each latent's offsets)
+        model = _refiner_decoder(refined, job)
+    else:
+        model = load_model(ModelOptions(domain=domain, checkpoint=job.checkpoint, device=job.device,
+                                        precision=job.precision, weights_dir=job.weights_dir))
+    if job.generator is not None:
+        model = _with_generator(model, job.generator)
     direction = resolve_direction(job.direction, model, pca_file=job.pca, weights_dir=job.weights_dir)
     if not strengths:
         if direction.default_strength is None:
@@ -144,7 +172,14 @@ def run_edit(job: EditJob) -> list[ItemResult]:
             results.append(ItemResult(str(p), "failed", error=str(exc)))
             continue
         name = p.parent.name if p.stem in ("latent",) else p.stem
-        sources.append(Source(name, arr, str(p), p.parent if (p.parent / "meta.json").is_file() else None))
+        inv = p.parent if (p.parent / "meta.json").is_file() else None
+        rec = refine_record(inv) if p.stem == "latent" else None
+        if (rec is None) != (refined is None):
+            results.append(ItemResult(str(p), "failed", error=(
+                "a HyperStyle-refined latent; this run decodes plain e4e latents: edit it in its own run" if rec else
+                "a plain e4e latent; this run decodes HyperStyle-refined latents: edit it in its own run")))
+            continue
+        sources.append(Source(name, arr, str(p), inv, refine=rec))
 
     strengths = list(dict.fromkeys(strengths, None)) if not job.sweep else strengths  # --strength 1 --strength 1.0: once
     names = unique_stems([Path(s.name) for s in sources])
@@ -179,6 +214,8 @@ def edit_record(src: "Source", direction: Direction, strength: float, job: "Edit
         "checkpoint": checkpoint_identity(model),
         "precision": str(getattr(model, "precision", "")).replace("torch.", ""),
         "delta_scale": job.delta_scale,
+        "offsets_sha256": _file_sha256(src.offsets_file),
+        "generator": None if job.generator is None else _generator_identity(job.generator),
     }
 
 
@@ -233,6 +270,12 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
 
     if src.codes.shape[0] != model.n_styles:
         raise E4EError(f"latent has {src.codes.shape[0]} layers; the {model.domain} checkpoint needs {model.n_styles}")
+    offsets = None
+    if src.offsets_file is not None:
+        from ..refine import check_offsets_fit, load_offsets
+
+        offsets, _ = load_offsets(src.offsets_file)
+        check_offsets_fit(offsets, model.generator, source=str(src.offsets_file))
     codes = torch.from_numpy(src.codes)[None].to(model.device)
     if job.delta_scale is not None:
         codes = rescale_codes(codes, model.latent_avg, from_scale=_source_scale(src), to_scale=job.delta_scale)
@@ -242,7 +285,7 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
     step = job.batch_size or model.default_batch_size()
     for start in range(0, len(strengths), step):
         chunk = edited[start : start + step]
-        frames += model.to_pil(model.decode(chunk))
+        frames += model.to_pil(model.decode(chunk, offsets=offsets))
     for s, codes_s, frame, rec in zip(strengths, edited, frames, records):
         base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"
         files[f"{base}.png"] = str(atomic_save_image(frame, out / f"{base}.png"))
@@ -258,3 +301,52 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
         files.update(paste_back_edits(src, name, direction.label, strengths, frames, out, sweep=bool(job.sweep),
                                       color_match=job.color_match, mask=job.paste_mask))
     return files
+
+
+def _file_sha256(path: Optional[Path]) -> Optional[str]:
+    if path is None:
+        return None
+    from ..digests import content_sha256
+
+    if not path.is_file():
+        raise E4EError(f"{path} is missing: the refined latent beside it cannot be decoded without its offsets")
+    return content_sha256(path)
+
+
+def _generator_identity(path: Path) -> dict:
+    from ..digests import content_sha256
+
+    return {"file": Path(path).name, "sha256": content_sha256(path)}
+
+
+def _refiner_decoder(record: dict, job: EditJob):
+    """The decode-only model of the HyperStyle checkpoint that refined the latents: the file it
+    records if it is still there, else the domain's in the weights folder, as long as its content
+    is the one recorded (offsets only mean something on the generator they were made for)."""
+    from ..refine import load_refiner
+    from ..digests import content_sha256
+
+    recorded = Path(record.get("refiner") or "")
+    refiner = recorded if recorded.is_file() and content_sha256(recorded) == record.get("refiner_sha256") else None
+    w_encoder = Path(record["w_encoder"]) if refiner is not None and Path(record.get("w_encoder") or "").is_file() else None
+    hs = load_refiner(domain=record.get("domain"), refiner=refiner, w_encoder=w_encoder, device=job.device,
+                      precision=job.precision, weights_dir=job.weights_dir)
+    if hs.sha256() != record.get("refiner_sha256"):
+        raise E4EError(f"the latents were refined with another HyperStyle checkpoint than {Path(hs.path).name} "
+                       f"(SHA-256 {str(record.get('refiner_sha256'))[:12]}...): their offsets fit only that one's generator")
+    return hs.decoder
+
+
+def _with_generator(model, path: Path):
+    """`model` decoding with the generator in `path` (rosinality .pt, e4e checkpoint or SG2-ADA .pkl)
+    instead of its own: same architecture required, its latent_avg kept (the codes are `model`'s)."""
+    from ..model import E4E
+    from ..train.generators import load_generator
+
+    loaded = load_generator(path, size=model.size)
+    g = loaded.generator
+    if g.n_styles != model.n_styles or [m.weight.shape for m, _ in g.layers()] != \
+            [m.weight.shape for m, _ in model.generator.layers()]:
+        raise E4EError(f"generator {Path(path).name} has another architecture than the {model.domain} checkpoint's")
+    return E4E(None, g.to(model.device), model.latent_avg, model.info, device=model.device,
+               precision=model.precision, path=str(path))

@@ -11,6 +11,9 @@ Output layout of an invert into OUT:
     OUT/<stem>/latent.pt        float32 [1,n_styles,512] (what PTI/StyleCLIP-style tools load)
     OUT/<stem>/meta.json        source, checkpoint, domain, delta scale, ...
     OUT/summary.json            every input with its status
+With `--refine hyperstyle` (model: a refine.HyperStyle), also:
+    OUT/<stem>/weight_offsets.npz   the generator's per-layer weight offsets (refine.save_offsets)
+and inversion.png is the refined reconstruction, latent.npy the W code the edits apply to.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ class InvertOptions:
     overwrite: bool = False
     face: str = "largest"
     report: bool = False
+    refine_steps: Optional[int] = None  # with a HyperStyle model: hypernetwork passes (None: 5)
+    offsets_precision: str = "fp16"
 
 
 def prepare_input(path: Path, model, opts: InvertOptions) -> dict:
@@ -63,6 +68,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
     """Invert every input image; write the per-image folder and OUT/summary.json."""
 
     opts.delta_scale = check_delta_scale(opts.delta_scale)
+    refining = hasattr(model, "refine")
     if opts.batch_size is not None and opts.batch_size < 1:
         raise E4EError(f"--batch-size must be >= 1, got {opts.batch_size}")
     batch_size = opts.batch_size or model.default_batch_size()
@@ -77,11 +83,16 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
             return
         batch = pending[:]
         pending.clear()
+        refined = None
         try:
             x = model.preprocess([item["image"] for _, _, item in batch])
-            parts = model.encode_parts(x)
-            codes = parts.codes(opts.delta_scale)
-            images = model.decode(codes)
+            if refining:
+                refined = model.refine(x, steps=opts.refine_steps)
+                parts, codes, images = None, refined.codes, refined.image
+            else:
+                parts = model.encode_parts(x)
+                codes = parts.codes(opts.delta_scale)
+                images = model.decode(codes)
         except Exception as exc:  # noqa: BLE001  (one bad batch never stops the others; see item_error)
             for p, stem, _ in batch:
                 results.append(ItemResult(str(p), "failed", error=item_error(exc)))
@@ -91,7 +102,8 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
             d = out / stem
             try:
                 files = _write_inversion(d, item, codes[j], pil[j], model, p, opts,
-                                         parts=(parts.w0[j], parts.deltas[j]))
+                                         parts=None if parts is None else (parts.w0[j], parts.deltas[j]),
+                                         offsets=None if refined is None else refined.offsets_of(j))
                 results.append(ItemResult(str(p), "ok", outdir=str(d), files=files))
             except OSError as exc:
                 results.append(ItemResult(str(p), "failed", outdir=str(d), error=f"cannot write {d}: {exc.strerror or exc}"))
@@ -102,7 +114,12 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
         for p, stem in progress.iterate(list(zip(paths, stems)), total=len(paths), desc="inverting"):
             d = out / stem
             if not opts.overwrite and (d / "latent.npy").is_file() and (d / "inversion.png").is_file() and (d / "meta.json").is_file():
-                results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
+                other = _other_kind(d, refining)
+                if other:
+                    results.append(ItemResult(str(p), "failed", outdir=str(d), error=f"{d} holds {other}: "
+                                              "pass --overwrite to replace it, or choose another --out"))
+                else:
+                    results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
                 continue
             try:
                 pending.append((p, stem, prepare_input(p, model, opts)))
@@ -123,9 +140,36 @@ def _existing_files(d: Path) -> dict:
     return {f.stem if f.suffix != ".pt" else "latent_pt": str(f) for f in sorted(d.iterdir()) if f.is_file() and not f.name.startswith(".")}
 
 
-def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path, opts: InvertOptions, parts=None) -> dict:
+def _other_kind(d: Path, refining: bool) -> Optional[str]:
+    """What an existing result folder holds when it is not the kind being made now (refined or
+    plain): skipping it would silently mix the two kinds in one run's results."""
+    import json
+
+    try:
+        refined = bool(json.loads((d / "meta.json").read_text()).get("refine"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    if refined == refining:
+        return None
+    return "a HyperStyle-refined inversion" if refined else "a plain e4e inversion"
+
+
+def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path, opts: InvertOptions, parts=None,
+                     offsets=None) -> dict:
     ensure_dir(d)
     files = {}
+    refine_meta = None
+    if offsets is not None:
+        from ..refine import save_offsets
+
+        refine_meta = {"method": "hyperstyle", "refiner": str(Path(model.path).resolve()), "refiner_sha256": model.sha256(),
+                       "w_encoder": str(Path(model.w_encoder_path).resolve()) if model.w_encoder_path else None, "steps": 5 if opts.refine_steps is None else opts.refine_steps,
+                       "layers": list(model.layers), "size": model.size, "domain": model.domain}
+        path = save_offsets(d / "weight_offsets.npz", offsets, meta=refine_meta, precision=opts.offsets_precision)
+        files["weight_offsets"] = str(path)
+        refine_meta = dict(refine_meta, offsets_precision=opts.offsets_precision, offsets_bytes=path.stat().st_size)
+    elif (d / "weight_offsets.npz").exists():  # --overwrite of a refined result by a plain one
+        (d / "weight_offsets.npz").unlink()
     if item.get("alignment") is not None:
         files["aligned"] = str(atomic_save_image(item["image"], d / "aligned.png"))
         files["alignment"] = str(write_json(d / "alignment.json", item["alignment"]))
@@ -139,7 +183,8 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
         "domain": model.domain,
         "size": model.size,
         "n_styles": model.n_styles,
-        "delta_scale": opts.delta_scale,
+        "delta_scale": None if offsets is not None else opts.delta_scale,
+        "refine": refine_meta,
         "aligned": item.get("alignment") is not None,
         "n_faces": item.get("n_faces"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
