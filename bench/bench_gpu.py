@@ -89,7 +89,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/results_gpu.json")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds: rows that would start later are skipped")
-    ap.add_argument("--batches", default="1,16,64")
+    ap.add_argument("--batches", default="1,16,64", help="for the first precision; the others run the last batch")
+    ap.add_argument("--precisions", default="bf16,fp16,fp32")
+    ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--no-refine", action="store_true")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--parity", default=None, help="the parity folder: check HyperStyle's cases on the GPU first")
@@ -115,25 +117,34 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     ckpt = synthetic_checkpoint(1024, 1, "ffhq", log=log)
     res["checkpoint_build_s"] = round(time.perf_counter() - t0, 1)
+    log(f"checkpoint ready after {time.perf_counter() - t_start:.1f} s")
 
     def left() -> float:
         return args.budget - (time.perf_counter() - t_start)
 
     def row(**kw):
+        kw["at_s"] = round(time.perf_counter() - t_start, 1)
         res["rows"].append(kw)
         log(json.dumps(kw))
+        save()
+
+    def save():
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")  # after every row: a killed run keeps its rows
 
     if args.parity:
         parity_rows(torch, res, Path(args.parity))
 
     batches = [int(b) for b in args.batches.split(",")]
-    for prec in ("bf16", "fp16", "fp32"):
-        if left() < 60:
+    for prec in args.precisions.split(","):
+        if left() < 30:
             res["errors"].append(f"skipped {prec}: out of time")
             continue
         try:
             model = E4E.from_checkpoint(ckpt, device="cuda", precision=prec)
-            for b in batches:
+            for b in (batches if prec == args.precisions.split(",")[0] else batches[-1:]):
+                if left() < 15:
+                    break
                 x = torch.randn(b, 3, 256, 256, device=dev).clamp(-1, 1)
                 torch.cuda.reset_peak_memory_stats()
                 with torch.inference_mode():
@@ -151,7 +162,7 @@ def main(argv=None) -> int:
             res["errors"].append(f"{prec}: {type(exc).__name__}: {exc}\n{traceback.format_exc()[-1500:]}")
 
     # a reference-path row (the modules themselves, per-sample weights in grouped convolutions)
-    if left() > 60:
+    if not args.no_reference and left() > 60:
         try:
             model = E4E.from_checkpoint(ckpt, device="cuda", precision="fp16", impl="ref")
             x = torch.randn(16, 3, 256, 256, device=dev).clamp(-1, 1)
@@ -186,7 +197,9 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             hs_path, we_path = synthetic_hyperstyle(1024, 1, "ffhq")
             res["hyperstyle_build_s"] = round(time.perf_counter() - t0, 1)
-            for prec in ("fp32", "bf16"):
+            for prec in ("bf16", "fp32"):
+                if left() < 30:
+                    break
                 hs = HyperStyle.from_files(hs_path, we_path, device="cuda", precision=prec)
                 plain = E4E.from_checkpoint(ckpt, device="cuda", precision=prec)
                 for b in (1, 8):
