@@ -208,3 +208,32 @@ def curve_chart(points: Sequence[dict], *, x_key: str, y_key: str, x_label: str,
         panel.draw.text((panel.box[0] + 8, panel.box[3] - 20), "(points with infinite PSNR not drawn)",
                         fill=GREY, font=panel.small)
     return img
+
+
+def image_grid(rows: Sequence[Sequence], *, headers: Sequence[str], captions: Sequence[Sequence[str]],
+               gap: int = 6):
+    """PIL images in rows (one row per item, one column per header), each cell with a caption
+    of one or more lines (`captions[row][col]`, "\\n"-separated) under it; cells keep their size."""
+    from PIL import Image, ImageDraw
+
+    font = _font(13)
+    line_h = 16
+    n_lines = max((c.count("\n") + 1 for row in captions for c in row), default=1)
+    col_w = [max(row[c].width for row in rows) for c in range(len(headers))]
+    row_h = [max(im.height for im in row) + n_lines * line_h + gap for row in rows]
+    width = sum(col_w) + gap * (len(headers) + 1)
+    img = Image.new("RGB", (width, line_h + gap + sum(row_h) + gap), "white")
+    draw = ImageDraw.Draw(img)
+    x = gap
+    for h, w in zip(headers, col_w):
+        draw.text((x, 2), h, fill=BLACK, font=font)
+        x += w + gap
+    y = line_h + gap
+    for row, caps, rh in zip(rows, captions, row_h):
+        x = gap
+        for im, cap, w in zip(row, caps, col_w):
+            img.paste(im.convert("RGB"), (x, y))
+            draw.multiline_text((x, y + im.height + 2), cap, fill=BLACK, font=font, spacing=3)
+            x += w + gap
+        y += rh
+    return img

@@ -10,6 +10,8 @@ import typer
 from ..errors import E4EError
 from . import options
 
+MAX_PICTURE_ROWS = 32  # side_by_side.png: one row per image, the first 32
+
 
 def evaluate_command(
     images: List[Path] = typer.Argument(..., help="Photos or folders of photos."),
@@ -23,40 +25,63 @@ def evaluate_command(
     pca: Optional[Path] = typer.Option(None, "--pca", help="GANSpace PCA file for ganspace:COMP:START:END."),
     weights_dir: Optional[Path] = options.weights_dir_option(),
     no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq photos are aligned by default)."),
+    refine: Optional[str] = options.refine_option(
+        "hyperstyle: also refine every inversion with HyperStyle and report e4e and refined side by side "
+        "(L2, LPIPS, ID for faces, seconds per image; side_by_side.png)."),
+    refine_steps: Optional[int] = options.refine_steps_option(),
+    refiner: Optional[Path] = options.refiner_option(),
+    w_encoder: Optional[Path] = options.w_encoder_option(),
 ):
-    """Distortion (MSE/PSNR/SSIM/LPIPS) and editability (LEC) of inversions across delta scales."""
+    """Distortion (MSE/PSNR/SSIM/LPIPS) and editability (LEC) of inversions across delta scales;
+    with --refine hyperstyle, e4e and HyperStyle side by side."""
     from rich.console import Console
     from rich.table import Table
 
     from ..charts import curve_chart
     from ..editing import check_strength, resolve_direction
     from ..fsutil import atomic_save_image, atomic_write, ensure_dir
-    from ..jobs.evaluate import BASE_COLUMNS, LEC_COLUMNS, csv_text, curve_rows, evaluate_images, parse_delta_scales
+    from ..jobs.evaluate import (BASE_COLUMNS, LEC_COLUMNS, REFINE_COLUMNS, check_refiner_pair, csv_text, curve_rows,
+                                 evaluate_images, load_meters, parse_delta_scales)
     from ..jobs.outputs import expand_inputs
-    from ..metrics import LPIPS_NA, lpips_status
     from ..model import ModelOptions, load_model
 
     options.check_domain(domain)
     scales = parse_delta_scales(delta_scales)
     strength = check_strength(strength)
+    refining = options.check_refine(refine, refine_steps, refiner, w_encoder)
+    if refining and 1.0 not in scales:
+        scales.append(1.0)  # the e4e that the refinement is compared with
     paths = expand_inputs(images)
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
                                     weights_dir=weights_dir))
+    hyperstyle = None
+    if refining:
+        from ..refine import load_refiner
+
+        # given files are checked against the e4e checkpoint by the job; missing ones are the domain's
+        both_given = refiner is not None and w_encoder is not None
+        hyperstyle = load_refiner(domain=None if both_given else model.domain, refiner=refiner, w_encoder=w_encoder,
+                                  device=device, weights_dir=weights_dir)
+        check_refiner_pair(model, hyperstyle)
     resolved = None
     if direction is not None:
         resolved = resolve_direction(direction, model, pca_file=pca, weights_dir=weights_dir)
+    meters = load_meters(model.domain, weights_dir=weights_dir, identity=refining)
     out = ensure_dir(out)
     err = Console(stderr=True)
-    rows, failures = evaluate_images(paths, model, scales, direction=resolved, direction_label=direction or "",
-                                     strength=strength, align=not no_align,
-                                     log=lambda m: err.print(m, highlight=False, markup=False))
+    ev = evaluate_images(paths, model, scales, direction=resolved, direction_label=direction or "",
+                         strength=strength, align=not no_align, meters=meters, refiner=hyperstyle,
+                         refine_steps=refine_steps, log=lambda m: err.print(m, highlight=False, markup=False))
+    rows, failures = ev.rows, ev.failures
     for name, reason in failures:
         typer.echo(f"e4e: error: {name}: {reason}", err=True)
     if not rows:
         raise E4EError(f"nothing evaluated: {failures[0][1]}" if failures else "nothing evaluated")
 
     columns = BASE_COLUMNS + (LEC_COLUMNS if resolved is not None else [])
-    curve = curve_rows(rows, scales, columns)
+    curve = curve_rows([r for r in rows if r.get("method", "e4e") == "e4e"], scales, columns)
+    if refining:
+        columns = REFINE_COLUMNS[:1] + columns + REFINE_COLUMNS[1:]
     curve_columns = ["delta_scale", "n_images"] + [c for c in columns if c not in ("image", "delta_scale", "direction")]
     results_csv = atomic_write(out / "results.csv", lambda fh: fh.write(csv_text(rows, columns).encode("utf-8")))
     curve_csv = atomic_write(out / "curve.csv", lambda fh: fh.write(csv_text(curve, curve_columns).encode("utf-8")))
@@ -71,7 +96,6 @@ def evaluate_command(
                         y_label=y_label, title=title)
     curve_png = atomic_save_image(chart, out / "curve.png")
 
-    lp_ok, _ = lpips_status()
     short = lambda v: "n/a" if v is None else ("inf" if v == math.inf else f"{v:.4g}")  # noqa: E731
     table = Table(title=f"e4e evaluate: mean over {n_img} image(s) per delta scale")
     headers = ["A", "PSNR", "SSIM", "LPIPS", "W dist"]
@@ -80,7 +104,7 @@ def evaluate_command(
     for h in headers:
         table.add_column(h, justify="right")
     for c in curve:
-        cells = [f"{c['delta_scale']:g}", short(c["psnr"]), short(c["ssim"]), short(c["lpips"]) if lp_ok else "n/a",
+        cells = [f"{c['delta_scale']:g}", short(c["psnr"]), short(c["ssim"]), short(c["lpips"]),
                  short(c["w_distance"])]
         if resolved is not None:
             cells += [short(c["lec_latent"]), short(c["lec_latent_paper"]), short(c["drift_latent"]), short(c["lec_image_psnr"])]
@@ -90,8 +114,63 @@ def evaluate_command(
     console.print("A = delta scale; PSNR in dB at the encoder's resolution; W dist = mean Mahalanobis distance from W"
                   + ("; LEC = latent L2 after the +S/-S round trip (see results.csv for all columns)" if resolved is not None else ""),
                   highlight=False, markup=False)
-    if not lp_ok:
-        console.print(f"LPIPS: {LPIPS_NA}", highlight=False, markup=False)
-    console.print(f"wrote {results_csv}, {curve_csv} and {curve_png}", highlight=False, markup=False)
+    if meters.lpips is None:
+        console.print(f"LPIPS: {meters.lpips_na}", highlight=False, markup=False)
+    written = [results_csv, curve_csv, curve_png]
+    if refining:
+        written.append(_side_by_side(console, ev, model.domain, meters, out))
+    console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}", highlight=False, markup=False)
     if failures:
         raise typer.Exit(1)
+
+
+def _side_by_side(console, ev, domain: str, meters, out: Path) -> Path:
+    """Print e4e vs HyperStyle (means over the images) and write OUT/side_by_side.png."""
+    from PIL import Image
+    from rich.table import Table
+
+    from ..charts import image_grid
+    from ..domains import identity_loss
+    from ..fsutil import atomic_save_image
+    from ..jobs.evaluate import PAPER_CELEBA, side_by_side, steps_text
+
+    faces = identity_loss(domain) == "arcface"
+    short = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
+    means = side_by_side(ev.rows)
+    n_img = max(m["n_images"] for m in means)
+    table = Table(title=f"e4e vs HyperStyle: mean over {n_img} image(s)")
+    headers = ["method", "L2 (MSE)", "PSNR", "LPIPS"] + (["ID"] if faces else []) + ["s/img"]
+    for i, h in enumerate(headers):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for m in means:
+        label = "e4e" if m["method"] == "e4e" else f"hyperstyle ({steps_text(m['refine_steps'])})"
+        table.add_row(label, short(m["mse"]), short(m["psnr"]), short(m["lpips"]),
+                      *([short(m["id_similarity"])] if faces else []), f"{m['seconds']:.2f}")
+    console.print(table)
+    notes = ["L2 = MSE on [0,1] pixels and LPIPS at the encoder's resolution, both methods through the same 8-bit view; "
+             "s/img = the inversion alone (e4e at delta scale 1)"]
+    if faces:
+        notes.append("ID = cosine similarity of ArcFace features (input, inversion)" if meters.identity is not None
+                     else f"ID: {meters.identity_na}")
+        paper = "; ".join(f"{k} L2 {v['l2']}, LPIPS {v['lpips']}, ID {v['id']}" for k, v in PAPER_CELEBA.items())
+        notes.append(f"HyperStyle paper, CelebA-HQ: {paper} (their L2 is on [-1,1] pixels: 4x this L2)")
+    for n in notes:
+        console.print(n, highlight=False, markup=False)
+
+    by_image = {(r["image"], r["method"]): r for r in ev.rows if r.get("method") == "hyperstyle"
+                or (r.get("method") == "e4e" and r["delta_scale"] == 1.0)}
+    cells, captions = [], []
+    for name, input_u8, e4e_u8, ref_u8 in ev.views[:MAX_PICTURE_ROWS]:
+        cells.append([Image.fromarray(a) for a in (input_u8, e4e_u8, ref_u8)])
+        caps = [Path(name).name[:40]]
+        for method in ("e4e", "hyperstyle"):
+            r = by_image[(name, method)]
+            caps.append(f"L2 {short(r['mse'])}  LPIPS {short(r['lpips'])}\n"
+                        + (f"ID {short(r['id_similarity'])}  " if faces else "") + f"{r['seconds']:.2f} s")
+        captions.append(caps)
+    grid = image_grid(cells, headers=["input", "e4e", f"HyperStyle ({steps_text(means[-1]['refine_steps'])})"],
+                      captions=captions)
+    if len(ev.views) > MAX_PICTURE_ROWS:
+        console.print(f"side_by_side.png shows the first {MAX_PICTURE_ROWS} of {len(ev.views)} images",
+                      highlight=False, markup=False)
+    return atomic_save_image(grid, out / "side_by_side.png")

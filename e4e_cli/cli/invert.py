@@ -27,13 +27,12 @@ def invert_command(
     paste_mask: str = typer.Option("hull", "--paste-mask", help="With --paste-back: hull (landmark outline) or ellipse."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs that already have results."),
     weights_dir: Optional[Path] = options.weights_dir_option(),
-    refine: Optional[str] = typer.Option(
-        None, "--refine", help="hyperstyle: start from HyperStyle's W-encoder and refine the reconstruction with "
-        "per-image generator weight offsets (weight_offsets.npz; edits keep them). Slower, much closer to the photo."),
-    refine_steps: Optional[int] = typer.Option(None, "--refine-steps", help="With --refine: hypernetwork passes (default 5)."),
-    refiner: Optional[Path] = typer.Option(None, "--refiner", help="With --refine: the HyperStyle checkpoint file "
-                                           "(default: the domain's in the weights folder)."),
-    w_encoder: Optional[Path] = typer.Option(None, "--w-encoder", help="With --refine: the W-encoder file it starts from."),
+    refine: Optional[str] = options.refine_option(
+        "hyperstyle: start from HyperStyle's W-encoder and refine the reconstruction with per-image generator "
+        "weight offsets (weight_offsets.npz; edits keep them). Slower, much closer to the photo."),
+    refine_steps: Optional[int] = options.refine_steps_option(),
+    refiner: Optional[Path] = options.refiner_option(),
+    w_encoder: Optional[Path] = options.w_encoder_option(),
     offsets_precision: str = typer.Option("fp16", "--offsets-precision", help="With --refine: fp16 (half the size) or fp32."),
 ):
     """Invert photos into StyleGAN's latent space with the e4e encoder (or refine with HyperStyle)."""
@@ -49,8 +48,8 @@ def invert_command(
                          overwrite=overwrite, face=face, report=report, refine_steps=refine_steps,
                          offsets_precision=offsets_precision)
     check_delta_scale(delta_scale)
-    if refine is not None or refine_steps is not None or refiner is not None or w_encoder is not None:
-        model = _refiner(refine, refine_steps, refiner, w_encoder, offsets_precision, domain=domain,
+    if options.check_refine(refine, refine_steps, refiner, w_encoder):
+        model = _refiner(refiner, w_encoder, offsets_precision, domain=domain,
                          checkpoint=checkpoint, delta_scale=delta_scale, report=report, device=device,
                          precision=precision, weights_dir=weights_dir)
     else:
@@ -66,16 +65,11 @@ def invert_command(
         raise typer.Exit(1)
 
 
-def _refiner(refine, steps, refiner, w_encoder, offsets_precision, *, domain, checkpoint, delta_scale, report,
+def _refiner(refiner, w_encoder, offsets_precision, *, domain, checkpoint, delta_scale, report,
              device, precision, weights_dir):
-    """The HyperStyle model `--refine` asks for, after checking the options that go with it."""
+    """The HyperStyle model `--refine` asks for, after checking the invert options that go with it."""
     from ..refine import OFFSET_PRECISIONS, load_refiner
 
-    if refine != "hyperstyle":
-        raise E4EError("--refine-steps, --refiner and --w-encoder need --refine hyperstyle" if refine is None
-                       else f"unknown --refine {refine!r}: the one refinement is hyperstyle")
-    if steps is not None and not 0 <= steps <= 50:
-        raise E4EError(f"--refine-steps must be from 0 to 50, got {steps}")
     if offsets_precision not in OFFSET_PRECISIONS:
         raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {offsets_precision!r}")
     if checkpoint is not None:

@@ -1,5 +1,6 @@
 """What several commands share: the --domain, --device, --precision, --batch-size and --weights-dir
-options, their checks, and the closing summary line of a batch.
+options, HyperStyle's --refine family (invert, evaluate), their checks, and the closing summary
+line of a batch.
 
 Options are made by functions (a fresh `typer.Option` per command). `--weights-dir` has no
 environment fallback here: `settings.weights_dir()` (E4E_WEIGHTS_DIR) is read where the folder
@@ -46,6 +47,37 @@ def batch_option():
 
 def weights_dir_option():
     return typer.Option(None, "--weights-dir", help=WEIGHTS_HELP)
+
+
+def refine_option(help: str):
+    return typer.Option(None, "--refine", help=help)
+
+
+def refine_steps_option():
+    return typer.Option(None, "--refine-steps", help="With --refine: hypernetwork passes (default 5).")
+
+
+def refiner_option():
+    return typer.Option(None, "--refiner", help="With --refine: the HyperStyle checkpoint file "
+                        "(default: the domain's in the weights folder).")
+
+
+def w_encoder_option():
+    return typer.Option(None, "--w-encoder", help="With --refine: the W-encoder file it starts from.")
+
+
+def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[Path],
+                 w_encoder: Optional[Path]) -> bool:
+    """Whether `--refine hyperstyle` is asked for; one E4EError line for an unknown refinement,
+    its options without it, or steps out of range."""
+    if refine is None and steps is None and refiner is None and w_encoder is None:
+        return False
+    if refine != "hyperstyle":
+        raise E4EError("--refine-steps, --refiner and --w-encoder need --refine hyperstyle" if refine is None
+                       else f"unknown --refine {refine!r}: the one refinement is hyperstyle")
+    if steps is not None and not 0 <= steps <= 50:
+        raise E4EError(f"--refine-steps must be from 0 to 50, got {steps}")
+    return True
 
 
 def check_domain(domain: Optional[str]) -> Optional[str]:
