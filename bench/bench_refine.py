@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -85,7 +84,7 @@ def bench_size(size: int, *, repeat: int, precisions: list[str]) -> dict:
         }
         out["rows"][prec] = row
         log(f"{size} {prec}: {json.dumps(row)}")
-        del hs, plain
+        hs = plain = None  # free both before the next precision loads
     # peak memory of the real command on one photo, in a fresh process (fp32)
     e4e = Path(sys.executable).parent / "e4e"
     photo = ROOT.parent / "shared" / "parity" / "images" / "car_img.jpg"
