@@ -30,8 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "bench"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "E4E_NATIVE_BF16": "0"}
 
@@ -114,6 +115,33 @@ def time_page(model, *, moves: int = 10) -> dict:
             "decode_only": {k: _stats(v) for k, v in decode.items()}}
 
 
+def floor(model) -> dict:
+    """GFLOP of the preview and the full decode (reference path, torch's FLOP counter) and this
+    process's float32 convolution peak: the least time each can take in float32 here."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench import conv_peak  # noqa: E402  (bench/bench.py, beside this script)
+
+    gflop = {}
+    params = list(model.generator.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)  # the counter's module hooks need no autograd graph
+        for kind, size in (("preview", 256), ("full", None)):
+            fc = FlopCounterMode(display=False)
+            with fc, torch.no_grad():
+                model.decode(model.latent_avg[None], size=size, impl="ref")
+            gflop[kind] = fc.get_total_flops() / 1e9
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+    peak = conv_peak(torch, F, torch.float32)
+    return {"gflop": gflop, "conv_peak_fp32_gflops": peak, "fp32_floor_s": {k: v / peak for k, v in gflop.items()}}
+
+
 def run_here(ckpt: Path, precisions, moves: int) -> dict:
     from e4e_cli.model import E4E
     from e4e_cli.nn.runtime import isa_summary
@@ -122,6 +150,8 @@ def run_here(ckpt: Path, precisions, moves: int) -> dict:
     for p in precisions:
         model = E4E.from_checkpoint(ckpt, device="cpu", precision=p)
         out["rows"][p] = time_page(model, moves=moves)
+        if "floor" not in out:
+            out["floor"] = floor(model)
         del model
     return out
 
@@ -136,12 +166,13 @@ def bench_preview(ckpt: Path | None = None, *, moves: int = 10, avx2: bool = Tru
     from e4e_cli.synthetic import synthetic_checkpoint
 
     ckpt = Path(ckpt) if ckpt else synthetic_checkpoint(1024, 1, "ffhq")
-    res = {"native": run_here(ckpt, ("fp32", "auto"), moves)}
+    res = {"load_avg_start": os.getloadavg()[0], "native": run_here(ckpt, ("fp32", "auto"), moves)}
     if avx2 and "avx512f" in res["native"]["isa"]["flags"]:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--checkpoint", str(ckpt), "--moves", str(moves)]
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, **AVX2_ENV), cwd=str(ROOT))
         line = next((x for x in p.stdout.splitlines() if x.startswith("PREVIEW ")), None)
         res["avx2"] = json.loads(line[8:]) if line else f"failed: {(p.stdout + p.stderr).strip()[-300:]}"
+    res["load_avg_end"] = os.getloadavg()[0]  # other work on the machine slows every row
     return res
 
 
@@ -150,7 +181,7 @@ def format_rows(res: dict | str) -> str:
     if isinstance(res, str):
         return f"e4e ui preview latency: {res}"
     lines = ["e4e ui preview latency (POST /api/preview on loopback, median of the slider moves, best in brackets; "
-             "decode alone after it)"]
+             f"decode alone after it); load avg {res.get('load_avg_start', 0):.1f} -> {res.get('load_avg_end', 0):.1f}"]
     for where, part in (("native", res.get("native")), ("AVX2 only", res.get("avx2"))):
         if part is None:
             continue
@@ -158,7 +189,11 @@ def format_rows(res: dict | str) -> str:
             lines.append(f"  {where}: {part}")
             continue
         isa = part["isa"]
-        lines.append(f"  {where}: {isa['cpu']}, ATen {isa['aten_capability']}, {isa['threads']} threads")
+        fl = part.get("floor") or {}
+        lines.append(f"  {where}: {isa['cpu']}, ATen {isa['aten_capability']}, {isa['threads']} threads; conv peak fp32 "
+                     f"{fl.get('conv_peak_fp32_gflops', 0):.0f} GFLOP/s: float32 floor preview "
+                     f"{fl.get('fp32_floor_s', {}).get('preview', 0):.3f} s ({fl.get('gflop', {}).get('preview', 0):.0f} GFLOP), "
+                     f"full {fl.get('fp32_floor_s', {}).get('full', 0):.3f} s ({fl.get('gflop', {}).get('full', 0):.0f} GFLOP)")
         for asked, r in part["rows"].items():
             pv, fu, dec = r["preview"], r["full"], r["decode_only"]
             lines.append(f"    {asked:<5}({r['precision']:<8}) preview {r['preview_size']} px {pv['median_s']:.3f} s "
