@@ -534,6 +534,9 @@ def main(argv=None) -> int:
     if within_budget(t_start, args.budget_s, 0.8):
         log("training steps (bench/bench_train.py) ...")
         results["train"] = _sibling("bench_train").bench_train(quick=args.quick)
+    if within_budget(t_start, args.budget_s, 0.9):
+        log("e4e ui preview latency, 256 px and full (bench/bench_preview.py) ...")
+        results["ui_preview"] = _sibling("bench_preview").bench_preview(ckpt, moves=10)
     results["machine"]["load_avg_end"] = load_avg()
     results["bench_s"] = time.perf_counter() - t_start
 
@@ -603,6 +606,8 @@ def print_table(r: dict) -> None:
         print("invert-dataset: " + ", ".join(f"{k} {v}" for k, v in r["dataset"].items()))
     if isinstance(r.get("train"), dict):
         print("training: " + ", ".join(f"{k} {v}" for k, v in r["train"].items()))
+    if r.get("ui_preview"):
+        print(_sibling("bench_preview").format_rows(r["ui_preview"]))
     a = r["alignment"]
     if isinstance(a, dict):
         print("alignment: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in a.items()))

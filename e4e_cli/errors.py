@@ -32,3 +32,8 @@ class MissingWeightsError(E4EError):
     """A weights file is not present; the message names the download to run."""
 
     exit_code = MISSING_WEIGHTS
+
+
+class Cancelled(Exception):
+    """A decode stopped between two blocks because its caller's `should_stop` said so (a newer
+    request made it stale). Not an `E4EError`: nothing went wrong, and nothing is to be shown."""

@@ -316,7 +316,7 @@ class E4E:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, *, noise: str = "fixed", seed: int | None = None, crop: bool = True,
                impl: str | None = None, precision: str | torch.dtype | None = None, offsets=None,
-               size: int | None = None) -> torch.Tensor:
+               size: int | None = None, should_stop=None) -> torch.Tensor:
         """codes [B,n,512] (or [n,512]) -> images [B,3,H,W], float32, cropped for cars.
 
         noise: "fixed" uses the checkpoint's noise buffers (deterministic, as the reference
@@ -325,6 +325,9 @@ class E4E:
         refinement of one image, or per image with a batch dimension).
         size: a preview resolution (a power of two up to the model's): the synthesis stops after
         that block and returns its running RGB image, exactly the full decode's partial sum.
+        should_stop: a callable (or a threading.Event) asked before each up-sampling block; when
+        it says stop, `errors.Cancelled` is raised there (a page cancels a stale full decode
+        without waiting for its largest blocks).
         """
         codes = torch.as_tensor(codes)
         if codes.ndim == 2:
@@ -354,6 +357,8 @@ class E4E:
         except ValueError as exc:
             raise E4EError(str(exc)) from None
         off = {k: v.to(self.device) for k, v in off.items()}
+        stop = getattr(should_stop, "is_set", should_stop)  # an Event, or a callable
+        more = {} if stop is None else {"should_stop": stop}  # a generator with its own synthesis may lack it
         # float32 fast path on the CPU: reuse the large activations' pages (bfloat16's, half
         # the size, measured no faster that way; the reference path is left as it is)
         hold = self.device.type == "cpu" and impl == "fast" and dt is None
@@ -361,10 +366,11 @@ class E4E:
             if impl == "fast":
                 run = self._compiled.get("generator", fast_generator.synthesize)
                 img = run(self.generator, codes, nz, dtype=dt, options=self.fast_options, plans=self.plans,
-                          offsets=off or None, stop_at=size)
+                          offsets=off or None, stop_at=size, **more)
             else:
                 with ops.reference_fir_layout(self.fast_options.fir_layout):
-                    img = self.generator.synthesize(codes, noise=nz, dtype=dt, offsets=off or None, stop_at=size)
+                    img = self.generator.synthesize(codes, noise=nz, dtype=dt, offsets=off or None, stop_at=size,
+                                                    **more)
         top, bottom = domains.crop_rows(self.domain, img.shape[-1])
         if crop and (top, bottom) != (0, img.shape[-2]):
             img = img[:, :, top:bottom, :]

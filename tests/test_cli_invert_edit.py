@@ -200,3 +200,43 @@ def test_edit_errors_are_one_line(tmp_path, weights, parity_dir):
     # the error for an unknown preset lists the known ones
     proc = run_e4e("edit", lat, "--direction", "frown", env=env)
     assert "smile" in proc.stderr and "ganspace:eye_openness" in proc.stderr
+
+
+def test_edit_preview_size_writes_the_early_exit_images_apart(tmp_path, models, parity_dir, case_checkpoint):
+    """`e4e edit --preview-size 256` (issue 25): each image is the decoder stopped after its 256
+    block, exactly the library's `decode(size=256)` in 8 bit; the outputs sit in OUT/preview-256/
+    with records that say so, apart from full-size results; the latents are the same edit."""
+    from e4e_cli.editing import resolve_direction
+
+    data = np.load(parity_dir / "cases" / "ffhq_1024_s1.npz")
+    lat = tmp_path / "face.npy"
+    np.save(lat, data["codes"][0])
+    out = tmp_path / "edits"
+    proc = run_e4e("edit", lat, "--direction", "sefa:0", "--sweep", "-2:2:2", "--preview-size", "256", "--checkpoint",
+                   case_checkpoint("ffhq_1024_s1"), "--device", "cpu", "--precision", "fp32", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "preview-256" in proc.stdout
+    preview = out / "preview-256"
+    assert sorted(p.name for p in out.iterdir()) == ["preview-256"]
+    model = models["ffhq_1024_s1"]
+    direction = resolve_direction("sefa:0", model)
+    for s in (-2, 2):
+        base = preview / f"face_sefa-0_{s:+d}"
+        png = np.asarray(Image.open(base.with_suffix(".png")).convert("RGB"))
+        with torch.inference_mode():
+            want = model.to_uint8(model.decode(direction.apply(torch.from_numpy(data["codes"][0])[None], s), size=256))[0]
+        assert png.shape == (256, 256, 3) and np.array_equal(png, want), s
+        assert json.loads(base.with_suffix(".json").read_text())["preview_size"] == 256
+    assert Image.open(preview / "face_sefa-0_sweep.png").size == (2 * 256, 256)
+
+
+def test_edit_preview_size_errors_are_one_line(tmp_path, parity_dir, case_checkpoint):
+    lat = tmp_path / "church.npy"
+    np.save(lat, np.zeros((14, 512), np.float32))
+    for bad in ("100", "2"):
+        proc = run_e4e("edit", lat, "--direction", "sefa:0", "--strength", "1", "--preview-size", bad, "--out", tmp_path / "o")
+        assert_one_line_error(proc, "--preview-size", "power of two", code=2)
+    proc = run_e4e("edit", lat, "--direction", "sefa:0", "--strength", "1", "--preview-size", "512", "--checkpoint",
+                   case_checkpoint("church_256_s3"), "--out", tmp_path / "o")
+    assert_one_line_error(proc, "--preview-size 512", "256 px", code=2)
+    assert not (tmp_path / "o").exists()

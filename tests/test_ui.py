@@ -137,11 +137,20 @@ def test_the_page_edits_live_and_its_latent_equals_e4e_edit(server, parity_dir, 
                                    "e.dispatchEvent(new Event('input'));", sid, value)
         _wait(lambda: browser.find_element("id", "preview").get_attribute("data-seq") not in ("0", None), what="a preview")
         _wait(lambda: browser.execute_script("return document.getElementById('status').textContent") == "", what="idle")
+        # progressive (issue 25): the 256 px preview first, then the full decode once the sliders rest
+        shown = browser.execute_script("return window.e4eShown")
+        assert shown[0]["kind"] == "preview" and shown[0]["size"] == 256, shown
+        assert shown[-1]["kind"] == "full" and shown[-1]["size"] == 1024, shown
+        assert [x["seq"] for x in shown] == sorted({x["seq"] for x in shown}), "an older answer was shown over a newer one"
+        assert browser.find_element("id", "shown").text == "full 1024 px"
         edited = _pixels(browser.find_element("id", "preview").get_attribute("src"))
-        assert np.abs(edited - inversion).mean() > 1.0, "the preview must change"
+        assert edited.shape == (1024, 1024, 3)
+        small = np.asarray(Image.fromarray(edited.astype(np.uint8)).resize((256, 256), Image.LANCZOS), dtype=np.int16)
+        assert np.abs(small - inversion).mean() > 1.0, "the preview must change"
         browser.find_element("id", "pasteback").click()
         _wait(lambda: _pixels(browser.find_element("id", "preview").get_attribute("src")).shape[1] > 256
               and browser.execute_script("return document.getElementById('status').textContent") == "", what="paste-back")
+        assert browser.find_element("id", "shown").text == "full 1024 px, pasted back"
         href = browser.find_element("id", "dl-latent").get_attribute("href")
         assert browser.find_element("id", "error").text == ""
         (cookie,) = browser.get_cookies()  # the page's own requests above carried it
@@ -215,6 +224,123 @@ def test_a_newer_preview_overtakes_an_older_one(server):
     assert results == {"old": None}
     out = ed.render(sid, {}, 1.0, False, seq=8)
     assert out is not None and out[0].size == (1024, 1024)
+
+
+# ---- issue 25: progressive previews ------------------------------------------------------------
+
+
+def _session(ed, seed=0):
+    """A session holding a random code near the average (no photo): its id and codes."""
+    import torch
+
+    from e4e_cli.ui.server import Session
+
+    gen = torch.Generator().manual_seed(seed)
+    codes = ed.model.latent_avg[None] + 0.5 * torch.randn(1, *ed.model.latent_avg.shape, generator=gen)
+    return ed._new(Session(codes=codes, w0_codes=codes[:, :1].expand_as(codes).clone())), codes
+
+
+def _ask(api, server, sid, size, seq, strengths=None):
+    return api.post(server["url"] + "/api/preview", json={"session": sid, "strengths": strengths or {"sefa-0": 2.0},
+                                                          "delta_scale": 1.0, "seq": seq, "size": size}, timeout=300)
+
+
+def test_the_preview_is_the_full_decodes_256_partial_sum(server, monkeypatch):
+    """Through the page's request path: the preview's pixels are exactly the 256 px running image
+    that the full decode holds after its 256 block (8-bit, as to_uint8 makes it), and the full
+    answer is the full decode."""
+    from e4e_cli.nn import fast_generator
+
+    ed, api = server["editor"], _client(server)
+    sid, _ = _session(ed)
+    r = _ask(api, server, sid, "preview", 1)
+    assert r.status_code == 200 and (r.json()["kind"], r.json()["size"]) == ("preview", 256), r.text
+    preview = _pixels(r.json()["image"])
+    r = _ask(api, server, sid, "full", 2)
+    assert r.status_code == 200 and (r.json()["kind"], r.json()["size"]) == ("full", 1024), r.text
+    full = _pixels(r.json()["image"])
+
+    partial = {}
+    inner = fast_generator._to_rgb_fast
+
+    def record(st, x, s, skip, cdt):
+        y = inner(st, x, s, skip, cdt)
+        partial.setdefault(y.shape[-1], y.clone())
+        return y
+
+    monkeypatch.setattr(fast_generator, "_to_rgb_fast", record)
+    codes = ed.edited_codes(ed.session(sid), {"sefa-0": 2.0}, 1.0)
+    with ed.lock:
+        whole = ed.model.decode(codes)
+        early = ed.model.decode(codes, size=256)
+    assert preview.shape == (256, 256, 3) and full.shape == (1024, 1024, 3)
+    assert np.array_equal(preview, ed.model.to_uint8(partial[256])[0])
+    assert np.array_equal(preview, ed.model.to_uint8(early)[0])
+    assert np.array_equal(full, ed.model.to_uint8(whole)[0])
+    assert api.get(server["url"] + "/api/info", timeout=30).json()["preview_size"] == 256
+    r = _ask(api, server, sid, "huge", 3)
+    assert r.status_code == 400 and "'preview' or 'full'" in r.json()["error"]
+
+
+def test_a_newer_request_stops_a_full_decode_at_the_next_block_boundary(server, monkeypatch):
+    """A full decode is held at its first block boundary (by a wrapper of its should_stop); the
+    page still answers meanwhile; a slider move (a newer preview of the same session) arrives;
+    let go, the full decode stops at that boundary (Cancelled, answered 409) instead of running
+    its remaining blocks, and the preview is answered."""
+    from e4e_cli.errors import Cancelled
+
+    ed, api = server["editor"], _client(server)
+    sid, _ = _session(ed, seed=1)
+    real = ed.model.decode
+    held, go, calls = threading.Event(), threading.Event(), []
+
+    def decode(codes, *, size=None, should_stop=None, **kw):
+        call = {"size": size, "asked": 0, "cancelled": False}
+        calls.append(call)
+
+        def stop():
+            call["asked"] += 1
+            if size is None and call["asked"] == 1:
+                held.set()
+                go.wait(timeout=120)
+            return should_stop is not None and should_stop()
+        try:
+            return real(codes, size=size, should_stop=stop, **kw)
+        except Cancelled:
+            call["cancelled"] = True
+            raise
+
+    monkeypatch.setattr(ed.model, "decode", decode)
+    answers = {}
+    old = threading.Thread(target=lambda: answers.update(full=_ask(api, server, sid, "full", 10)))
+    old.start()
+    try:
+        assert held.wait(timeout=120), "the full decode did not start"
+        t0 = time.perf_counter()
+        assert api.get(server["url"] + "/api/info", timeout=30).status_code == 200  # responsive meanwhile
+        assert time.perf_counter() - t0 < 5
+        new = threading.Thread(target=lambda: answers.update(preview=_ask(api, server, sid, "preview", 11)))
+        new.start()
+        _wait(lambda: ed.session(sid).seq == 11, timeout=60, what="the newer request")
+    finally:
+        go.set()
+    old.join(timeout=300)
+    new.join(timeout=300)
+    assert answers["full"].status_code == 409 and answers["full"].json() == {"superseded": True}
+    assert answers["preview"].status_code == 200 and answers["preview"].json()["size"] == 256
+    full_call = calls[0]
+    assert full_call["size"] is None and full_call["cancelled"] and full_call["asked"] == 1, calls
+    assert calls[1:] == [{"size": 256, "asked": 6, "cancelled": False}], calls  # blocks 8 .. 256
+
+
+def test_a_model_of_256_px_or_less_has_no_separate_preview():
+    from types import SimpleNamespace
+
+    from e4e_cli.ui.server import Editor
+
+    assert Editor.preview_size(SimpleNamespace(model=SimpleNamespace(size=1024)), "preview") == 256
+    assert Editor.preview_size(SimpleNamespace(model=SimpleNamespace(size=256)), "preview") is None
+    assert Editor.preview_size(SimpleNamespace(model=SimpleNamespace(size=1024)), "full") is None
 
 
 def test_cli_errors(server, tmp_path):

@@ -26,6 +26,10 @@ def edit_command(
     color_match: bool = typer.Option(False, "--color-match", help="With --paste-back: match the face's colour to the photo along the seam."),
     paste_mask: str = typer.Option("hull", "--paste-mask", help="With --paste-back: hull (landmark outline) or ellipse."),
     invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Where photos given as sources are inverted first."),
+    preview_size: Optional[int] = typer.Option(
+        None, "--preview-size", metavar="N",
+        help="Fast sweeps: decode at N px (a power of two up to the checkpoint's size, e.g. 256) by stopping the "
+             "generator after that block. Outputs go to OUT/preview-N/ and their records say preview_size: N."),
     overwrite: bool = typer.Option(False, "--overwrite"),
     weights_dir: Optional[Path] = options.weights_dir_option(),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Decode with this generator instead (same "
@@ -42,11 +46,13 @@ def edit_command(
     if delta_scale is not None:
         check_delta_scale(delta_scale)
     options.check_batch_size(batch_size)
+    options.check_preview_size(preview_size)
     job = EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,
         delta_scale=delta_scale, paste_back=paste_back, color_match=color_match, paste_mask=options.check_mask(paste_mask),
-        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir, generator=generator,
+        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir, preview_size=preview_size,
+        generator=generator,
     )
     results = run_edit(job)
     for r in results:
@@ -55,7 +61,8 @@ def edit_command(
     ok = [r for r in results if r.status == "ok"]
     skipped = [r for r in results if r.status == "skipped"]
     n_files = sum(len(r.files) for r in ok)
-    msg = f"{len(ok)} source(s) edited with {direction}: {n_files} files in {out}/"
+    where = next((r.outdir for r in results if r.outdir), out)  # OUT/preview-N/ for previews
+    msg = f"{len(ok)} source(s) edited with {direction}: {n_files} files in {where}/"
     if skipped:
         msg += f"; {len(skipped)} already done (use --overwrite to redo)"
     typer.echo(msg)

@@ -15,7 +15,7 @@ import typer
 
 from ..compositing import MASK_KINDS
 from ..domains import NAMES as DOMAIN_NAMES
-from ..errors import E4EError
+from ..errors import USAGE, E4EError
 
 DOMAIN_HELP = "ffhq, cars, horse or church (default: what --checkpoint records, else ffhq; an explicit one wins)."
 PRECISION_HELP = ("auto (default): bf16 where the CPU (AVX512-BF16/AMX) or GPU computes it natively, else fp32; "
@@ -97,6 +97,15 @@ def check_batch_size(batch_size: Optional[int]) -> Optional[int]:
     if batch_size is not None and batch_size < 1:
         raise E4EError(f"--batch-size must be >= 1, got {batch_size}")
     return batch_size
+
+
+def check_preview_size(size: Optional[int]) -> Optional[int]:
+    """A preview resolution: a power of two, at least 4 (the checkpoint's own size is checked
+    once it is loaded)."""
+    if size is not None and (size < 4 or size & (size - 1)):
+        raise E4EError(f"--preview-size must be a power of two from 4 up to the checkpoint's size (e.g. 256), got {size}",
+                       exit_code=USAGE)
+    return size
 
 
 def echo_error(message: str) -> None:

@@ -8,9 +8,14 @@ A latent refined by HyperStyle (`e4e invert --refine hyperstyle`: weight_offsets
 is decoded by that refiner's generator with its offsets: the edit moves the code, the offsets
 stay, as the reference's editing scripts do. `--generator FILE` decodes with another generator
 of the same architecture instead (a fine-tuned one: domain adaptation keeps the person).
+
+With `preview_size` N (`--preview-size`) the generator stops after its N block (E4E.decode's
+early exit, the full decode's partial sum at N px): a fast sweep whose outputs go to
+`OUT/preview-N/`, each record saying `preview_size: N`, so none is taken for a full-size result.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +25,7 @@ import numpy as np
 
 from .. import domains, progress
 from ..editing import Direction, load_latent_file, rescale_codes, resolve_direction
-from ..errors import E4EError
+from ..errors import USAGE, E4EError
 from ..fsutil import atomic_save_image, ensure_dir, slug
 from ..images import IMAGE_SUFFIXES
 from ..model import ModelOptions, load_model
@@ -103,6 +108,7 @@ class EditJob:
     overwrite: bool = False
     weights_dir: Optional[Path] = None
     generator: Optional[Path] = None  # decode with this generator (same architecture) instead
+    preview_size: Optional[int] = None  # decode at this resolution (early exit) into out/preview-N/
 
 
 def _gather_sources(job: EditJob) -> tuple[list[tuple[Path, str]], list[ItemResult]]:
@@ -150,7 +156,12 @@ def run_edit(job: EditJob) -> list[ItemResult]:
         if direction.default_strength is None:
             raise E4EError(f"direction {job.direction!r} has no default strength: pass --strength S or --sweep START:STOP:N")
         strengths = [direction.default_strength]
-    out = ensure_dir(job.out)
+    if job.preview_size is not None and job.preview_size > model.size:
+        raise E4EError(f"--preview-size {job.preview_size} is larger than the {model.domain} checkpoint's "
+                       f"{model.size} px images", exit_code=USAGE)
+    if job.preview_size == model.size:  # the full decode itself: a full-size result
+        job = dataclasses.replace(job, preview_size=None)
+    out = ensure_dir(job.out / f"preview-{job.preview_size}" if job.preview_size else job.out)
 
     sources: list[Source] = []
     photos = [p for p, k in items if k == "photo"]
@@ -214,8 +225,9 @@ def edit_record(src: "Source", direction: Direction, strength: float, job: "Edit
         "checkpoint": checkpoint_identity(model),
         "precision": str(getattr(model, "precision", "")).replace("torch.", ""),
         "delta_scale": job.delta_scale,
-        "offsets_sha256": _file_sha256(src.offsets_file),
-        "generator": None if job.generator is None else _generator_identity(job.generator),
+        **({"preview_size": job.preview_size} if job.preview_size else {}),  # full-size records as before
+        **({"offsets_sha256": _file_sha256(src.offsets_file)} if src.offsets_file is not None else {}),
+        **({"generator": _generator_identity(job.generator)} if job.generator is not None else {}),
     }
 
 
@@ -285,7 +297,7 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
     step = job.batch_size or model.default_batch_size()
     for start in range(0, len(strengths), step):
         chunk = edited[start : start + step]
-        frames += model.to_pil(model.decode(chunk, offsets=offsets))
+        frames += model.to_pil(model.decode(chunk, offsets=offsets, size=job.preview_size))
     for s, codes_s, frame, rec in zip(strengths, edited, frames, records):
         base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"
         files[f"{base}.png"] = str(atomic_save_image(frame, out / f"{base}.png"))

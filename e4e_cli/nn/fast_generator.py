@@ -257,7 +257,7 @@ def _conv3x3_args(opts: FastOptions) -> dict:
 
 
 def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOptions | None = None,
-               plans: Plans | None = None, offsets=None, stop_at: int | None = None):
+               plans: Plans | None = None, offsets=None, stop_at: int | None = None, should_stop=None):
     """The generator's fast path: codes [B,n_styles,D] -> image [B,3,size,size], the same
     function as `g.synthesize(codes, noise=noise, offsets=offsets, stop_at=stop_at)`
     (networks.py, the reference).
@@ -268,6 +268,7 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
     `offsets`: per-layer relative weight offsets (`Generator.check_offsets`); one image's are
     folded into a per-call copy of the plan's weights, per-sample ones run image by image.
     `stop_at`: return the [B,3,r,r] image after the r block (the skip branch's partial sum).
+    `should_stop`: called before each up-sampling block; True raises errors.Cancelled.
     """
     if codes.ndim != 3 or codes.shape[1] != g.n_styles or codes.shape[2] != g.style_dim:
         raise ValueError(f"codes must be [B,{g.n_styles},{g.style_dim}], got {tuple(codes.shape)}")
@@ -281,7 +282,7 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
             own = {k: (t[i] if t.ndim == 5 and t.shape[0] > 1 else t) for k, t in off.items()}
             nz = [n[i : i + 1] if n.shape[0] > 1 else n for n in noise]
             parts.append(synthesize(g, codes[i : i + 1], nz, dtype=dtype, options=options, plans=plans,
-                                    offsets=own, stop_at=stop_at))
+                                    offsets=own, stop_at=stop_at, should_stop=should_stop))
         return torch.cat(parts)
     opts = FastOptions() if options is None else options
     up_mode, mode = opts.up_mode, opts.mode
@@ -306,6 +307,8 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
     steps = plan.steps[:n_steps]
     first_w = next((i for i, st in enumerate(steps) if st.weight_mode), len(steps))
     for j, st in enumerate(steps[:first_w]):  # low resolutions: the whole batch at once
+        if st.kind == "conv" and st.mod.up:  # a block starts
+            ops.stop_if_asked(should_stop)
         if st.kind == "conv":
             x = _conv_activation_mode(st, x, svec[j], noise[st.noise], cdt, opts)
         else:
@@ -324,6 +327,8 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
             return _noise_term(st_, n[_i : _i + 1] if n.shape[0] > 1 else n, torch.float32)
 
         for j, st in enumerate(rest):
+            if st.kind == "conv" and st.mod.up:
+                ops.stop_if_asked(should_stop)
             if st.kind == "conv":
                 extras = None
                 if carry and st.poly is not None and j + 1 < len(rest) and rest[j + 1].kind == "conv" \

@@ -353,7 +353,7 @@ class Generator(nn.Module):
         return out
 
     def synthesize(self, codes, *, noise: list[torch.Tensor] | None = None, impl: str = "ref", dtype=None,
-                   offsets=None, stop_at: int | None = None):
+                   offsets=None, stop_at: int | None = None, should_stop=None):
         """codes [B,n_styles,D] -> image [B,3,size,size]. `noise` defaults to the fixed buffers.
 
         `dtype` runs the convolutions in a reduced precision (styles, demodulation and the
@@ -365,6 +365,7 @@ class Generator(nn.Module):
         ({index: tensor} or a sequence with None for untouched layers; see `check_offsets`).
         `stop_at`: a resolution r (4 .. size): return the skip branch's image after the r block,
         [B,3,r,r] -- exactly the low-resolution partial sum that the full decode up-samples on.
+        `should_stop`: called before each up-sampling block; True raises errors.Cancelled.
         """
         if codes.ndim != 3 or codes.shape[1] != self.n_styles or codes.shape[2] != self.style_dim:
             raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
@@ -377,6 +378,7 @@ class Generator(nn.Module):
         x = self.conv1(x, codes[:, 0], noise[0], impl, offset=off.get(0))
         skip = self.to_rgb1(x, codes[:, 1], impl=impl, offset=off.get(1)).float()
         for k in range(last):
+            ops.stop_if_asked(should_stop)
             x = self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl, offset=off.get(2 + 3 * k))
             x = self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl, offset=off.get(3 + 3 * k))
             skip = self.to_rgbs[k](x, codes[:, 3 + 2 * k], skip, impl, offset=off.get(4 + 3 * k)).float()

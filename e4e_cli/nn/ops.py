@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import settings
+from ..errors import Cancelled
 
 IMPLS = ("ref", "fast")
 LRELU_GAIN = math.sqrt(2.0)
@@ -35,6 +36,13 @@ def check_impl(impl: str, op: str) -> str:
         warnings.warn(f"{op}: unknown impl {impl!r}, using the reference path", stacklevel=3)
         return "ref"
     return impl
+
+
+def stop_if_asked(should_stop) -> None:
+    """Between two blocks of a synthesis: raise errors.Cancelled when the caller's `should_stop()`
+    says so (a newer request made this decode stale; both synthesis paths ask here)."""
+    if should_stop is not None and should_stop():
+        raise Cancelled("stopped between two blocks of the synthesis")
 
 
 def _check_nchw(x: torch.Tensor, op: str) -> None:
