@@ -122,3 +122,74 @@ def test_a_refined_and_a_plain_result_are_never_mixed(refined, tmp_path, case_ch
     assert proc.returncode == 1
     assert "HyperStyle-refined inversion" in proc.stderr
     assert (out / "car_img" / "weight_offsets.npz").is_file()
+
+
+# ---- e4e ui: the refine switch (the Editor without HTTP; the routes are thin wrappers) ----------
+
+
+def test_ui_refines_an_upload_and_opens_a_refined_latent(refined, case_checkpoint):
+    from e4e_cli.model import E4E
+    from e4e_cli.refine import HyperStyle, load_offsets
+    from e4e_cli.ui.server import Editor
+
+    model = E4E.from_checkpoint(case_checkpoint(CASE), device="cpu", precision="fp32")
+    plain = Editor(model, synthetic=True)
+    assert plain.info()["refine"] is False
+    ed = Editor(model, synthetic=True, latents_dir=refined["dir"].parent, refiner_files=(refined["hs"], refined["we"]))
+    assert ed.info()["refine"] is True
+    hs = HyperStyle.from_files(refined["hs"], refined["we"], device="cpu", precision="fp32")
+
+    # an invert --refine result opens refined: its code and offsets, the refiner's generator
+    opened = ed.pick_latent("car_img/latent.npy")
+    assert opened["refined"] is True
+    s = ed.session(opened["session"])
+    img, codes = ed.render(opened["session"], {}, 1.0, False, refined=True)
+    offsets, _ = load_offsets(refined["dir"] / "weight_offsets.npz")
+    want = model.to_pil(hs.decode(codes, offsets=offsets))[0]
+    assert np.array_equal(np.asarray(img), np.asarray(want))
+    unrefined, _ = ed.render(opened["session"], {}, 1.0, False, refined=False)  # the same code without offsets
+    assert np.abs(np.asarray(unrefined, dtype=int) - np.asarray(img, dtype=int)).mean() > 5
+    assert s.refined is not None
+
+    # an upload: e4e first, refined on request (one step here), then edits decode with the offsets
+    up = ed.upload(PHOTO.read_bytes(), "car.jpg")
+    with pytest.raises(Exception, match="not refined yet"):
+        ed.render(up["session"], {}, 1.0, False, refined=True)
+    out = ed.refine(up["session"], steps=1)
+    assert out["refined"] is True and out["inversion"].startswith("data:image/png")
+    key = next(iter(ed.directions))
+    img, codes = ed.render(up["session"], {key: 2.0}, 1.0, False, refined=True)
+    r = ed.session(up["session"]).refined
+    assert torch.equal(codes, ed.directions[key][1].apply(r[0], 2.0))
+    want = model.to_pil(hs.decode(codes, offsets=r[1]))[0]
+    assert np.array_equal(np.asarray(img), np.asarray(want))
+
+
+def test_edit_with_another_generator_keeps_the_offsets(refined, tmp_path, case_checkpoint):
+    """Domain adaptation: the refined code and offsets decoded by a fine-tuned generator of the
+    same architecture (here the refiner's own, its last blocks changed, saved in rosinality's
+    layout); another architecture is refused in one line."""
+    from e4e_cli.refine import HyperStyle, load_offsets
+    from e4e_cli.train.generators import save_rosinality_checkpoint
+
+    hs = HyperStyle.from_files(refined["hs"], refined["we"], device="cpu", precision="fp32")
+    g = hs.decoder.generator
+    with torch.no_grad():
+        g.to_rgbs[-1].conv.weight.mul_(-1.0)  # a "fine-tuned" generator: its colours turned around
+    toon = save_rosinality_checkpoint(tmp_path / "toon.pt", generator=g, latent_avg=hs.decoder.latent_avg[0])
+    args = ("-d", "ganspace:0:0:5", "--pca", PARITY / "directions" / "cars_pca.pt", "-s", "2", *FP32)
+    proc = run_e4e("edit", refined["dir"] / "latent.npy", *args, "--generator", toon, "--out", tmp_path / "toon")
+    assert proc.returncode == 0, proc.stderr
+    got = np.asarray(Image.open(tmp_path / "toon" / "car_img_ganspace-0-0-5_+2.png").convert("RGB"))
+    codes = torch.from_numpy(np.load(tmp_path / "toon" / "car_img_ganspace-0-0-5_+2.npy"))[None]
+    offsets, _ = load_offsets(refined["dir"] / "weight_offsets.npz")
+    want = np.asarray(hs.to_pil(hs.decode(codes, offsets=offsets))[0])  # g is the changed generator
+    assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    plain = np.asarray(Image.open(refined["edits"] / "car_img_ganspace-0-0-5_+2.png").convert("RGB"))
+    assert np.abs(got.astype(int) - plain.astype(int)).mean() > 5
+    rec = json.loads((tmp_path / "toon" / "car_img_ganspace-0-0-5_+2.json").read_text())
+    assert rec["generator"]["file"] == "toon.pt"
+    proc = run_e4e("edit", refined["dir"] / "latent.npy", *args, "--generator", case_checkpoint("church_256_s3"),
+                   "--out", tmp_path / "other")
+    assert proc.returncode == 1
+    assert_one_line_error(proc, "256")

@@ -21,6 +21,9 @@ def ui_command(
     precision: str = options.precision_option(),
     device: str = options.device_option(),
     weights_dir: Optional[Path] = options.weights_dir_option(),
+    refiner: Optional[Path] = typer.Option(None, "--refiner", help="A HyperStyle checkpoint for the page's refine switch "
+                                           "(default: the domain's in the weights folder, when downloaded)."),
+    w_encoder: Optional[Path] = typer.Option(None, "--w-encoder", help="The W-encoder it starts from."),
     token: Optional[str] = typer.Option(None, "--token",
                                         help="The page's secret, in the printed URL (default: $E4E_UI_TOKEN, else a new random "
                                              "one each launch; 16+ characters of A-Z a-z 0-9 . _ ~ -; '' is refused)."),
@@ -51,7 +54,7 @@ def ui_command(
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                     weights_dir=weights_dir))
     editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model),
-                    directions_dir=directions)
+                    directions_dir=directions, refiner_files=_refiner_files(model, refiner, w_encoder, weights_dir))
     url = page_url(host, port, token)
     typer.echo(f"e4e ui: {url} ({model.domain}, {model.size}px; Ctrl-C stops it)")
     if not no_browser:
@@ -71,3 +74,19 @@ def _not_released(model) -> bool:
     asset = ASSETS.get(domain.checkpoint_asset) if domain else None
     path = Path(model.path or "")
     return not (asset and path.name == asset.filename and path.is_file() and path.stat().st_size == asset.size)
+
+
+def _refiner_files(model, refiner: Optional[Path], w_encoder: Optional[Path], weights_dir) -> Optional[tuple]:
+    """The HyperStyle pair for the page's refine switch: the files given (both must exist), else the
+    domain's in the weights folder when both are there, else None (no switch on the page)."""
+    from ..errors import MissingWeightsError
+    from ..refine import find_refiner
+
+    if refiner is None and w_encoder is None:
+        try:
+            return find_refiner(model.domain, weights_dir=weights_dir)
+        except (MissingWeightsError, E4EError):
+            return None
+    if refiner is None or w_encoder is None:
+        raise E4EError("--refiner and --w-encoder go together (the HyperStyle checkpoint and the W-encoder it starts from)")
+    return find_refiner(model.domain, refiner=refiner, w_encoder=w_encoder, weights_dir=weights_dir)

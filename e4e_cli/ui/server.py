@@ -78,6 +78,7 @@ class Session:
     name: str = "photo"
     lock: threading.Lock = field(default_factory=threading.Lock)
     shrunk: dict = field(default_factory=dict)  # longest side -> (photo, quad, landmarks) for display paste-backs
+    refined: Optional[tuple] = None  # HyperStyle: (codes [1,n,512], {layer: offsets}), once refined
 
 
 def _png(image, max_side: Optional[int] = None, *, fast: bool = False) -> bytes:
@@ -101,10 +102,12 @@ class Editor:
     """The model, its directions and the sessions; no web code here (tests drive it directly)."""
 
     def __init__(self, model, *, weights_dir=None, latents_dir: Optional[Path] = None, synthetic: bool = False,
-                 directions_dir: Optional[Path] = None):
+                 directions_dir: Optional[Path] = None, refiner_files: Optional[tuple] = None):
         from ..editing import resolve_direction
 
         self.model, self.synthetic = model, synthetic
+        self.refiner_files = refiner_files  # (HyperStyle checkpoint, W-encoder): the page's "refine" switch
+        self._refiner = None
         self.latents_dir = Path(latents_dir).resolve() if latents_dir else None
         self.lock = threading.Lock()  # the model: one encode or decode at a time
         self.sessions: dict[str, Session] = {}  # insertion order = age; guarded by sessions_lock
@@ -148,7 +151,7 @@ class Editor:
     def info(self) -> dict:
         return {"domain": self.model.domain, "size": self.model.size, "synthetic": self.synthetic,
                 "preview_size": self.preview_size("preview"),
-                "paste_back": self.model.domain == "ffhq",
+                "paste_back": self.model.domain == "ffhq", "refine": self.refiner_files is not None,
                 "directions": [{"id": k, "label": spec, "min": lo, "max": hi} for k, (spec, d, lo, hi) in self.directions.items()],
                 "latents": self.list_latents()}
 
@@ -237,21 +240,84 @@ class Editor:
             raise E4EError(f"that latent has {arr.shape[0]} layers; this checkpoint needs {self.model.n_styles}")
         codes = torch.from_numpy(arr)[None].to(self.model.device)
         base = codes[:, :1] + (self.model.latent_avg - self.model.latent_avg[:1])[None]
+        refined = self._refined_latent(path, codes)
         with self.lock, torch.inference_mode():
-            inversion = self.model.to_pil(self.model.decode(codes))[0]
-        sid = self._new(Session(codes=codes, w0_codes=base, name=path.parent.name))
-        return {"session": sid, "aligned": None, "inversion": _data_url(_png(inversion, PREVIEW_SIDE))}
+            if refined is None:
+                inversion = self.model.to_pil(self.model.decode(codes))[0]
+            else:  # a HyperStyle invert: its code and offsets, decoded by the refiner's generator
+                inversion = self.model.to_pil(self.refiner().decode(codes, offsets=refined[1]))[0]
+        sid = self._new(Session(codes=codes, w0_codes=base, name=path.parent.name, refined=refined))
+        return {"session": sid, "aligned": None, "inversion": _data_url(_png(inversion, PREVIEW_SIDE)),
+                "refined": refined is not None}
+
+    # ---- HyperStyle refinement ------------------------------------------------------------------
+
+    def refiner(self):
+        """The HyperStyle model (loaded at the first refine: about 1.5 GB, memory-mapped)."""
+        if self.refiner_files is None:
+            raise E4EError(f"no HyperStyle refiner: run `e4e download-weights hyperstyle_{self.model.domain}` "
+                           "or start e4e ui with --refiner FILE --w-encoder FILE")
+        if self._refiner is None:
+            from ..refine import HyperStyle
+
+            hs = HyperStyle.from_files(*self.refiner_files, device=str(self.model.device), precision=self.model.precision)
+            if hs.domain != self.model.domain or hs.size != self.model.size:
+                raise E4EError(f"the refiner is a {hs.domain} {hs.size} px checkpoint; this page edits {self.model.domain} "
+                               f"{self.model.size} px")
+            self._refiner = hs
+        return self._refiner
+
+    def _refined_latent(self, path: Path, codes) -> Optional[tuple]:
+        """(codes, offsets) of a `e4e invert --refine hyperstyle` result (None for a plain one); the
+        offsets must come from this page's refiner (their generator)."""
+        import json
+
+        try:
+            rec = json.loads((path.parent / "meta.json").read_text()).get("refine")
+        except (OSError, ValueError, AttributeError):
+            rec = None
+        if not rec:
+            return None
+        from ..refine import check_offsets_fit, load_offsets
+
+        hs = self.refiner()
+        if hs.sha256() != rec.get("refiner_sha256"):
+            raise E4EError("that latent was refined with another HyperStyle checkpoint than this page's refiner")
+        offsets, _ = load_offsets(path.parent / "weight_offsets.npz")
+        check_offsets_fit(offsets, hs.decoder.generator, source=str(path.parent / "weight_offsets.npz"))
+        return codes, offsets
+
+    def refine(self, sid: str, *, steps: Optional[int] = None) -> dict:
+        """Refine the session's photo with HyperStyle (once; the code and offsets stay with the
+        session): the refined reconstruction as a PNG data URL."""
+        import torch
+
+        s = self.session(sid)
+        if s.refined is None:
+            if s.aligned is None:
+                raise E4EError("refining needs the photo: upload it (a plain latent picked from the folder has none)")
+            with self._preparing():
+                hs = self.refiner()
+                with self.lock, torch.inference_mode():
+                    r = hs.refine([s.aligned], steps=steps)
+                s.refined = (r.codes, r.offsets_of(0))
+        with self.lock, torch.inference_mode():
+            image = self.model.to_pil(self.refiner().decode(s.refined[0], offsets=s.refined[1]))[0]
+        return {"session": sid, "inversion": _data_url(_png(image, PREVIEW_SIDE)), "refined": True}
 
     # ---- edits --------------------------------------------------------------------------------
 
-    def edited_codes(self, s: Session, strengths: dict, delta_scale: float):
+    def edited_codes(self, s: Session, strengths: dict, delta_scale: float, *, refined: bool = False):
         """The delta scale first (as `e4e edit --delta-scale`), then each slider's direction in the
-        page's order, with `e4e edit`'s functions: [1,n,512]."""
+        page's order, with `e4e edit`'s functions: [1,n,512]. `refined`: from the HyperStyle code
+        (one W vector on every row: the delta scale has nothing to scale)."""
         from ..editing import check_delta_scale, rescale_codes
 
-        codes = s.codes
+        if refined and s.refined is None:
+            raise E4EError("this photo is not refined yet: switch refine on first")
+        codes = s.refined[0] if refined else s.codes
         a = check_delta_scale(float(delta_scale))
-        if a != 1.0:
+        if a != 1.0 and not refined:
             codes = rescale_codes(codes, self.model.latent_avg, from_scale=1.0, to_scale=a)
         for key, value in strengths.items():
             if key not in self.directions:
@@ -277,7 +343,7 @@ class Editor:
         return PREVIEW_SIDE if kind == "preview" and self.model.size > PREVIEW_SIDE else None
 
     def render(self, sid: str, strengths: dict, delta_scale: float, paste_back: bool, *, seq: Optional[int] = None,
-               size: Optional[int] = None, paste_side: Optional[int] = None):
+               size: Optional[int] = None, paste_side: Optional[int] = None, refined: bool = False):
         """(PIL image, codes); None when a newer request of this session has overtaken `seq`:
         before the decode, while it waited for the model, or during it (the decode stops at the
         next block boundary). `size`: the early-exit preview's resolution (None: full).
@@ -290,7 +356,8 @@ class Editor:
         if seq is not None:
             with s.lock:
                 s.seq = max(s.seq, seq)
-        codes = self.edited_codes(s, strengths, delta_scale)
+        codes = self.edited_codes(s, strengths, delta_scale, refined=refined)
+        decoder, offsets = (self.refiner().decoder, s.refined[1]) if refined else (self.model, None)
         stale = None if seq is None else (lambda: seq < s.seq)
         if stale is not None and stale():  # overtaken already: do not even wait for the model
             return None
@@ -299,7 +366,7 @@ class Editor:
                 return None
             try:
                 with torch.inference_mode():
-                    image = self.model.to_pil(self.model.decode(codes, size=size, should_stop=stale))[0]
+                    image = self.model.to_pil(decoder.decode(codes, size=size, should_stop=stale, offsets=offsets))[0]
             except Cancelled:
                 return None
         if stale is not None and stale():  # no paste-back or PNG for an answer nobody will show
@@ -578,7 +645,7 @@ def create_app(editor: Editor, *, token: str, host: str, port: int):
             size = editor.preview_size(kind)
             out = editor.render(str(body["session"]), dict(body.get("strengths") or {}), float(body.get("delta_scale", 1.0)),
                                 bool(body.get("paste_back")), seq=int(body.get("seq", 0)), size=size,
-                                paste_side=PASTE_SIDES[kind])
+                                paste_side=PASTE_SIDES[kind], refined=bool(body.get("refined")))
         except Exception as exc:  # noqa: BLE001
             return fail(exc)
         if out is None:
@@ -586,20 +653,28 @@ def create_app(editor: Editor, *, token: str, host: str, port: int):
         return {"image": _data_url(_png(out[0], fast=True)), "seq": body.get("seq", 0),
                 "kind": "full" if size is None else "preview", "size": size or editor.model.size}
 
+    @app.post("/api/refine")
+    def refine(body: dict):
+        """Refine the session's photo with HyperStyle (slow: W-encoder, 6 decodes, 5 hypernet passes)."""
+        try:
+            return editor.refine(str(body["session"]))
+        except Exception as exc:  # noqa: BLE001
+            return fail(exc)
+
     @app.get("/api/download/{kind}")
-    def download(kind: str, session: str, strengths: str = "{}", delta_scale: float = 1.0):
+    def download(kind: str, session: str, strengths: str = "{}", delta_scale: float = 1.0, refined: bool = False):
         try:
             st = json.loads(strengths)
             s = editor.session(session)
             if kind == "latent":
-                codes = editor.edited_codes(s, st, delta_scale)
+                codes = editor.edited_codes(s, st, delta_scale, refined=refined)
                 buf = io.BytesIO()
                 np.save(buf, codes[0].detach().float().cpu().numpy().astype(np.float32))
                 return Response(buf.getvalue(), media_type="application/octet-stream",
                                 headers={"Content-Disposition": attachment(f"{s.name}_edit.npy")})
             if kind not in ("image", "photo"):
                 raise E4EError(f"unknown download {kind!r}")
-            image, _ = editor.render(session, st, delta_scale, kind == "photo")
+            image, _ = editor.render(session, st, delta_scale, kind == "photo", refined=refined)
             return Response(_png(image), media_type="image/png",
                             headers={"Content-Disposition": attachment(f"{s.name}_{kind}.png")})
         except Exception as exc:  # noqa: BLE001
