@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from . import domains, settings  # noqa: E402
-from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, split_state_dict  # noqa: E402
+from .checkpoint import Architecture, CheckpointInfo, infer_info, load_into, read_checkpoint, skeleton, split_state_dict  # noqa: E402
 from .devices import resolve_device, resolve_precision  # noqa: E402
 from .errors import E4EError  # noqa: E402
 from .nn import fast_encoder, fast_generator, ops  # noqa: E402
@@ -130,7 +130,7 @@ class E4E:
         info = infer_info(ckpt, path=path)
         enc_sd, dec_sd = split_state_dict(ckpt["state_dict"])
         arch = Architecture.from_opts(info.opts)
-        with torch.device("meta"):
+        with skeleton():
             encoder = Encoder4Editing(n_styles=info.n_styles, **arch.encoder_kwargs())
             generator = Generator(info.size, **arch.generator_kwargs())
         load_into(encoder, enc_sd, prefix="encoder.", path=path)
