@@ -80,3 +80,24 @@ def test_align_ahead_hands_its_error_to_the_photo(tmp_path):
     with pytest.raises(E4EError, match="no face"):
         ahead.take(noise)
     assert AlignAhead([tmp_path / "missing.jpg"], out=tmp_path / "out", face="largest", overwrite=False).path is None
+
+
+def test_sefa_directions_are_kept_until_the_weights_change():
+    """`e4e ui` asks for several SeFa components as it starts: the eigenvectors are computed once
+    per generator, handed out as copies, and computed anew once a modulation weight changes."""
+    from e4e_cli import editing
+
+    torch.manual_seed(0)
+    g = Generator(32, style_dim=16, n_mlp=2, channels={4: 8, 8: 8, 16: 8, 32: 8})
+    first, _ = editing.sefa_directions(g, range(g.n_styles))
+    assert g in editing._SEFA
+    first_copy = first.clone()
+    first.zero_()  # a caller's change to its copy does not reach the next caller
+    assert torch.equal(editing.sefa_directions(g, range(g.n_styles))[0], first_copy)
+    conv = next(iter(g.layers()))[0]
+    with torch.no_grad():
+        conv.modulation.weight.add_(torch.randn_like(conv.modulation.weight))
+    changed, _ = editing.sefa_directions(g, range(g.n_styles))
+    editing._SEFA.clear()
+    assert torch.equal(changed, editing.sefa_directions(g, range(g.n_styles))[0])
+    assert not torch.allclose(changed.abs(), first_copy.abs(), atol=1e-3)
