@@ -62,6 +62,10 @@ class AlignAhead:
         except BaseException as exc:  # noqa: BLE001  (handed to the main thread by `take`)
             self._error = exc
 
+    def busy(self) -> bool:
+        """True while the photo is still being aligned."""
+        return self._thread is not None and self._thread.is_alive()
+
     def take(self, path: Path) -> Optional[dict]:
         """The alignment of `path` if it is the photo aligned ahead (waits for it; raises its
         error), else None. Once only: a second call gets None."""

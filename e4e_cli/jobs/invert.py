@@ -71,6 +71,8 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: 
     stems = unique_stems(paths)
     results: list[ItemResult] = []
     pending: list[tuple[Path, str, dict]] = []
+    if ahead is not None and ahead.busy() and hasattr(model, "prepare_encoder"):
+        model.prepare_encoder()  # what the first encode would do, while the first photo is aligned
 
     def flush():
         if not pending:
