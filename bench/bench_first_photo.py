@@ -17,8 +17,10 @@ package's own functions from outside (nothing in e4e_cli knows about it):
     write       writing aligned.png, inversion.png, the latents and meta.json
     exit        the end of the command to the end of the process
 
-The model is loaded in a thread while the photo is aligned, so the parts may add up to more than
-the wall time; `other` is what no part covers (wall minus the sum, when positive). The warm
+The photo is aligned in a thread while the model loads, so the parts may add up to more than the
+wall time; `other` is what no part covers (wall minus the sum, when positive). `until_first_encode`
+(process start to the first encode: the start-up proper, without the network's work) is the
+steadiest number on a busy machine, where the encode and decode vary most. The warm
 per-image time is the extra wall time per photo of one command given 3 photos, against 1 (the
 same options; its model's own encode + decode of a later photo is shown beside it).
 `--isa avx2` runs everything as on an AVX2-only CPU (ATen and oneDNN limited to AVX2, no native
@@ -150,7 +152,8 @@ def parts_of(r: dict) -> dict:
     out["exit"] = r["t1"] - (res[0] + res[1])
     wall = r["t1"] - r["t0"]
     total = sum(out[k] for k in PARTS)
-    out.update({"wall": wall, "sum_of_parts": total, "other": max(0.0, wall - total)})
+    out.update({"wall": wall, "sum_of_parts": total, "other": max(0.0, wall - total),
+                "until_encode": first("encode")[0] - r["t0"]})
     return out
 
 
@@ -196,6 +199,7 @@ def bench_first_photo(*, checkpoint: Path | None = None, photo: Path | None = No
             "first_photo_median_s": round(sorted(p["wall"] for p in cold)[len(cold) // 2], 3),
             "parts_s": {k: round(best[k], 3) for k in (*PARTS, "other")},
             "sum_of_parts_s": round(best["sum_of_parts"], 3),
+            "until_first_encode_s": round(min(p["until_encode"] for p in cold), 3),
             "warm_per_image_s": round(warm, 3),
             "warm_encode_decode_s": round(min(later), 3) if later else None,
             "first_over_warm": round(best["wall"] / warm, 2) if warm > 0 else None,
