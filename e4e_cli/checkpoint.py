@@ -7,6 +7,7 @@ and memory-mapped, so the ~1.2 GB of weights are not copied into RAM twice.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import pickle
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from . import domains
 from .errors import E4EError
@@ -152,6 +154,37 @@ def load_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], *, pref
         if v.dtype != expected[k].dtype and v.is_floating_point():
             tensors[k] = v.to(expected[k].dtype)
     module.load_state_dict(tensors, strict=True, assign=True)
+
+
+class _NoInit(TorchFunctionMode):
+    """Random factories give uninitialised memory, random fills do nothing (see `skeleton`)."""
+
+    FACTORIES = frozenset({torch.randn, torch.rand})
+    FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.nn.init.normal_, torch.nn.init.uniform_,
+                       torch.nn.init.kaiming_uniform_, torch.nn.init.kaiming_normal_, torch.nn.init.xavier_uniform_,
+                       torch.nn.init.xavier_normal_, torch.nn.init.trunc_normal_})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in self.FACTORIES:
+            kwargs.pop("generator", None)
+            return torch.empty(*args, **kwargs)
+        if func in self.FILLS:
+            return args[0] if args else kwargs.get("tensor", kwargs.get("self"))
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def skeleton():
+    """Build modules whose every parameter and buffer `load_into` then replaces, without drawing
+    their random initial values (the 1024 encoder and generator hold 300M of them).
+
+    Not the `meta` device: there, each arithmetic op in a constructor runs one of torch's Python
+    meta kernels, and the first of those imports torch._dynamo, 1.0-1.6 s of a cold `e4e invert`
+    on a 2-core CPU. Here the big tensors are CPU memory that is never written (no pages), and the
+    few small computed ones (blur kernels, scaled linear weights) are computed for real."""
+    with _NoInit():
+        yield
 
 
 def _few(prefix: str, keys: list[str], n: int = 4) -> str:

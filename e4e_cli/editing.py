@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -204,22 +205,33 @@ def parse_layers(spec: str | None, n_styles: int) -> list[int]:
     return sorted(out)
 
 
+_SEFA: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # generator -> {key: (vecs, vals)}
+
+
 def sefa_directions(generator, layers: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvectors (rows, unit, orthogonal, by decreasing eigenvalue) of sum W_l^T W_l over the
     modulation weights W_l [in_l,512] of the layers reading codes `layers`: ([512,512], eigenvalues [512]).
+
+    Kept per generator and layers while those weights are unchanged (their storage and version):
+    `e4e ui` asks for five components of the same matrix as it starts (0.6 s, 0.12 s kept).
     """
     chosen = set(layers)
-    mats = []
-    for conv, idx in generator.layers():
-        if idx in chosen:
+    convs = [conv for conv, idx in generator.layers() if idx in chosen]
+    if not convs:
+        raise E4EError("SeFa: no generator layer reads the chosen codes")
+    key = (tuple(sorted(chosen)), tuple((c.modulation.weight.data_ptr(), c.modulation.weight._version) for c in convs))
+    kept = _SEFA.get(generator, {}).get(key)
+    if kept is None:
+        mats = []
+        for conv in convs:
             w = conv.modulation.weight.detach().float().cpu() * conv.modulation.scale  # [in,512]
             mats.append(w / w.norm(dim=1, keepdim=True).clamp_min(1e-12))
-    if not mats:
-        raise E4EError("SeFa: no generator layer reads the chosen codes")
-    w = torch.cat(mats, dim=0).double()
-    vals, vecs = torch.linalg.eigh(w.t() @ w)  # ascending
-    order = torch.argsort(vals, descending=True)
-    return vecs[:, order].t().float().contiguous(), vals[order].float()
+        w = torch.cat(mats, dim=0).double()
+        vals, vecs = torch.linalg.eigh(w.t() @ w)  # ascending
+        order = torch.argsort(vals, descending=True)
+        kept = (vecs[:, order].t().float().contiguous(), vals[order].float())
+        _SEFA[generator] = {key: kept}
+    return kept[0].clone(), kept[1].clone()
 
 
 def sefa(codes: torch.Tensor, generator, k: int, layers: Sequence[int], strength: float) -> torch.Tensor:

@@ -38,6 +38,12 @@ def progress_bars() -> bool:
     return not _flag("E4E_NO_PROGRESS", False)
 
 
+def fast_exit() -> bool:
+    """E4E_FAST_EXIT=0: let the interpreter tear itself down at the end of a command (slower;
+    for profilers and coverage tools that write their data at exit)."""
+    return _flag("E4E_FAST_EXIT", True)
+
+
 # --- folders ----------------------------------------------------------------------------------
 
 def weights_dir() -> Optional[Path]:

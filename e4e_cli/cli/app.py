@@ -7,7 +7,9 @@ Command modules import torch and friends inside their functions so `e4e --help` 
 """
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import warnings
 
 import typer
@@ -49,7 +51,32 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see EXIT_CODES). Every failure is one line on stderr
-    that starts with `e4e: error:`."""
+    that starts with `e4e: error:`. As the program itself (argv None: the console script,
+    `python -m e4e_cli`) the process ends here (`_leave`)."""
+    code = _run(argv)
+    if argv is None:
+        _leave(code)
+    return code
+
+
+def _leave(code: int) -> None:
+    """End the process at once, skipping the interpreter's teardown: once torch is imported,
+    freeing every module's objects and running its exit handlers took 0.6 s, and 1.3 s after an
+    invert at 1024, on a 2-core CPU (longer than writing the results). Every output is already
+    written and closed; only the standard streams are flushed. Left to the normal exit when a
+    non-daemon thread still runs (the interpreter waits for its work) or E4E_FAST_EXIT=0."""
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if others or not settings.fast_exit():
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     from ..nn import runtime
 
     runtime.tune_process()  # first: before any command imports torch

@@ -36,14 +36,21 @@ def invert_command(
     offsets_precision: str = typer.Option("fp16", "--offsets-precision", help="With --refine: fp16 (half the size) or fp32."),
 ):
     """Invert photos into StyleGAN's latent space with the e4e encoder (or refine with HyperStyle)."""
-    from ..editing import check_delta_scale
-    from ..jobs.invert import InvertOptions, invert_inputs
-    from ..model import ModelOptions, load_model
+    from ..domains import DEFAULT, aligns_faces
+    from ..jobs.ahead import AlignAhead
 
     options.check_domain(domain)
     options.check_batch_size(batch_size)
     if face == "all":
         raise E4EError("--face all is for `e4e align`; invert takes one face per photo (largest or N)")
+    # the first photo is aligned while torch and the checkpoint load, unless --domain says that
+    # it is no face (a checkpoint of another domain, given without --domain, wastes that work)
+    ahead = AlignAhead(inputs, out=out, face=face, overwrite=overwrite) if not no_align and aligns_faces(domain or DEFAULT) else None
+
+    from ..editing import check_delta_scale
+    from ..jobs.invert import InvertOptions, invert_inputs
+    from ..model import ModelOptions, load_model
+
     opts = InvertOptions(out=out, align=not no_align, batch_size=batch_size, delta_scale=delta_scale,
                          overwrite=overwrite, face=face, report=report, refine_steps=refine_steps,
                          offsets_precision=offsets_precision)
@@ -55,7 +62,7 @@ def invert_command(
     else:
         model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                         weights_dir=weights_dir))
-    results = invert_inputs(inputs, model, opts)
+    results = invert_inputs(inputs, model, opts, ahead=ahead)
     if paste_back:
         from ..jobs.pasteback import paste_back_inversions
 

@@ -28,6 +28,7 @@ from .. import domains, progress
 from ..editing import check_delta_scale
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
+from .ahead import AlignAhead, align_input, finished
 from .outputs import DEFAULT_OUT, ItemResult, expand_inputs, item_error, unique_stems, write_json, write_npy, write_pt, write_summary
 
 MIN_SIDE = 16  # smaller inputs carry no usable content after the resize to 256
@@ -46,26 +47,25 @@ class InvertOptions:
     offsets_precision: str = "fp16"
 
 
-def prepare_input(path: Path, model, opts: InvertOptions) -> dict:
-    """Load (and for faces align) one photo; returns what the batch step needs. Raises E4EError."""
+def prepare_input(path: Path, model, opts: InvertOptions, *, ahead: Optional[AlignAhead] = None) -> dict:
+    """Load (and for faces align) one photo; returns what the batch step needs. Raises E4EError.
+    A photo that `ahead` aligned already is taken from it."""
     from ..images import load_image
 
     if not path.exists():
         raise E4EError(f"{path}: no such file")
     if opts.align and domains.aligns_faces(model.domain):
-        from ..alignment import align_photo
-
-        faces = align_photo(path, face=opts.face)
-        face = faces[0]
-        return {"image": face.image, "alignment": face.to_json(), "n_faces": face.n_faces}
+        early = ahead.take(path) if ahead is not None else None
+        return early if early is not None else align_input(path, opts.face)
     image = load_image(path)
     if min(image.size) < MIN_SIDE:
         raise E4EError(f"{path}: image is {image.width}x{image.height}, too small to invert (at least {MIN_SIDE}x{MIN_SIDE})")
     return {"image": image, "alignment": None}
 
 
-def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[ItemResult]:
-    """Invert every input image; write the per-image folder and OUT/summary.json."""
+def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: Optional[AlignAhead] = None) -> list[ItemResult]:
+    """Invert every input image; write the per-image folder and OUT/summary.json. `ahead`: the
+    first photo's alignment, started before the model was loaded (`e4e invert` does that)."""
 
     opts.delta_scale = check_delta_scale(opts.delta_scale)
     refining = hasattr(model, "refine")
@@ -77,6 +77,8 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
     stems = unique_stems(paths)
     results: list[ItemResult] = []
     pending: list[tuple[Path, str, dict]] = []
+    if ahead is not None and ahead.busy() and hasattr(model, "prepare_encoder"):
+        model.prepare_encoder()  # what the first encode would do, while the first photo is aligned
 
     def flush():
         if not pending:
@@ -113,7 +115,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
     try:
         for p, stem in progress.iterate(list(zip(paths, stems)), total=len(paths), desc="inverting"):
             d = out / stem
-            if not opts.overwrite and (d / "latent.npy").is_file() and (d / "inversion.png").is_file() and (d / "meta.json").is_file():
+            if not opts.overwrite and finished(d):
                 other = _other_kind(d, refining)
                 if other:
                     results.append(ItemResult(str(p), "failed", outdir=str(d), error=f"{d} holds {other}: "
@@ -122,7 +124,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions) -> list[It
                     results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
                 continue
             try:
-                pending.append((p, stem, prepare_input(p, model, opts)))
+                pending.append((p, stem, prepare_input(p, model, opts, ahead=ahead)))
             except Exception as exc:  # noqa: BLE001
                 results.append(ItemResult(str(p), "failed", error=item_error(exc)))
                 continue

@@ -199,6 +199,18 @@ def _conv_s2_gemm(x, w, b):
     return y.view(n, (h + 1) // 2, (wd + 1) // 2, o).permute(0, 3, 1, 2)  # channels-last view
 
 
+def prepare(enc: "Encoder4Editing", *, device, dtype=None, plans: Plans, release=None) -> None:
+    """Build in `plans` what `encode` builds on its first call for inputs on `device` (the folded
+    and converted weight copies), so that a caller can do it while it waits for its first images."""
+    _plan(enc, torch.empty(0, device=device).device, dtype, plans, release)
+
+
+def _plan(enc: "Encoder4Editing", device: torch.device, dtype, plans: Plans, release) -> _EncoderFastPlan:
+    param_dtype = enc.input_layer[0].weight.dtype
+    acc0 = torch.float64 if param_dtype == torch.float64 else torch.float32
+    return plans.get(enc, (str(device), param_dtype, dtype), lambda: _EncoderFastPlan(enc, dtype or acc0, release))
+
+
 def encode(enc: "Encoder4Editing", x, *, dtype=None, plans: Plans | None = None, release=None):
     """The encoder's fast path: x [B,3,H,W] -> (w0 [B,D], deltas [B,n-1,D]), float32 (float64
     for a float64 model), the same function as `enc(x)`.
@@ -208,11 +220,7 @@ def encode(enc: "Encoder4Editing", x, *, dtype=None, plans: Plans | None = None,
     plan has just replaced by its own copies, so a memory-mapped checkpoint's pages can leave
     memory (E4E passes its `_release_pages`).
     """
-    param_dtype = enc.input_layer[0].weight.dtype
-    key = (str(x.device), param_dtype, dtype)
-    acc0 = torch.float64 if param_dtype == torch.float64 else torch.float32
-    plans = Plans() if plans is None else plans
-    plan = plans.get(enc, key, lambda: _EncoderFastPlan(enc, dtype or acc0, release))
+    plan = _plan(enc, x.device, dtype, Plans() if plans is None else plans, release)
     acc = plan.acc
     cdt = dtype or acc
     cl = torch.channels_last
