@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import domains
-from .checkpoint import load_into, read_checkpoint
+from .checkpoint import load_into, read_checkpoint, skeleton
 from .errors import E4EError
 from .nn.hypernet import SHARED_LAYERS, HyperNet, WEncoder, n_outputs_for
 from .nn.networks import Generator
@@ -58,7 +58,7 @@ class HyperStyleParts:
 
 def load_generator(decoder_state: dict[str, torch.Tensor], *, size: int, path: str | os.PathLike) -> Generator:
     """A `Generator` holding `decoder_state`'s tensors (no copy); strict, as the reference loads it."""
-    with torch.device("meta"):
+    with skeleton():  # no random initial values: every tensor is the checkpoint's
         g = Generator(size)
     load_into(g, dict(decoder_state), prefix="decoder.", path=path, what="the HyperStyle decoder")
     return _frozen(g)
@@ -204,7 +204,7 @@ def hyperstyle_from_checkpoint(ckpt: dict[str, Any], *, path: str | os.PathLike 
     latent_avg = _latent_avg(ckpt.get("latent_avg"), n_styles, path=path)
     dataset = str(opts.get("dataset_type") or "")
     domain = DATASET_DOMAINS.get(dataset) or dataset.replace("_hypernet", "") or domains.guess_from_size(size)
-    with torch.device("meta"):
+    with skeleton():  # no random initial values: every tensor is the checkpoint's
         net = HyperNet(size, tuned)
     load_into(net, _take_aliases(hyper, tuned, path=path), prefix="hypernet.", path=path,
               what="the HyperStyle hypernetwork")
@@ -226,7 +226,7 @@ def w_encoder_from_checkpoint(ckpt: dict[str, Any], *, path: str | os.PathLike =
         raise E4EError(f"checkpoint {path} has no encoder.* weights: {what}")
     if any(k.startswith("styles.") for k in enc):
         raise E4EError(f"checkpoint {path} holds an e4e encoder (encoder.styles.*), not a HyperStyle W-encoder")
-    with torch.device("meta"):
+    with skeleton():  # no random initial values: every tensor is the checkpoint's
         net = WEncoder()
     load_into(net, enc, prefix="encoder.", path=Path(path), what="the HyperStyle W-encoder")
     return _frozen(net)
