@@ -16,7 +16,7 @@ help:
 	@echo "make install  - create .venv and install e4e (editable, with test extras)"
 	@echo "make test     - install if needed, then run every test"
 	@echo "make demo     - install, fetch weights, align + invert + edit a sample photo"
-	@echo "make bench    - speed and memory benchmark (prints a table, writes bench/results.json)"
+	@echo "make bench    - speed and memory benchmark (prints tables, writes bench/results.json and results_refine.json)"
 
 install: $(STAMP)
 
@@ -40,6 +40,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench.py
+	$(PY) bench/bench_refine.py --repeat 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
