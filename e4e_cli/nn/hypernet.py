@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .networks import EqualLinear, IRSEUnit, default_channels
+from .networks import EqualLinear, default_channels, ir_se_backbone
 
 # --------------------------------------------------------------------------------------
 # W-encoder
@@ -39,15 +39,8 @@ class WEncoder(nn.Module):
     def __init__(self, *, widths: Sequence[int] = (64, 128, 256, 512), units: Sequence[int] = (3, 4, 14, 3),
                  se_reduction: int = 16):
         super().__init__()
-        self.input_layer = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                         nn.PReLU(widths[0]))
-        body: list[nn.Module] = []
-        cin = widths[0]
-        for cout, n in zip(widths, units):
-            for u in range(n):
-                body.append(IRSEUnit(cin, cout, 2 if u == 0 else 1, se_reduction))
-                cin = cout
-        self.body = nn.Sequential(*body)
+        self.input_layer, self.body = ir_se_backbone(widths=widths, units=units, se_reduction=se_reduction)
+        cin = widths[-1]
         self.linear = EqualLinear(cin, cin)
         self.style_dim = cin
 

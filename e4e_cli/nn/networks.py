@@ -103,6 +103,19 @@ def upsample_add(x, y):
     return F.interpolate(x, size=y.shape[-2:], mode="bilinear", align_corners=True) + y
 
 
+def ir_se_backbone(*, widths: Sequence[int], units: Sequence[int], se_reduction: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """IR-SE-50's stem (conv3x3 3->64, BatchNorm, PReLU) and body (IR-SE units, the first of each
+    stage with stride 2): (`input_layer`, `body`), the key names e4e and HyperStyle's W-encoder share."""
+    stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
+    body: list[nn.Module] = []
+    cin = widths[0]
+    for cout, n in zip(widths, units):
+        for u in range(n):
+            body.append(IRSEUnit(cin, cout, 2 if u == 0 else 1, se_reduction))
+            cin = cout
+    return stem, nn.Sequential(*body)
+
+
 class Encoder4Editing(nn.Module):
     """IR-SE-50 backbone with an FPN; predicts w0 plus per-layer deltas.
 
@@ -126,14 +139,7 @@ class Encoder4Editing(nn.Module):
             raise ValueError("the last stage width must equal style_dim (the FPN adds to it)")
         self.n_styles = n_styles
         self.coarse_ind, self.middle_ind = 3, 7
-        self.input_layer = nn.Sequential(nn.Conv2d(3, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.PReLU(widths[0]))
-        body: list[nn.Module] = []
-        cin = widths[0]
-        for cout, n in zip(widths, units):
-            for u in range(n):
-                body.append(IRSEUnit(cin, cout, 2 if u == 0 else 1, se_reduction))
-                cin = cout
-        self.body = nn.Sequential(*body)
+        self.input_layer, self.body = ir_se_backbone(widths=widths, units=units, se_reduction=se_reduction)
         ends = [sum(units[: s + 1]) - 1 for s in range(4)]
         self.taps = (ends[1], ends[2], ends[3])  # c1, c2, c3 (units 6, 20, 23 for IR-50)
         base = input_size // 16  # nominal size of c3
