@@ -39,7 +39,9 @@ demo: $(STAMP)
 	bash scripts/demo.sh
 
 bench: $(STAMP)
-	$(PY) bench/bench.py
+	$(PY) bench/bench.py --no-first-photo
+	$(PY) bench/bench_first_photo.py --runs 2
+	$(PY) bench/bench_first_photo.py --runs 2 --isa avx2 --no-ui
 	$(PY) bench/bench_refine.py --repeat 2
 
 clean:

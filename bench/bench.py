@@ -439,6 +439,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="batch 1 only, fewer repetitions, no ablation")
     ap.add_argument("--budget-s", type=float, default=540.0,
                     help="time budget: optional parts (ablation, extra baselines) are skipped when it runs short")
+    ap.add_argument("--no-first-photo", action="store_true",
+                    help="leave the first-photo rows to their own run (make bench runs bench_first_photo.py after this)")
     ap.add_argument("--reference-way-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--isa-child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -540,7 +542,7 @@ def main(argv=None) -> int:
     results["startup"] = startup()
     log("alignment ...")
     results["alignment"] = alignment()
-    if within_budget(t_start, args.budget_s, 0.8):
+    if not args.no_first_photo and within_budget(t_start, args.budget_s, 0.8):
         log("first photo: cold e4e invert photo.jpg and its parts (bench/bench_first_photo.py) ...")
         results["first_photo"] = first_photo(ckpt, quick=args.quick, avx2="avx512f" in isa["flags"])
     if within_budget(t_start, args.budget_s, 0.75):
