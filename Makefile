@@ -43,6 +43,8 @@ bench: $(STAMP)
 	$(PY) bench/bench_first_photo.py --runs 2
 	$(PY) bench/bench_first_photo.py --runs 2 --isa avx2 --no-ui
 	$(PY) bench/bench_refine.py --repeat 2
+	$(PY) bench/bench_upsample.py
+	$(PY) bench/bench_upsample.py --isa avx2
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
