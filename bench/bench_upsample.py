@@ -19,25 +19,22 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+for _p in (str(ROOT), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from timing import best_of  # noqa: E402  (bench/timing.py)
 
 SHAPES = [  # (input side, in channels, out channels): the 256, 512 and 1024 blocks' up-sampling convs
     (128, 256, 128), (256, 128, 64), (512, 64, 32)]
 
 
-def best(fn, n=5):
-    fn()
-    t = float("inf")
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
+def best(fn):
+    return best_of(fn, 5)
 
 
 def run() -> dict:
