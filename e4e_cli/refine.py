@@ -25,7 +25,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from . import domains
 from .checkpoint import CheckpointInfo
-from .devices import resolve_device
+from .devices import resolve_device, resolve_precision
 from .digests import content_sha256
 from .errors import E4EError
 from .fsutil import atomic_write
@@ -78,7 +78,7 @@ class HyperStyle:
                               encoder_type="SharedWeightsHyperNetResNet", start_from_latent_avg=True, opts=parts.opts)
         generator = parts.generator().to(dev)
         self.decoder = E4E(None, generator, parts.latent_avg.to(dev), info, device=dev, impl=impl,
-                           precision=_precision(precision, dev), path=parts.path)
+                           precision=resolve_precision(precision, dev), path=parts.path)
 
     @classmethod
     def from_files(cls, refiner: str | os.PathLike, w_encoder: str | os.PathLike, *, device: str = "auto",
@@ -146,10 +146,9 @@ class HyperStyle:
         return F.adaptive_avg_pool2d(image, self.input_size)
 
     @torch.inference_mode()
-    def refine(self, images, *, steps: Optional[int] = None, keep_steps: bool = False,
-               on_step: Optional[Callable[[int, int], None]] = None) -> Refined:
+    def refine(self, images, *, steps: Optional[int] = None, keep_steps: bool = False) -> Refined:
         """Photos (PIL list or preprocessed [B,3,H,W]) -> `Refined`. `steps` hypernetwork passes
-        (default the checkpoint's inference default, 5); `on_step(done, total)` after each decode."""
+        (default the reference's inference default, 5)."""
         n = DEFAULT_STEPS if steps is None else int(steps)
         if n < 0:
             raise E4EError(f"--refine-steps must be >= 0, got {n}")
@@ -163,9 +162,7 @@ class HyperStyle:
         y_hat = self.pool(image)
         kept = [y_hat] if keep_steps else []
         offsets: dict[int, torch.Tensor] = {}
-        if on_step:
-            on_step(0, n)
-        for k in range(n):
+        for _ in range(n):
             out = self.hypernet.forward_compact(torch.cat([x, y_hat], dim=1))  # input first, reconstruction second
             for i, d in enumerate(out):
                 if d is None:
@@ -176,19 +173,11 @@ class HyperStyle:
             y_hat = self.pool(image)
             if keep_steps:
                 kept.append(y_hat)
-            if on_step:
-                on_step(k + 1, n)
         return Refined(codes=codes, offsets=offsets, image=image, steps=kept)
 
     def decode(self, codes: torch.Tensor, *, offsets: Optional[dict] = None, **kw) -> torch.Tensor:
         """Codes decoded by this checkpoint's generator with (one image's or per-image) offsets."""
         return self.decoder.decode(codes, offsets=offsets, **kw)
-
-
-def _precision(precision, dev):
-    from .devices import resolve_precision
-
-    return resolve_precision(precision, dev)
 
 
 def find_refiner(domain: str, *, refiner: Optional[Path] = None, w_encoder: Optional[Path] = None,
@@ -210,14 +199,19 @@ def find_refiner(domain: str, *, refiner: Optional[Path] = None, w_encoder: Opti
 # Offsets on disk: an npz of float16 (or float32) arrays and a JSON record, no pickle
 
 
+def check_offsets_precision(precision: str) -> str:
+    """fp16 or fp32, else one E4EError line (the CLI asks before any work, `save_offsets` again)."""
+    if precision not in OFFSET_PRECISIONS:
+        raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def save_offsets(path: str | os.PathLike, offsets: dict, *, meta: dict, precision: str = "fp16") -> Path:
     """One image's offsets {layer: [O,I,k,k] or [O,I,1,1]} -> `path` (npz, written atomically).
 
     Offsets constant over the kernel are stored as [O,I]; `meta` (JSON) records what produced
     them (refiner digest, layers, steps). Returns the path."""
-    if precision not in OFFSET_PRECISIONS:
-        raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {precision!r}")
-    dtype = OFFSET_PRECISIONS[precision]
+    dtype = OFFSET_PRECISIONS[check_offsets_precision(precision)]
     arrays = {}
     for i, t in sorted(offsets.items()):
         a = t.detach().float().cpu()
@@ -233,9 +227,10 @@ def save_offsets(path: str | os.PathLike, offsets: dict, *, meta: dict, precisio
     return atomic_write(Path(path), lambda fh: fh.write(buf.getbuffer()))
 
 
-def load_offsets(path: str | os.PathLike) -> tuple[dict, dict]:
+def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict]:
     """`save_offsets`'s file -> ({layer: float32 [O,I,k,k] or [O,I,1,1]}, meta). One E4EError
-    line for a file that is missing, truncated, not ours, or holds something unexpected."""
+    line for a file that is missing, truncated, not ours, holds something unexpected, or (with
+    `generator`) does not fit the generator it is about to be applied to."""
     p = Path(path)
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -266,20 +261,12 @@ def load_offsets(path: str | os.PathLike) -> tuple[dict, dict]:
         raise E4EError(f"weight offsets file {p} is truncated or corrupt ({first}): invert again") from None
     if sorted(out) != sorted(meta.get("layers", [])):
         raise E4EError(f"{p}: the layers stored differ from its record (truncated or edited?)")
+    if generator is not None:
+        try:
+            generator.check_offsets(out)
+        except ValueError as exc:
+            raise E4EError(f"{p} does not fit this generator ({exc}): it was made for another checkpoint") from None
     return out, meta
-
-
-def check_offsets_fit(offsets: dict, generator, *, source: str) -> None:
-    """One E4EError line when offsets do not fit the generator they are about to be applied to."""
-    try:
-        generator.check_offsets(offsets)
-    except ValueError as exc:
-        raise E4EError(f"{source} does not fit this generator ({exc}): it was made for another checkpoint") from None
-
-
-def domain_of_refiner(domain: Optional[str]) -> str:
-    """The domain whose refiner is meant (ffhq when none is given)."""
-    return domains.get(domain or domains.DEFAULT).name
 
 
 _REFINERS: dict = {}
@@ -290,7 +277,7 @@ def load_refiner(*, domain: Optional[str] = None, refiner: Optional[Path] = None
     """The HyperStyle model for these options (cached per process): the files given, else the
     domain's (ffhq when none) from the weights folder. A refiner whose recorded domain differs
     from an explicit `domain` is refused: its generator, crop and input size are another's."""
-    name = domain_of_refiner(domain)
+    name = domains.get(domain or domains.DEFAULT).name
     hs_path, we_path = find_refiner(name, refiner=refiner, w_encoder=w_encoder, weights_dir=weights_dir)
     key = (str(hs_path.resolve()), str(we_path.resolve()), device, precision)
     if key not in _REFINERS:

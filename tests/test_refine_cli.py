@@ -193,3 +193,16 @@ def test_edit_with_another_generator_keeps_the_offsets(refined, tmp_path, case_c
                    "--out", tmp_path / "other")
     assert proc.returncode == 1
     assert_one_line_error(proc, "256")
+
+
+def test_delta_scale_leaves_a_refined_code_as_it_is(refined, tmp_path):
+    """A HyperStyle code is one W vector on every row: it records no delta scale and `--delta-scale`
+    changes nothing (it used to fail on the missing record)."""
+    proc = run_e4e("edit", refined["dir"] / "latent.npy", "-d", "ganspace:0:0:5", "--pca",
+                   PARITY / "directions" / "cars_pca.pt", "-s", "2", "--delta-scale", "0.5", "--out", tmp_path, *FP32)
+    assert proc.returncode == 0, proc.stderr
+    name = "car_img_ganspace-0-0-5_+2"
+    assert np.array_equal(np.load(tmp_path / f"{name}.npy"), np.load(refined["edits"] / f"{name}.npy"))
+    got = np.asarray(Image.open(tmp_path / f"{name}.png").convert("RGB"), dtype=int)
+    want = np.asarray(Image.open(refined["edits"] / f"{name}.png").convert("RGB"), dtype=int)
+    assert np.abs(got - want).max() <= 1

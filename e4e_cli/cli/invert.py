@@ -75,10 +75,9 @@ def invert_command(
 def _refiner(refiner, w_encoder, offsets_precision, *, domain, checkpoint, delta_scale, report,
              device, precision, weights_dir):
     """The HyperStyle model `--refine` asks for, after checking the invert options that go with it."""
-    from ..refine import OFFSET_PRECISIONS, load_refiner
+    from ..refine import check_offsets_precision, load_refiner
 
-    if offsets_precision not in OFFSET_PRECISIONS:
-        raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {offsets_precision!r}")
+    check_offsets_precision(offsets_precision)
     if checkpoint is not None:
         raise E4EError("--checkpoint is an e4e checkpoint; HyperStyle uses its own files: --refiner and --w-encoder")
     if delta_scale != 1.0 or report:

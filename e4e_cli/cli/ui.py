@@ -79,13 +79,12 @@ def _not_released(model) -> bool:
 def _refiner_files(model, refiner: Optional[Path], w_encoder: Optional[Path], weights_dir) -> Optional[tuple]:
     """The HyperStyle pair for the page's refine switch: the files given (both must exist), else the
     domain's in the weights folder when both are there, else None (no switch on the page)."""
-    from ..errors import MissingWeightsError
     from ..refine import find_refiner
 
     if refiner is None and w_encoder is None:
         try:
             return find_refiner(model.domain, weights_dir=weights_dir)
-        except (MissingWeightsError, E4EError):
+        except E4EError:  # not downloaded (MissingWeightsError), or not released for this domain
             return None
     if refiner is None or w_encoder is None:
         raise E4EError("--refiner and --w-encoder go together (the HyperStyle checkpoint and the W-encoder it starts from)")

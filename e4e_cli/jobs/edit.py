@@ -31,7 +31,8 @@ from ..images import IMAGE_SUFFIXES
 from ..model import ModelOptions, load_model
 from .invert import InvertOptions, invert_inputs
 from .outputs import (DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, checkpoint_identity, expand_inputs, fmt_strength,
-                      item_error, save_gif, save_strip, unique_stems, write_json, write_npy, write_summary)
+                      item_error, read_meta, refine_record, save_gif, save_strip, unique_stems, write_json, write_npy,
+                      write_summary)
 
 
 @dataclass
@@ -47,17 +48,6 @@ class Source:
     @property
     def offsets_file(self) -> Optional[Path]:
         return None if self.refine is None or self.invert_dir is None else self.invert_dir / "weight_offsets.npz"
-
-
-def refine_record(invert_dir: Optional[Path]) -> Optional[dict]:
-    """meta.json's HyperStyle record of an invert folder (None: a plain e4e inversion)."""
-    if invert_dir is None:
-        return None
-    try:
-        rec = json.loads((invert_dir / "meta.json").read_text()).get("refine")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return rec if isinstance(rec, dict) else None
 
 
 def last_invert_sources(out: Path = DEFAULT_OUT) -> list[Path]:
@@ -78,12 +68,9 @@ def last_invert_sources(out: Path = DEFAULT_OUT) -> list[Path]:
 
 
 def domain_of_latent(path: Path, n_styles: int) -> Optional[str]:
-    meta = path.parent / "meta.json"
-    if meta.is_file():
-        try:
-            return json.loads(meta.read_text()).get("domain")
-        except ValueError:
-            pass
+    meta = read_meta(path.parent)
+    if meta is not None:
+        return meta.get("domain")
     return domains.guess_from_n_styles(n_styles)
 
 
@@ -268,12 +255,13 @@ def _read_record(path: Path) -> Optional[dict]:
 
 
 def _source_scale(src: Source) -> float:
-    if src.invert_dir is not None:
-        try:
-            return float(json.loads((src.invert_dir / "meta.json").read_text()).get("delta_scale", 1.0))
-        except (ValueError, OSError):
-            pass
-    return 1.0
+    """The delta scale the latent was inverted at (1 when unrecorded; a HyperStyle code records
+    none: it has no deltas, and rescaling leaves it as it is)."""
+    scale = (read_meta(src.invert_dir) or {}).get("delta_scale")
+    try:
+        return 1.0 if scale is None else float(scale)
+    except (TypeError, ValueError):
+        return 1.0
 
 
 def _edit_one(src: Source, name: str, model, direction: Direction, strengths: list, records: list, job: EditJob,
@@ -284,10 +272,9 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
         raise E4EError(f"latent has {src.codes.shape[0]} layers; the {model.domain} checkpoint needs {model.n_styles}")
     offsets = None
     if src.offsets_file is not None:
-        from ..refine import check_offsets_fit, load_offsets
+        from ..refine import load_offsets
 
-        offsets, _ = load_offsets(src.offsets_file)
-        check_offsets_fit(offsets, model.generator, source=str(src.offsets_file))
+        offsets, _ = load_offsets(src.offsets_file, generator=model.generator)
     codes = torch.from_numpy(src.codes)[None].to(model.device)
     if job.delta_scale is not None:
         codes = rescale_codes(codes, model.latent_avg, from_scale=_source_scale(src), to_scale=job.delta_scale)

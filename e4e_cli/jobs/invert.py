@@ -29,7 +29,8 @@ from ..editing import check_delta_scale
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, ensure_dir
 from .ahead import AlignAhead, align_input, finished
-from .outputs import DEFAULT_OUT, ItemResult, expand_inputs, item_error, unique_stems, write_json, write_npy, write_pt, write_summary
+from .outputs import (DEFAULT_OUT, ItemResult, expand_inputs, item_error, read_meta, unique_stems, write_json, write_npy,
+                      write_pt, write_summary)
 
 MIN_SIDE = 16  # smaller inputs carry no usable content after the resize to 256
 
@@ -145,12 +146,10 @@ def _existing_files(d: Path) -> dict:
 def _other_kind(d: Path, refining: bool) -> Optional[str]:
     """What an existing result folder holds when it is not the kind being made now (refined or
     plain): skipping it would silently mix the two kinds in one run's results."""
-    import json
-
-    try:
-        refined = bool(json.loads((d / "meta.json").read_text()).get("refine"))
-    except (OSError, ValueError, AttributeError):
+    meta = read_meta(d)
+    if meta is None:
         return None
+    refined = bool(meta.get("refine"))
     if refined == refining:
         return None
     return "a HyperStyle-refined inversion" if refined else "a plain e4e inversion"
@@ -162,10 +161,11 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
     files = {}
     refine_meta = None
     if offsets is not None:
-        from ..refine import save_offsets
+        from ..refine import DEFAULT_STEPS, save_offsets
 
         refine_meta = {"method": "hyperstyle", "refiner": str(Path(model.path).resolve()), "refiner_sha256": model.sha256(),
-                       "w_encoder": str(Path(model.w_encoder_path).resolve()) if model.w_encoder_path else None, "steps": 5 if opts.refine_steps is None else opts.refine_steps,
+                       "w_encoder": str(Path(model.w_encoder_path).resolve()) if model.w_encoder_path else None,
+                       "steps": DEFAULT_STEPS if opts.refine_steps is None else opts.refine_steps,
                        "layers": list(model.layers), "size": model.size, "domain": model.domain}
         path = save_offsets(d / "weight_offsets.npz", offsets, meta=refine_meta, precision=opts.offsets_precision)
         files["weight_offsets"] = str(path)

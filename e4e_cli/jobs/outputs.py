@@ -24,6 +24,24 @@ LATENT_SUFFIXES = (".npy", ".pt")
 DEFAULT_OUT = Path("e4e-out")
 
 
+def read_meta(folder: Optional[Path]) -> Optional[dict]:
+    """An invert result folder's meta.json as a dict; None when there is none or it is unreadable."""
+    if folder is None:
+        return None
+    try:
+        meta = json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def refine_record(folder: Optional[Path]) -> Optional[dict]:
+    """The HyperStyle record (meta.json "refine") of an invert result folder; None for a plain
+    e4e inversion (or no readable meta.json)."""
+    rec = (read_meta(folder) or {}).get("refine")
+    return rec if isinstance(rec, dict) else None
+
+
 def write_json(path: Path, data) -> Path:
     text = json.dumps(data, indent=2, default=str) + "\n"
     return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))

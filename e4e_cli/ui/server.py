@@ -270,21 +270,16 @@ class Editor:
     def _refined_latent(self, path: Path, codes) -> Optional[tuple]:
         """(codes, offsets) of a `e4e invert --refine hyperstyle` result (None for a plain one); the
         offsets must come from this page's refiner (their generator)."""
-        import json
+        from ..jobs.outputs import refine_record
+        from ..refine import load_offsets
 
-        try:
-            rec = json.loads((path.parent / "meta.json").read_text()).get("refine")
-        except (OSError, ValueError, AttributeError):
-            rec = None
-        if not rec:
+        rec = refine_record(path.parent)
+        if rec is None:
             return None
-        from ..refine import check_offsets_fit, load_offsets
-
         hs = self.refiner()
         if hs.sha256() != rec.get("refiner_sha256"):
             raise E4EError("that latent was refined with another HyperStyle checkpoint than this page's refiner")
-        offsets, _ = load_offsets(path.parent / "weight_offsets.npz")
-        check_offsets_fit(offsets, hs.decoder.generator, source=str(path.parent / "weight_offsets.npz"))
+        offsets, _ = load_offsets(path.parent / "weight_offsets.npz", generator=hs.decoder.generator)
         return codes, offsets
 
     def refine(self, sid: str, *, steps: Optional[int] = None) -> dict:
@@ -301,8 +296,10 @@ class Editor:
                 with self.lock, torch.inference_mode():
                     r = hs.refine([s.aligned], steps=steps)
                 s.refined = (r.codes, r.offsets_of(0))
-        with self.lock, torch.inference_mode():
-            image = self.model.to_pil(self.refiner().decode(s.refined[0], offsets=s.refined[1]))[0]
+            image = self.model.to_pil(r.image)[0]  # the last step's decode is the refined reconstruction
+        else:  # asked again: decode what the session keeps
+            with self.lock, torch.inference_mode():
+                image = self.model.to_pil(self.refiner().decode(s.refined[0], offsets=s.refined[1]))[0]
         return {"session": sid, "inversion": _data_url(_png(image, PREVIEW_SIDE)), "refined": True}
 
     # ---- edits --------------------------------------------------------------------------------
