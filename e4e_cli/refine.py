@@ -206,11 +206,14 @@ def check_offsets_precision(precision: str) -> str:
     return precision
 
 
-def save_offsets(path: str | os.PathLike, offsets: dict, *, meta: dict, precision: str = "fp16") -> Path:
+def save_offsets(path: str | os.PathLike, offsets: dict, *, meta: dict, precision: str = "fp16",
+                 latent: Optional[np.ndarray] = None) -> Path:
     """One image's offsets {layer: [O,I,k,k] or [O,I,1,1]} -> `path` (npz, written atomically).
 
     Offsets constant over the kernel are stored as [O,I]; `meta` (JSON) records what produced
-    them (refiner digest, layers, steps). Returns the path."""
+    them (refiner digest, layers, steps). With `latent` ([n_styles,512]) the file also holds the
+    code: a refined latent in one file (`load_refined_latent`), what the page's download gives
+    and `e4e edit` takes back. Returns the path."""
     dtype = OFFSET_PRECISIONS[check_offsets_precision(precision)]
     arrays = {}
     for i, t in sorted(offsets.items()):
@@ -221,6 +224,12 @@ def save_offsets(path: str | os.PathLike, offsets: dict, *, meta: dict, precisio
             a = a[:, :, 0, 0]  # [O,I]
         arrays[f"layer_{int(i):02d}"] = a.numpy().astype(dtype)
     record = dict(meta, format=OFFSETS_FORMAT, precision=precision, layers=sorted(int(i) for i in offsets))
+    if latent is not None:
+        code = np.asarray(latent, dtype=np.float32)
+        if code.ndim != 2 or code.shape[1] != 512:
+            raise ValueError(f"latent: want [n_styles,512], got {tuple(code.shape)}")
+        arrays["latent"] = code
+        record["latent"] = list(code.shape)
     arrays["meta"] = np.array(json.dumps(record, sort_keys=True))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -242,7 +251,7 @@ def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict
                 raise E4EError(f"{p}: unknown offsets format {meta.get('format')!r} (want {OFFSETS_FORMAT})")
             out = {}
             for name in names:
-                if name == "meta":
+                if name == "meta" or (name == "latent" and "latent" in meta):
                     continue
                 if not name.startswith("layer_") or not name[6:].isdigit():
                     raise E4EError(f"{p}: unexpected array {name!r}")
@@ -267,6 +276,25 @@ def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict
         except ValueError as exc:
             raise E4EError(f"{p} does not fit this generator ({exc}): it was made for another checkpoint") from None
     return out, meta
+
+
+def load_refined_latent(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+    """A refined latent in one file (`save_offsets(latent=)`) -> (code [n_styles,512] float32,
+    its record). The offsets themselves are read by `load_offsets` on the same file. One E4EError
+    line for a file without a code or a malformed one."""
+    p = Path(path)
+    _, meta = load_offsets(p)
+    if "latent" not in meta:
+        raise E4EError(f"{p} holds weight offsets but no latent code (a refined latent file has both)")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            code = np.asarray(z["latent"], dtype=np.float32)
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise E4EError(f"refined latent file {p} is truncated or corrupt ({first})") from None
+    if list(code.shape) != list(meta["latent"]) or code.ndim != 2 or code.shape[1] != 512 or not np.isfinite(code).all():
+        raise E4EError(f"{p}: its latent code is malformed")
+    return code, meta
 
 
 _REFINERS: dict = {}
