@@ -26,10 +26,71 @@ os.environ.setdefault("E4E_CACHE_DIR", tempfile.mkdtemp(prefix="e4e-test-cache-"
 def _no_parity() -> None:
     """Skip a parity test where the fixtures are absent; fail it where they are required
     (E4E_REQUIRE_PARITY=1, which .ci/run sets: CI never passes by skipping them)."""
-    msg = f"parity fixtures not available ({PARITY} is absent)"
+    msg = (f"parity fixtures not available: {PARITY} is absent (they are the shared/parity folder laid "
+           f"beside the checkout for developers and CI, or any folder named by E4E_PARITY_DIR)")
     if REQUIRE_PARITY:
         pytest.fail(msg + " and E4E_REQUIRE_PARITY=1 requires them", pytrace=False)
     pytest.skip(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Which tests use the fixtures. .ci/run records them in its main run (E4E_RECORD_FIXTURE_USERS=FILE)
+# and runs exactly those again with the fixtures hidden (E4E_ONLY_TESTS=FILE): each must skip (or
+# pass), never error, as in a user's clone with no ../shared beside it. A test counts as a user
+# when it asks for a fixture built on `parity_dir`, calls this file's checkpoint builders, or
+# opens or hands a child process a path under the fixtures or the checkpoints built from them:
+# found by what it does, so a test that reads the folder directly is not missed.
+
+_RECORD = os.environ.pop("E4E_RECORD_FIXTURE_USERS", "")  # popped: pytest runs that tests start are not recorded
+_ONLY = os.environ.pop("E4E_ONLY_TESTS", "")
+_users: set = set()
+_current: list = []  # [nodeid] while a test is set up, run or torn down
+
+
+def _fixture_used() -> None:
+    if _current:
+        _users.add(_current[0])
+
+
+def _watch(event: str, args) -> None:
+    if not _current or _current[0] in _users or event not in ("open", "subprocess.Popen", "os.listdir", "os.scandir"):
+        return
+    items = args[1] if event == "subprocess.Popen" else args[:1]
+    for a in items or ():
+        if isinstance(a, (str, os.PathLike)) and any(os.fspath(a).startswith(root) for root in _WATCHED):
+            _users.add(_current[0])
+            return
+
+
+if _RECORD:
+    _WATCHED = tuple(os.fspath(p) for p in (PARITY, synthetic.cache_dir()))
+    sys.addaudithook(_watch)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current[:] = [item.nodeid]
+    if "parity_dir" in getattr(item, "fixturenames", ()):
+        _fixture_used()
+    yield
+    _current.clear()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if not _ONLY:
+        return
+    wanted = set(Path(_ONLY).read_text().split("\n")) - {""}
+    keep = [i for i in items if i.nodeid in wanted]
+    config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in wanted])
+    items[:] = keep
+    missing = wanted - {i.nodeid for i in keep}
+    if missing:
+        raise pytest.UsageError(f"{len(missing)} recorded fixture tests were not collected, e.g. {sorted(missing)[0]}")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _RECORD:
+        Path(_RECORD).write_text("".join(f"{n}\n" for n in sorted(_users)))
 
 
 @pytest.fixture(scope="session")
@@ -102,6 +163,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code
 
 def synthetic_checkpoint(size: int, seed: int, domain: str) -> Path:
     """Build (once, cached under .cache/) a synthetic checkpoint in the released format."""
+    _fixture_used()
     if not parity_available():
         _no_parity()
     return synthetic.synthetic_checkpoint(size, seed, domain)
@@ -123,6 +185,7 @@ HYPERSTYLE_CASES = {"ffhq_1024_s1": (1024, 1, "ffhq", synthetic.HYPERSTYLE_RELEA
 
 def hyperstyle_checkpoints(name: str) -> tuple[Path, Path]:
     """(HyperStyle checkpoint, W-encoder) of a parity case, built once (about 10 s, 3 GB) and cached."""
+    _fixture_used()
     if not (parity_available() and (PARITY / "hyperstyle" / "make_hyperstyle.py").is_file()):
         _no_parity()
     return synthetic.synthetic_hyperstyle(*HYPERSTYLE_CASES[name])

@@ -33,11 +33,11 @@ def tensor2im(image: torch.Tensor) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def cases():
+def cases(parity_dir):
     out = {}
     for name in ("ffhq_1024_s1", "cars_512_s2"):
-        spec = json.loads((PARITY / "hyperstyle" / "cases" / f"{name}.json").read_text())
-        out[name] = (spec, np.load(PARITY / "hyperstyle" / "cases" / f"{name}.npz"))
+        spec = json.loads((parity_dir / "hyperstyle" / "cases" / f"{name}.json").read_text())
+        out[name] = (spec, np.load(parity_dir / "hyperstyle" / "cases" / f"{name}.npz"))
     return out
 
 
