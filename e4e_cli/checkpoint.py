@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,31 @@ from torch.overrides import TorchFunctionMode
 from . import domains
 from .errors import E4EError
 from .fsutil import read_head
+
+
+#: the first torch release whose `weights_only=True` loads cannot be made to run code: up to
+#: 2.5.1 a crafted file could (CVE-2025-32434). setup.cfg asks for it; `load_untrusted` checks it
+#: again at run time, for an install into an existing environment with `--no-deps`.
+SAFE_TORCH = (2, 6)
+
+
+def torch_release(version: str) -> tuple[int, int]:
+    """(major, minor) of a torch version string ("2.13.0+cpu" -> (2, 13)); (0, 0) if unreadable."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def load_untrusted(source, *, what: str, mmap: bool = False):
+    """`torch.load(source, weights_only=True)` on the CPU, for any file a user or a download gave
+    us (`source`: a path or a binary buffer). On a torch older than SAFE_TORCH that mode is not
+    safe, so the file is refused in one E4EError line before a byte of it is unpickled. Other
+    failures are the caller's to word (truncated, corrupt, refused globals)."""
+    if torch_release(torch.__version__) < SAFE_TORCH:
+        name = f" {source}" if isinstance(source, (str, os.PathLike)) else ""
+        raise E4EError(f"refusing to read {what}{name}: torch {torch.__version__} can be made to run code by a crafted "
+                       f".pt file even with weights_only=True (CVE-2025-32434); install torch>="
+                       f"{'.'.join(map(str, SAFE_TORCH))}")
+    return torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 @dataclass
@@ -49,7 +75,7 @@ def read_checkpoint(path: str | os.PathLike, *, mmap: bool = True, kind: str = "
     if head[:2] == b"PK" and not is_zip:
         raise E4EError(f"checkpoint {p} is truncated or corrupt (incomplete zip archive): download it again")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=bool(mmap and is_zip))
+        obj = load_untrusted(p, what=f"{kind} checkpoint", mmap=bool(mmap and is_zip))
     except pickle.UnpicklingError as exc:
         msg = str(exc).splitlines()[0] if str(exc) else ""
         if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "GLOBAL" in str(exc):

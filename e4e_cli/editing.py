@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import domains
+from .checkpoint import load_untrusted
 from .errors import E4EError
 from .fsutil import slug
 
@@ -74,7 +75,9 @@ def _load_tensor_file(path: str | Path, *, what: str = "direction file"):
         if p.suffix.lower() == ".npz":
             with np.load(p, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k]) for k in z.files}
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return load_untrusted(p, what=what)
+    except E4EError:
+        raise
     except Exception as exc:  # any parse failure is the file's fault, not a bug
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise E4EError(f"cannot read {what} {p}: {first}") from None

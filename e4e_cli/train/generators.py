@@ -32,7 +32,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..checkpoint import read_checkpoint, split_state_dict
+from ..checkpoint import load_untrusted, read_checkpoint, split_state_dict
 from ..errors import E4EError
 from ..fsutil import atomic_write, read_head
 from ..nn import ops
@@ -91,7 +91,7 @@ def _load_torch_file(p: Path, *, legacy: bool = False) -> LoadedGenerator:
     if not is_zip and not legacy:
         raise E4EError(f"generator {p} is truncated or corrupt (incomplete zip archive)")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=is_zip)  # 1.2 GB e4e files: no RAM copy
+        obj = load_untrusted(p, what="generator", mmap=is_zip)  # 1.2 GB e4e files: no RAM copy
     except pickle.UnpicklingError:
         raise E4EError(f"generator {p} was refused: it holds Python objects that would run code when unpickled") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, TypeError, KeyError) as exc:
@@ -273,29 +273,49 @@ def _reconstruct_persistent(meta):
 
 def _storage_from_bytes(b):
     """Stand-in for `torch.storage._load_from_bytes`, which would run a nested unrestricted torch.load."""
-    return torch.load(io.BytesIO(b), map_location="cpu", weights_only=True)
+    return load_untrusted(io.BytesIO(b), what="a tensor inside the pickle")
 
 
 class _PlainDict(dict):
     """Stand-in for `dnnlib.util.EasyDict`: a dict, no attribute tricks."""
 
 
+class _DtypeRecord:
+    """What a pickled numpy dtype said: its name, then (BUILD) its state. A record, not numpy's own
+    dtype object: `np.dtype("f4")` is one object shared by the whole process, and a BUILD on it
+    would change it for everyone."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.byteorder = "="
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple) and len(state) > 1 and state[1] in ("<", ">", "=", "|"):
+            self.byteorder = state[1]
+
+    def resolve(self):
+        import numpy as np
+
+        return np.dtype(self.name).newbyteorder(self.byteorder)
+
+
 def _numpy_scalar(dtype, *args):
     """Stand-in for numpy's scalar reconstructor (ADA stores gains like 1/np.sqrt(n)); numeric dtypes only."""
     import numpy as np
 
-    if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or len(args) != 1 or not isinstance(args[0], bytes):
+    if not isinstance(dtype, _DtypeRecord) or len(args) != 1 or not isinstance(args[0], bytes):
         raise pickle.UnpicklingError("numpy scalar of a non-numeric type")
-    return np.frombuffer(args[0], dtype=dtype)[0].item()
+    return np.frombuffer(args[0], dtype=dtype.resolve())[0].item()
 
 
 def _numpy_dtype(name, *args):
     import numpy as np
 
-    dt = np.dtype(name)
-    if dt.kind not in "biuf":
+    if not isinstance(name, str):
+        raise pickle.UnpicklingError("numpy dtype without a name")
+    if np.dtype(name).kind not in "biuf":
         raise pickle.UnpicklingError(f"numpy dtype {name!r}")
-    return dt
+    return _DtypeRecord(name)
 
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, *rest):
@@ -327,8 +347,33 @@ class _RefusedGlobal(pickle.UnpicklingError):
     pass
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only whitelisted globals (to safe stand-ins); anything else stops the load before it runs."""
+class _RefusedChange(pickle.UnpicklingError):
+    pass
+
+
+#: what each opcode that changes an object already on the stack may change: only objects this load
+#: made, of these kinds. Anything else (an allowed function or class itself, a shared object) is
+#: refused: a BUILD on `_rebuild_tensor_v2` would set its `__defaults__` for the whole process.
+_CHANGEABLE = {
+    "BUILD": (_PersistentState, _PlainDict, _DtypeRecord),
+    "SETITEM": (dict,),  # OrderedDict and _PlainDict are dicts
+    "SETITEMS": (dict,),
+    "APPEND": (list,),
+    "APPENDS": (list,),
+    "ADDITEMS": (set,),
+}
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only whitelisted globals (to safe stand-ins); anything else stops the load before
+    it runs. The Python unpickler (not the C one) so that every opcode that changes an object can
+    first check that the object is a record this load made (`_CHANGEABLE`)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, fh):
+        super().__init__(fh)
+        self._made: dict = {}  # id -> object built by this load (held, so no id is reused meanwhile)
 
     def find_class(self, module, name):
         try:
@@ -339,6 +384,46 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("persistent ids are not used by NVlabs pickles")
 
+    def _check_target(self, opcode: str, target) -> None:
+        if id(target) not in self._made or not isinstance(target, _CHANGEABLE[opcode]):
+            what = getattr(target, "__qualname__", None) or type(target).__name__
+            raise _RefusedChange(f"{opcode} on {what}")
+
+
+def _builds_new(base):
+    """An opcode handler that pushes a new object, remembered as made by this load."""
+
+    def handler(self):
+        base(self)
+        self._made[id(self.stack[-1])] = self.stack[-1]
+
+    return handler
+
+
+def _changes(base, opcode: str, depth: int):
+    """An opcode handler that changes the object `depth` places below the top of the stack (after
+    the mark is popped for the batch opcodes): its target is checked first."""
+
+    def handler(self):
+        target = self.stack[-depth] if depth else self.metastack[-1][-1]
+        self._check_target(opcode, target)
+        base(self)
+
+    return handler
+
+
+for _op, _name in ((pickle.REDUCE, "load_reduce"), (pickle.NEWOBJ, "load_newobj"), (pickle.NEWOBJ_EX, "load_newobj_ex"),
+                   (pickle.EMPTY_DICT, "load_empty_dictionary"), (pickle.DICT, "load_dict"),
+                   (pickle.EMPTY_LIST, "load_empty_list"), (pickle.LIST, "load_list"), (pickle.EMPTY_SET, "load_empty_set"),
+                   (pickle.INST, "load_inst"), (pickle.OBJ, "load_obj")):
+    _RestrictedUnpickler.dispatch[_op[0]] = _builds_new(getattr(pickle._Unpickler, _name))
+# BUILD pops the state: the target is below it; SETITEM pops key and value; the batch opcodes act
+# on the object just below their mark (depth 0: the top of the stack saved by MARK)
+for _op, _name, _opcode, _depth in ((pickle.BUILD, "load_build", "BUILD", 2), (pickle.SETITEM, "load_setitem", "SETITEM", 3),
+                                    (pickle.APPEND, "load_append", "APPEND", 2), (pickle.SETITEMS, "load_setitems", "SETITEMS", 0),
+                                    (pickle.APPENDS, "load_appends", "APPENDS", 0), (pickle.ADDITEMS, "load_additems", "ADDITEMS", 0)):
+    _RestrictedUnpickler.dispatch[_op[0]] = _changes(getattr(pickle._Unpickler, _name), _opcode, _depth)
+
 
 def _load_pickle_file(p: Path) -> LoadedGenerator:
     try:
@@ -346,6 +431,8 @@ def _load_pickle_file(p: Path) -> LoadedGenerator:
             obj = _RestrictedUnpickler(fh).load()
     except _RefusedGlobal as exc:
         raise E4EError(f"refusing to load {p}: the pickle wants to run {exc}") from None
+    except _RefusedChange as exc:
+        raise E4EError(f"refusing to load {p}: the pickle changes an object it did not make ({exc})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, RuntimeError, TypeError, AttributeError, IndexError,
             KeyError, OSError, MemoryError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0] or type(exc).__name__

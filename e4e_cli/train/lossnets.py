@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import load_untrusted
 from ..errors import E4EError
 from ..nn.networks import IRSEUnit
 
@@ -28,7 +29,9 @@ def _freeze(module: nn.Module) -> nn.Module:
 
 def _load_state(path, *, what: str) -> dict:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_untrusted(path, what=what)
+    except E4EError:
+        raise
     except Exception as exc:  # noqa: BLE001  (a bad file is the user's to fix: one line)
         raise E4EError(f"{what} {path} cannot be read: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(obj, dict):
