@@ -6,7 +6,7 @@ and, where possible, what to do about it.
 """
 
 
-# Exit codes of the `e4e` command (README: "Exit codes")
+# Exit codes of the `e4e` command (the README's "Exit codes" table)
 OK, FAILURE, USAGE, MISSING_WEIGHTS, INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_CODES = {
     OK: "success",

@@ -1,7 +1,7 @@
 """Every `E4E_*` environment variable, read in this one place.
 
 Each is read when asked for (not cached at import), so a test or a long-lived process sees the
-value of the moment. The README's "Settings" table lists the same names.
+value of the moment. docs/troubleshooting.md's "Settings" table lists the same names.
 """
 from __future__ import annotations
 

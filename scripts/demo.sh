@@ -26,7 +26,7 @@ elif [ -f "$PARITY/make_checkpoint.py" ]; then
   fi
   $E4E download-weights directions --from "$PARITY/directions"
 else
-  echo "cannot download the weights and no parity folder is available: see README (download-weights --from/--base-url)" >&2
+  echo "cannot download the weights and no parity folder is available: see docs/weights.md (download-weights --from/--base-url)" >&2
   exit 1
 fi
 

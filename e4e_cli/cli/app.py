@@ -7,10 +7,13 @@ Command modules import torch and friends inside their functions so `e4e --help` 
 """
 from __future__ import annotations
 
+import configparser
 import os
 import sys
 import threading
 import warnings
+from importlib import metadata
+from pathlib import Path
 
 import typer
 
@@ -27,22 +30,73 @@ app = typer.Typer(
 )
 
 
+#: each command's pages under docs/, named at the end of its --help
+DOCS = {
+    "download-weights": ("docs/weights.md",),
+    "align": ("docs/editing.md",),
+    "invert": ("docs/editing.md", "docs/refinement.md"),
+    "edit": ("docs/editing.md", "docs/refinement.md"),
+    "directions": ("docs/editing.md",),
+    "evaluate": ("docs/editing.md", "docs/refinement.md"),
+    "train": ("docs/training.md",),
+    "invert-dataset": ("docs/datasets.md",),
+    "ui": ("docs/ui.md",),
+}
+
+
+def _epilog(pages: tuple[str, ...]) -> str:
+    """Paths relative to the repository: the docs ship with the source, and there is no web site."""
+    named = pages[0] if len(pages) == 1 else f"{', '.join(pages[:-1])} and {pages[-1]}"
+    return f"Docs: {named} in the e4e repository."
+
+
 def _register() -> None:
     """Attach every command (once per process): each lives in its own module, and this is the one
-    place that lists them."""
+    place that lists them and their pages under docs/."""
     if app.registered_commands:
         return
     from . import align, dataset, directions, download, edit, evaluate, invert, train, ui
 
-    app.command("download-weights")(download.download_weights_command)
-    app.command("align")(align.align_command)
-    app.command("invert")(invert.invert_command)
-    app.command("edit")(edit.edit_command)
-    app.add_typer(directions.app, name="directions")
-    app.command("evaluate")(evaluate.evaluate_command)
-    app.command("train")(train.train_command)
-    app.command("invert-dataset")(dataset.invert_dataset_command)
-    app.command("ui")(ui.ui_command)
+    commands = {
+        "download-weights": download.download_weights_command,
+        "align": align.align_command,
+        "invert": invert.invert_command,
+        "edit": edit.edit_command,
+        "evaluate": evaluate.evaluate_command,
+        "train": train.train_command,
+        "invert-dataset": dataset.invert_dataset_command,
+        "ui": ui.ui_command,
+    }
+    for name, function in commands.items():
+        app.command(name, epilog=_epilog(DOCS[name]))(function)
+    app.add_typer(directions.app, name="directions", epilog=_epilog(DOCS["directions"]))
+    for info in directions.app.registered_commands:  # fit, pca, show, list: the group's page
+        info.epilog = info.epilog or _epilog(DOCS["directions"])
+
+
+def _version() -> str:
+    """The installed package's version; a source tree that was never installed reads setup.cfg."""
+    try:
+        return metadata.version("e4e-cli")
+    except metadata.PackageNotFoundError:
+        cfg = configparser.ConfigParser()
+        cfg.read(Path(__file__).resolve().parents[2] / "setup.cfg")
+        return cfg.get("metadata", "version", fallback="unknown")
+
+
+def _print_version(value: bool) -> None:
+    """Eager, so `e4e --version` answers before Click asks for a command."""
+    if value:
+        typer.echo(f"e4e {_version()}")
+        raise typer.Exit(code=0)
+
+
+@app.callback(epilog=_epilog(("README.md", "docs/")))
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version),
+) -> None:
+    """Only --version lives here: the help text is the app's, the work is the commands'."""
 
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:

@@ -18,7 +18,7 @@ are computed, and each can be switched off:
 - glibc heap reuse for the float32 generator's large activations (`HeapReuse`;
   `E4E_HEAP_REUSE=0` turns it off): ~0.15 s less system time per 1024 image and a steadier
   invert on the AMX machine (1.28 -> 1.19 s median); on the AMD EPYC (Zen 4) machine see
-  bench/results.json (`heap_reuse` rows) and the README's speed table;
+  bench/results.json (`heap_reuse` rows) and docs/speed.md;
 - releasing the memory-mapped encoder weights' pages before decoding (`release_file_pages`):
   keeps `e4e invert` at 1024 under 2 GB resident;
 - native bfloat16 detection (`native_bf16`) for `--precision auto`: bfloat16 only where the CPU
