@@ -15,7 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import domains
+from . import domains, npzfiles
 from .checkpoint import load_untrusted
 from .errors import E4EError
 from .fsutil import slug
@@ -65,6 +65,10 @@ PRESETS: dict[str, Preset] = {
 # Loading direction files
 
 
+#: the largest array a direction, latent or PCA .npz file may declare (GANSpace's PCA is ~1 MB)
+MAX_TENSOR_FILE_BYTES = 256 << 20
+
+
 def _load_tensor_file(path: str | Path, *, what: str = "direction file"):
     p = Path(path)
     if not p.is_file():
@@ -73,6 +77,10 @@ def _load_tensor_file(path: str | Path, *, what: str = "direction file"):
         if p.suffix.lower() == ".npy":
             return torch.from_numpy(np.load(p, allow_pickle=False))
         if p.suffix.lower() == ".npz":
+            members = npzfiles.layout(p)  # a direction, latent or PCA is small: a large member is refused unread
+            for name in members:
+                npzfiles.check(p, members, name, shapes=[(None,) * n for n in range(5)], kinds="fiu",
+                               max_bytes=MAX_TENSOR_FILE_BYTES, what=what)
             with np.load(p, allow_pickle=False) as z:
                 return {k: torch.from_numpy(z[k]) for k in z.files}
         return load_untrusted(p, what=what)

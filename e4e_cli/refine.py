@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import domains
+from . import domains, npzfiles
 from .checkpoint import CheckpointInfo
 from .devices import resolve_device, resolve_precision
 from .digests import content_sha256
@@ -242,10 +242,12 @@ def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict
     `generator`) does not fit the generator it is about to be applied to."""
     p = Path(path)
     try:
+        members = npzfiles.layout(p)  # declared sizes first: nothing is inflated that does not fit
+        if "meta" not in members:
+            raise E4EError(f"{p} is not a weight offsets file written by e4e (no record)")
+        _check_offset_members(p, members, generator)
         with np.load(p, allow_pickle=False) as z:
             names = list(z.files)
-            if "meta" not in names:
-                raise E4EError(f"{p} is not a weight offsets file written by e4e (no record)")
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != OFFSETS_FORMAT:
                 raise E4EError(f"{p}: unknown offsets format {meta.get('format')!r} (want {OFFSETS_FORMAT})")
@@ -276,6 +278,30 @@ def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict
         except ValueError as exc:
             raise E4EError(f"{p} does not fit this generator ({exc}): it was made for another checkpoint") from None
     return out, meta
+
+
+def _check_offset_members(p: Path, members: dict, generator) -> None:
+    """Each member's declared shape against what it may be: the record a short text, the code
+    [n_styles,512], each layer's offsets its layer's weight shape (any StyleGAN2 layer's size
+    without `generator`)."""
+    what = "weight offsets file"
+    npzfiles.check(p, members, "meta", shapes=[()], kinds="U", max_itemsize=4 << 20, what=what)
+    n_styles = generator.n_styles if generator is not None else None
+    if "latent" in members:
+        npzfiles.check(p, members, "latent", shapes=[(n_styles, 512)], max_bytes=64 * 512 * 4, what=what)
+    layers = generator.layers() if generator is not None else None
+    for name in members:
+        if name in ("meta", "latent"):
+            continue
+        index = int(name[6:]) if name.startswith("layer_") and name[6:].isdigit() else -1
+        if index < 0 or (layers is not None and index >= len(layers)):
+            raise E4EError(f"{p}: unexpected array {name!r}")
+        if layers is not None:
+            o, c, k, _ = layers[index][0].weight.shape[1:]
+            shapes = [(o, c), (o, c, k, k)]
+        else:
+            shapes = [(None, None), (None, None, 3, 3), (None, None, 1, 1)]
+        npzfiles.check(p, members, name, shapes=shapes, max_bytes=1024 * 1024 * 9 * 4, what=what)
 
 
 def load_refined_latent(path: str | os.PathLike) -> tuple[np.ndarray, dict]:

@@ -37,7 +37,7 @@ LAYERS = [
     ("networks and weights", "reference modules, fast paths, checkpoints, the weights folder",
      ["nn", "nn.*", "checkpoint", "hyperstyle_ckpt", "weights", "weights.*"]),
     ("foundations", "facts and plumbing every layer uses",
-     ["domains", "settings", "dist", "progress", "errors", "fsutil", "digests", "images"]),
+     ["domains", "settings", "dist", "progress", "errors", "fsutil", "digests", "images", "npzfiles"]),
 ]
 
 

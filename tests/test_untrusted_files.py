@@ -160,3 +160,96 @@ def test_a_numpy_dtype_in_a_pickle_is_a_record_not_the_shared_dtype(tmp_path):
     assert np.dtype("f4").str == before
     rec = gen._RestrictedUnpickler(open(p, "rb")).load()
     assert isinstance(rec, gen._DtypeRecord) and rec.resolve() == np.dtype(">f4")
+
+
+# ------------------------------------------------------------------------------------------
+# .npz members are checked on their headers before any is inflated
+
+
+def _npz_with(path: Path, arrays: dict, *, declared: dict | None = None) -> Path:
+    """An npz (deflated) of `arrays`; a member named in `declared` gets a header declaring that
+    shape (float32) over a few kilobytes of deflated zeros: a bomb's header without the bomb."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, a in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asarray(a), allow_pickle=False)
+            zf.writestr(f"{name}.npy", buf.getvalue())
+        for name, shape in (declared or {}).items():
+            buf = io.BytesIO()
+            np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+            zf.writestr(f"{name}.npy", buf.getvalue() + bytes(1 << 16))
+    return path
+
+
+@pytest.fixture
+def nothing_inflated(monkeypatch):
+    """Fails the test if any npz member's data is read (headers are fine)."""
+    def refuse(*a, **k):
+        raise AssertionError("an array was read before its declared size was checked")
+
+    monkeypatch.setattr(np.lib.format, "read_array", refuse)
+
+
+def _offsets_meta(**extra) -> np.ndarray:
+    import json
+
+    from e4e_cli.refine import OFFSETS_FORMAT
+
+    return np.array(json.dumps({"format": OFFSETS_FORMAT, "layers": [3], "precision": "fp16", **extra}))
+
+
+def test_offsets_bomb_is_refused_unread(tmp_path, nothing_inflated):
+    from e4e_cli.refine import load_offsets
+
+    p = _npz_with(tmp_path / "o.npz", {"meta": _offsets_meta()}, declared={"layer_03": (100_000, 100_000)})
+    with pytest.raises(E4EError, match=r"declares \[100000, 100000\]") as err:
+        load_offsets(p)
+    assert "\n" not in str(err.value)
+
+
+def test_offsets_of_another_shape_than_the_generator_are_refused_unread(tmp_path, nothing_inflated):
+    from conftest import tiny_generator
+    from e4e_cli.refine import load_offsets
+
+    g = tiny_generator()
+    o, c, k, _ = g.layers()[3][0].weight.shape[1:]
+    p = _npz_with(tmp_path / "o.npz", {"meta": _offsets_meta()}, declared={"layer_03": (o, c + 1, k, k)})
+    with pytest.raises(E4EError, match="declares"):
+        load_offsets(p, generator=g)
+    p = _npz_with(tmp_path / "l.npz", {"meta": _offsets_meta(latent=[g.n_styles, 512])},
+                  declared={"layer_03": (o, c, k, k), "latent": (1 << 20, 512)})
+    with pytest.raises(E4EError, match="'latent' array declares"):
+        load_offsets(p, generator=g)
+
+
+def test_offsets_that_fit_still_load(tmp_path):
+    from conftest import tiny_generator
+    from e4e_cli.refine import load_offsets, save_offsets
+
+    g = tiny_generator()
+    o, c, k, _ = g.layers()[3][0].weight.shape[1:]
+    p = save_offsets(tmp_path / "o.npz", {3: torch.ones(o, c, k, k)}, meta={"method": "hyperstyle"})
+    offsets, _ = load_offsets(p, generator=g)
+    assert offsets[3].shape == (o, c, k, k)
+
+
+def test_a_direction_npz_bomb_is_refused_unread(tmp_path, nothing_inflated):
+    from e4e_cli.editing import load_single_tensor
+
+    p = _npz_with(tmp_path / "d.npz", {}, declared={"direction": (1 << 20, 1 << 10)})
+    with pytest.raises(E4EError, match="declares"):
+        load_single_tensor(p)
+
+
+def test_a_shard_bomb_is_refused_unread(tmp_path, nothing_inflated):
+    from e4e_cli.jobs.dataset import check_shard, shard_is_done
+
+    fields = {"ok": np.ones(2, bool), "errors": np.array(["", ""]), "paths": np.array(["a.png", "b.png"]),
+              "fingerprint": np.array("{}"), "format": np.array("x")}
+    p = _npz_with(tmp_path / "s.npz", fields, declared={"codes": (1 << 20, 18, 512)})
+    with pytest.raises(E4EError, match="'codes' array declares"):
+        check_shard(p, count=2, n_styles=18)
+    assert shard_is_done(p, ["a.png", "b.png"], "{}") is False

@@ -24,13 +24,14 @@ from __future__ import annotations
 import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .. import dist, domains
+from .. import dist, domains, npzfiles
 from .. import progress as bars
 from ..errors import E4EError
 from ..digests import sha256_file
@@ -77,11 +78,27 @@ def fingerprint(model, opts: DatasetOptions) -> str:
                        "delta_scale": opts.delta_scale}, sort_keys=True)
 
 
+def check_shard(path: Path, *, count: int, n_styles: Optional[int]) -> None:
+    """The shard's arrays declare the sizes its index (or this run) expects, checked on their
+    headers before any is inflated (`npzfiles`); else one E4EError line."""
+    try:
+        members = npzfiles.layout(path)
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
+        raise E4EError(f"shard {path} is truncated or corrupt ({exc}): run `e4e invert-dataset` again") from None
+    npzfiles.check(path, members, "codes", shapes=[(count, n_styles, 512)], what="shard")
+    npzfiles.check(path, members, "ok", shapes=[(count,)], kinds="b", what="shard")
+    for name in ("paths", "errors"):
+        npzfiles.check(path, members, name, shapes=[(count,)], kinds="U", max_itemsize=4 * 4096, what="shard")
+    for name in ("fingerprint", "format"):
+        npzfiles.check(path, members, name, shapes=[()], kinds="U", max_itemsize=4 << 20, what="shard")
+
+
 def shard_is_done(path: Path, paths: Sequence[str], fp: str) -> bool:
     """A finished shard: it loads, and holds exactly these paths made with this fingerprint."""
     if not path.is_file():
         return False
     try:
+        check_shard(path, count=len(paths), n_styles=None)
         with np.load(path, allow_pickle=False) as z:
             return (list(z["paths"]) == list(paths) and str(z["fingerprint"]) == fp
                     and z["codes"].shape[0] == len(paths) and z["ok"].shape[0] == len(paths))
@@ -257,6 +274,7 @@ def write_index(prefix: Path, rel: Sequence[str], opts: DatasetOptions, model, f
     shards, failures = [], []
     for k in range(n_shards):
         path = shard_path(prefix, k)
+        check_shard(path, count=min(opts.shard_size, len(rel) - k * opts.shard_size), n_styles=model.n_styles)
         with np.load(path, allow_pickle=False) as z:
             ok, errors, paths = z["ok"], z["errors"], z["paths"]
             failures += [{"path": str(p), "error": str(e)} for p, o, e in zip(paths, ok, errors) if not o]
@@ -288,6 +306,7 @@ def load_latents(prefix) -> tuple[np.ndarray, list[str], np.ndarray]:
         if digest != s.get("sha256"):
             raise E4EError(f"shard {path} is not the file {index_path(prefix).name} lists (SHA-256 differs): "
                            "it was rewritten by another run; run `e4e invert-dataset` again")
+        check_shard(path, count=int(s.get("count", -1)), n_styles=index.get("n_styles"))
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["fingerprint"])) != index.get("fingerprint"):
                 raise E4EError(f"shard {path} was made with another checkpoint or options than its index")
