@@ -299,6 +299,10 @@ def _check_offset_members(p: Path, members: dict, generator) -> None:
         if layers is not None:
             o, c, k, _ = layers[index][0].weight.shape[1:]
             shapes = [(o, c), (o, c, k, k)]
+            if members[name].shape not in shapes:
+                raise E4EError(f"{p} does not fit this generator (the offsets of layer {index} are "
+                               f"{list(members[name].shape)}; the layer's weight is [{o},{c},{k},{k}]): "
+                               "it was made for another checkpoint")
         else:
             shapes = [(None, None), (None, None, 3, 3), (None, None, 1, 1)]
         npzfiles.check(p, members, name, shapes=shapes, max_bytes=1024 * 1024 * 9 * 4, what=what)

@@ -1,9 +1,11 @@
 """Run the `e4e` command line with test hooks that shipped code does not carry.
 
-    python tests/run_with_hooks.py [--kill-after-shards N] [--dump-params DIR] -- e4e ARGS...
+    python tests/run_with_hooks.py [--kill-after-shards N] [--log-shards DIR] [--dump-params DIR] -- e4e ARGS...
 
 --kill-after-shards N: after the N-th dataset shard is written the process dies at once
   (os._exit(3)), as a killed run would: no index, no clean-up.
+--log-shards DIR: every dataset shard written is named, one index a line, in DIR/rank{R}.txt
+  (R: torchrun's RANK, 0 without it), so a test sees which process wrote which shard.
 --dump-params DIR: `e4e train` saves every rank's encoder parameters before and after the run
   as DIR/rank{R}_start.pt and DIR/rank{R}.pt (the hook `train.coach.run(on_params=...)`).
 Runs under torchrun as well (`torchrun ... tests/run_with_hooks.py ...`).
@@ -22,6 +24,7 @@ def main() -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser()
     parser.add_argument("--kill-after-shards", type=int, default=0)
+    parser.add_argument("--log-shards", type=Path, default=None)
     parser.add_argument("--dump-params", type=Path, default=None)
     hooks = parser.parse_args(argv[:cut])
     e4e_args = argv[cut + 1:]
@@ -38,6 +41,17 @@ def main() -> int:
                 os._exit(3)
 
         dataset.write_shard = write_then_maybe_die
+    if hooks.log_shards is not None:
+        from e4e_cli.jobs import dataset
+
+        inner, log = dataset.write_shard, hooks.log_shards / f"rank{os.environ.get('RANK', '0')}.txt"
+
+        def write_and_log(path, *args, **kwargs):
+            inner(path, *args, **kwargs)
+            with open(log, "a") as fh:
+                fh.write(f"{int(Path(path).stem.rsplit('-', 1)[1])}\n")
+
+        dataset.write_shard = write_and_log
     if hooks.dump_params is not None:
         import torch
 

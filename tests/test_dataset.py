@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,10 +65,16 @@ def test_killed_run_resumes_and_two_processes_match_one(folder, tmp_path, case_c
 
     two = tmp_path / "two" / "lat"
     env = dict(os.environ, OMP_NUM_THREADS="1", E4E_NO_PROGRESS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "e4e_cli",
+    logs = tmp_path / "shard-logs"
+    logs.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(Path(__file__).with_name("run_with_hooks.py")), "--log-shards", str(logs), "--",
            *map(str, args(folder, two, ckpt))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # each process wrote its own shards (k % 2 == rank), each shard once: the work was split
+    wrote = {r: sorted(int(x) for x in (logs / f"rank{r}.txt").read_text().split()) for r in (0, 1)}
+    assert wrote == {0: [0, 2, 4, 6], 1: [1, 3, 5]}, wrote
     c1, p1, ok1 = load_latents(one)
     c2, p2, ok2 = load_latents(two)
     assert p1 == p2 == index["sources"]

@@ -134,9 +134,10 @@ def test_fit_cli_with_conditions(tmp_path, capsys):
     assert n.shape == (512,) and n.dtype == np.float32 and abs(np.linalg.norm(n) - 1) < 1e-6
     assert float(n @ p) > 0.7  # 800 codes in 512-d: measured 0.77
     rec = json.loads((d / "plain.json").read_text())
+    val = rec["counts"]["validation"]
+    assert val == pytest.approx(240, abs=2) and rec["accuracy"]["validation"] > 0.7  # a 30% held-out split
     assert rec["counts"] == {"codes": 800, "positive": int(y.sum()), "negative": int(800 - y.sum()),
-                             "train": rec["counts"]["train"], "validation": rec["counts"]["validation"]}
-    assert rec["counts"]["validation"] == pytest.approx(240, abs=2) and rec["accuracy"]["validation"] > 0.7
+                             "train": 800 - val, "validation": val}
     assert rec["layers"] == [0, 1, 2, 3] and rec["label_kind"] == "binary" and len(rec["data_sha256"]) == 64
     assert "validation accuracy" in out and str(d / "plain.npy") in out
     # usable as `e4e edit --direction plain.npy`: the loader edit uses takes it

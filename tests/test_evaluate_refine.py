@@ -135,3 +135,20 @@ def test_bad_refine_options_are_one_line(case_checkpoint, tmp_path):
     cars = SimpleNamespace(domain="cars", input_size=(192, 256), path="/w/hyperstyle_cars.pt")
     with pytest.raises(E4EError, match="hyperstyle_cars.pt is a cars checkpoint.*church"):
         check_refiner_pair(e4e, cars)
+
+
+def test_meters_give_the_reference_numbers(lossnet_weights, parity_dir):
+    """evaluate's LPIPS and ID for the loss networks' fixture pairs are the reference's values
+    (lossnets/cases.json: LPIPS(y_hat_i, y_i) and <f(y_hat_i), f(y_i)>): the images reach the
+    networks as the reference feeds them ([-1,1], NCHW), not merely as numbers in range."""
+    import json
+
+    from e4e_cli.jobs.evaluate import load_meters
+
+    spec = json.loads((parity_dir / "lossnets" / "cases.json").read_text())
+    data = np.load(parity_dir / "lossnets" / "cases.npz")
+    m = load_meters("ffhq", weights_dir=lossnet_weights, identity=True)
+    for i in range(2):
+        y, y_hat = data["y_u8"][i], data["y_hat_u8"][i]
+        assert m.lpips(y_hat, y) == pytest.approx(spec["values"]["lpips_per_sample"][i], abs=1e-5), i
+        assert m.identity(y_hat, y) == pytest.approx(spec["id_logs"][i]["diff_target"], abs=1e-5), i

@@ -82,14 +82,20 @@ def test_align_ahead_hands_its_error_to_the_photo(tmp_path):
     assert AlignAhead([tmp_path / "missing.jpg"], out=tmp_path / "out", face="largest", overwrite=False).path is None
 
 
-def test_sefa_directions_are_kept_until_the_weights_change():
+def test_sefa_directions_are_kept_until_the_weights_change(monkeypatch):
     """`e4e ui` asks for several SeFa components as it starts: the eigenvectors are computed once
     per generator, handed out as copies, and computed anew once a modulation weight changes."""
     from e4e_cli import editing
 
+    solved = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda m: solved.append(m.shape) or eigh(m))
     torch.manual_seed(0)
     g = Generator(32, style_dim=16, n_mlp=2, channels={4: 8, 8: 8, 16: 8, 32: 8})
     first, _ = editing.sefa_directions(g, range(g.n_styles))
+    for k in range(4):  # the ui's five sliders of one matrix: solved once
+        editing.sefa(torch.zeros(1, g.n_styles, 16), g, k, range(g.n_styles), 1.0)
+    assert len(solved) == 1, solved
     assert g in editing._SEFA
     first_copy = first.clone()
     first.zero_()  # a caller's change to its copy does not reach the next caller
@@ -98,6 +104,7 @@ def test_sefa_directions_are_kept_until_the_weights_change():
     with torch.no_grad():
         conv.modulation.weight.add_(torch.randn_like(conv.modulation.weight))
     changed, _ = editing.sefa_directions(g, range(g.n_styles))
+    assert len(solved) == 2  # the changed weight: solved anew, once
     editing._SEFA.clear()
     assert torch.equal(changed, editing.sefa_directions(g, range(g.n_styles))[0])
     assert not torch.allclose(changed.abs(), first_copy.abs(), atol=1e-3)

@@ -71,7 +71,10 @@ def _resolve(current: str, level: int, target: str | None) -> str:
 
 def _imports(name: str):
     """(imported module, imported names, node) for every import of a package module in `name`."""
-    tree = ast.parse(MODULES[name].read_text())
+    return _imports_in(name, ast.parse(MODULES[name].read_text()))
+
+
+def _imports_in(name: str, tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
@@ -148,25 +151,55 @@ def _private(n: str) -> bool:
     return n.startswith("_") and not (n.startswith("__") and n.endswith("__"))
 
 
+def _dotted(node) -> str | None:
+    """`a.b.c` for an attribute chain of plain names, else None."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return ".".join([node.id, *reversed(parts)])
+
+
+def _private_uses(name: str, tree: ast.AST) -> list[str]:
+    """Private names of other package modules that `name` imports or reaches through a module:
+    `from .x import _p`, `x._p` after `from . import x`, `y._p` after `import e4e_cli.x as y`,
+    and `e4e_cli.x._p` after `import e4e_cli.x`."""
+    bad, aliases = [], {}  # local name -> package module
+    for mod, names, node in _imports_in(name, tree):
+        for n in names:
+            if _private(n):
+                bad.append(f"{name}: from {mod or 'e4e_cli'} import {n}")
+        if isinstance(node, ast.ImportFrom):
+            for a in node.names:
+                sub = f"{mod}.{a.name}" if mod else a.name
+                if sub in MODULES:
+                    aliases[a.asname or a.name] = sub
+        else:
+            for a in node.names:
+                if a.asname and a.name.startswith("e4e_cli."):
+                    aliases[a.asname] = a.name[len("e4e_cli."):]
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+            continue
+        owner = _dotted(node.value)
+        if owner in aliases or (owner or "").startswith("e4e_cli.") and owner[len("e4e_cli."):] in MODULES:
+            bad.append(f"{name}: {owner}.{node.attr}")
+    return bad
+
+
 def test_no_private_name_is_imported_from_another_module():
-    bad = []
-    for name in MODULES:
-        tree = ast.parse(MODULES[name].read_text())
-        aliases = {}  # local names bound to package modules
-        for mod, names, node in _imports(name):
-            for n in names:
-                if _private(n):
-                    bad.append(f"{name}: from {mod or 'e4e_cli'} import {n}")
-            if isinstance(node, ast.ImportFrom):
-                for a in node.names:
-                    sub = f"{mod}.{a.name}" if mod else a.name
-                    if sub in MODULES:
-                        aliases[a.asname or a.name] = sub
-        for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
-                    and _private(node.attr)):
-                bad.append(f"{name}: {node.value.id}.{node.attr}")
+    bad = [b for name in MODULES for b in _private_uses(name, ast.parse(MODULES[name].read_text()))]
     assert bad == []
+
+
+def test_the_private_name_checker_sees_every_way_in():
+    name = "jobs.edit"
+    for src in ("from ..model import _x", "from .. import model\nmodel._x()", "import e4e_cli.model as m\nm._x()",
+                "import e4e_cli.model\ne4e_cli.model._x()", "from e4e_cli import model as mm\nmm._x"):
+        assert _private_uses(name, ast.parse(src)), src
+    assert _private_uses(name, ast.parse("from .. import model\nmodel.x()\nmodel.__doc__")) == []
 
 
 def test_reference_networks_do_not_know_their_fast_paths():
@@ -196,8 +229,8 @@ def test_models_and_jobs_know_nothing_of_the_command_line():
         assert not {e for e in GRAPH[name] if e.startswith(("jobs", "ui", "train"))}, (name, GRAPH[name])
 
 
-def _string_constants(name: str):
-    tree = ast.parse(MODULES[name].read_text())
+def _string_constants(name: str, tree: ast.AST | None = None):
+    tree = tree or ast.parse(MODULES[name].read_text())
     docstrings = set()
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.body:
@@ -209,22 +242,44 @@ def _string_constants(name: str):
             yield node.value
 
 
-@pytest.mark.parametrize("pattern, home", [
-    (r"E4E_[A-Z0-9_]+", "settings"),
-    (r"(RANK|WORLD_SIZE|LOCAL_RANK)", "dist"),
-])
+#: a whole string constant naming an environment variable, or the prefix a name is built from
+#: (`environ["E4E_" + x]`, f"E4E_{x}")
+ENV_NAMES = [(r"E4E_[A-Z0-9_]*", "settings"), (r"(RANK|WORLD_SIZE|LOCAL_RANK)", "dist")]
+
+
+@pytest.mark.parametrize("pattern, home", ENV_NAMES)
 def test_environment_variables_have_one_reader(pattern, home):
     readers = {name for name in MODULES for s in _string_constants(name) if re.fullmatch(pattern, s)}
     assert readers == {home}
 
 
+def test_the_environment_checker_sees_built_names():
+    for src in ('os.environ["E4E_" + x]', 'os.environ.get(f"E4E_{x}")', 'os.getenv("E4E_DEBUG")'):
+        assert any(re.fullmatch(ENV_NAMES[0][0], s) for s in _string_constants("x", ast.parse(src))), src
+    assert not any(re.fullmatch(ENV_NAMES[0][0], s) for s in _string_constants("x", ast.parse('"set E4E_DEBUG=1"')))
+
+
+def _draws_bars(name: str, tree: ast.AST | None = None) -> bool:
+    """Whether a module imports a progress-bar library: tqdm (any submodule) or rich.progress."""
+    for mod, names, _ in _walk_all_imports(name, tree):
+        if mod == "tqdm" or mod.startswith(("tqdm.", "rich.progress")) or (mod == "rich" and "progress" in names):
+            return True
+    return False
+
+
 def test_progress_bars_have_one_home():
-    users = {name for name in MODULES for mod, _, node in _walk_all_imports(name) if mod in ("tqdm", "rich.progress")}
-    assert users == {"progress"}
+    assert {name for name in MODULES if _draws_bars(name)} == {"progress"}
 
 
-def _walk_all_imports(name: str):
-    tree = ast.parse(MODULES[name].read_text())
+def test_the_progress_checker_sees_every_import():
+    for src in ("from tqdm.auto import tqdm", "import tqdm", "from tqdm import trange", "import rich.progress",
+                "from rich.progress import Progress", "from rich import progress"):
+        assert _draws_bars("x", ast.parse(src)), src
+    assert not _draws_bars("x", ast.parse("from rich.console import Console"))
+
+
+def _walk_all_imports(name: str, tree: ast.AST | None = None):
+    tree = tree or ast.parse(MODULES[name].read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and not node.level and node.module:
             yield node.module, [a.name for a in node.names], node

@@ -150,3 +150,36 @@ def test_early_exit_rejects_other_resolutions(bad):
         g.synthesize(codes, stop_at=bad)
     with pytest.raises(ValueError, match="stop_at"):
         fast_generator.synthesize(g, codes, stop_at=bad)
+
+
+def test_reference_early_exit_runs_no_later_block():
+    """stop_at=16 on a 64 px generator: the 32 and 64 blocks' convolutions and ToRGBs never run
+    (a preview costs its own blocks only)."""
+    g = tiny_generator(size=64)
+    ran = []
+    later = [m for k in range(2, len(g.to_rgbs)) for m in (g.convs[2 * k], g.convs[2 * k + 1], g.to_rgbs[k])]
+    hooks = [m.register_forward_hook(lambda mod, i, o: ran.append(mod)) for m in later]
+    try:
+        with torch.no_grad():
+            out = g.synthesize(torch.randn(1, g.n_styles, 16), stop_at=16)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert out.shape[-1] == 16 and ran == []
+
+
+@pytest.mark.parametrize("stop_at", [8, 32])
+def test_offsets_with_an_early_exit(stop_at):
+    """Offsets and stop_at together: the preview of the offset generator, on both paths."""
+    g = tiny_generator(size=64)
+    codes = torch.randn(2, g.n_styles, 16)
+    offsets = random_offsets(g)
+    with torch.no_grad():
+        want = offset_by_hand(g, offsets).synthesize(codes, stop_at=stop_at)
+        ref = g.synthesize(codes, offsets=offsets, stop_at=stop_at)
+        fast = fast_generator.synthesize(g, codes, offsets=offsets, stop_at=stop_at)
+        plain = g.synthesize(codes, stop_at=stop_at)
+    assert want.shape == (2, 3, stop_at, stop_at)
+    torch.testing.assert_close(ref, want, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(fast, want, atol=2e-5, rtol=1e-4)
+    assert (ref - plain).abs().max() > 1e-3  # the offsets changed the preview

@@ -351,3 +351,40 @@ def test_ada_conv_clamp_is_applied_in_float32(tmp_path):
         assert float(g.synthesize(codes).abs().max()) > 0.5  # unclamped: well beyond the bound
     assert float(out.abs().max()) <= 4 * c + 1e-6
     torch.testing.assert_close(out, img, atol=1e-5, rtol=0)
+
+
+def test_clamped_generator_takes_offsets_and_an_early_exit(tmp_path):
+    """ADA's clamped generator (conv_clamp small enough here to bite: 0.5) honours HyperStyle
+    offsets as W*(1+offset) and stops after the asked resolution with the partial sum its full
+    decode builds on, as the plain generator does."""
+    import copy
+
+    g = _rand_gen(seed=3)
+    _write_ada(tmp_path / "g.pkl", g, torch.zeros(16), clamp=0.5, rgb_clamp=0.5)
+    cg = load_generator(tmp_path / "g.pkl").generator
+    assert type(cg).__name__ == "ClampedGenerator"
+    codes = torch.randn(2, cg.n_styles, 16)
+    gen = torch.Generator().manual_seed(0)
+    offsets = {i: 0.2 * torch.randn(*m.weight.shape[1:], generator=gen) for i, (m, _) in enumerate(cg.layers()) if i % 2}
+    by_hand = copy.deepcopy(cg)
+    with torch.no_grad():
+        for i, (m, _) in enumerate(by_hand.layers()):
+            if i in offsets:
+                m.weight.mul_(1 + offsets[i])
+        full = cg.synthesize(codes)
+        assert (full - g.synthesize(codes)).abs().max() > 1e-2  # the clamp is at work
+        with_offsets = cg.synthesize(codes, offsets=offsets)
+        torch.testing.assert_close(with_offsets, by_hand.synthesize(codes), atol=1e-5, rtol=1e-5)
+        assert (with_offsets - full).abs().max() > 1e-3
+        # stop_at=16: the running RGB image after the 16 block, which the full decode up-samples on
+        partial, inner = [], cg._rgb
+        cg._rgb = lambda *a, **k: partial.append(inner(*a, **k)) or partial[-1]
+        try:
+            cg.synthesize(codes)
+        finally:
+            del cg._rgb
+        at16 = [x for x in partial if x.shape[-1] == 16]
+        early = cg.synthesize(codes, stop_at=16)
+        assert early.shape == (2, 3, 16, 16) and torch.equal(early, at16[0])
+        torch.testing.assert_close(cg.synthesize(codes, offsets=offsets, stop_at=16),
+                                   by_hand.synthesize(codes, stop_at=16), atol=1e-5, rtol=1e-5)
