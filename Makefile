@@ -16,7 +16,7 @@ help:
 	@echo "make install  - create .venv and install e4e (editable, with test extras)"
 	@echo "make test     - install if needed, then run every test"
 	@echo "make demo     - install, fetch weights, align + invert + edit a sample photo"
-	@echo "make bench    - speed and memory benchmark (prints tables, writes bench/results.json and results_refine.json)"
+	@echo "make bench    - speed and memory benchmark (prints tables, writes bench/results*.json)"
 
 install: $(STAMP)
 
@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_refine.py --repeat 2
 	$(PY) bench/bench_upsample.py
 	$(PY) bench/bench_upsample.py --isa avx2
+	$(PY) bench/bench_precision.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
