@@ -205,11 +205,11 @@ def test_a_newer_preview_overtakes_an_older_one(server):
     at once if the newer one came first, and after the wait if it came while the model was busy."""
     import torch
 
-    from e4e_cli.ui.server import Session
+    from e4e_cli.ui.sessions import Session
 
     ed = server["editor"]
-    sid = ed._new(Session(codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512)))
-    ed.sessions[sid].seq = 5
+    sid = ed.sessions.add(Session(codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512)))
+    ed.session(sid).seq = 5
     assert ed.render(sid, {}, 1.0, False, seq=3) is None  # older than what the page already asked for
     results = {}
     ed.lock.acquire()  # the model is busy with another decode
@@ -217,7 +217,7 @@ def test_a_newer_preview_overtakes_an_older_one(server):
         waiting = threading.Thread(target=lambda: results.update(old=ed.render(sid, {}, 1.0, False, seq=6)))
         waiting.start()
         time.sleep(0.5)
-        ed.sessions[sid].seq = 7  # a newer request arrives while request 6 waits
+        ed.session(sid).seq = 7  # a newer request arrives while request 6 waits
     finally:
         ed.lock.release()
     waiting.join(timeout=60)
@@ -233,11 +233,11 @@ def _session(ed, seed=0):
     """A session holding a random code near the average (no photo): its id and codes."""
     import torch
 
-    from e4e_cli.ui.server import Session
+    from e4e_cli.ui.sessions import Session
 
     gen = torch.Generator().manual_seed(seed)
     codes = ed.model.latent_avg[None] + 0.5 * torch.randn(1, *ed.model.latent_avg.shape, generator=gen)
-    return ed._new(Session(codes=codes, w0_codes=codes[:, :1].expand_as(codes).clone())), codes
+    return ed.sessions.add(Session(codes=codes, w0_codes=codes[:, :1].expand_as(codes).clone())), codes
 
 
 def _ask(api, server, sid, size, seq, strengths=None):
@@ -543,7 +543,8 @@ def test_prepares_are_bounded_and_a_busy_server_says_so(server):
 
 def test_sessions_are_created_safely_from_many_threads(server):
     """Uploads finish in worker threads; the session map (and forgetting the oldest) is locked."""
-    from e4e_cli.ui.server import MAX_SESSIONS, Session
+    from e4e_cli.ui.limits import MAX_SESSIONS
+    from e4e_cli.ui.sessions import Session
 
     ed, errors = server["editor"], []
     old = sys.getswitchinterval()
@@ -552,7 +553,7 @@ def test_sessions_are_created_safely_from_many_threads(server):
     def churn():
         try:
             for _ in range(3000):
-                ed.session(ed._new(Session(codes=None, w0_codes=None)))
+                ed.session(ed.sessions.add(Session(codes=None, w0_codes=None)))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
     try:
