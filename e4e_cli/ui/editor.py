@@ -142,16 +142,13 @@ class Editor:
     def pick_latent(self, rel: str) -> dict:
         if self.latents_dir is None:
             raise E4EError("no latent folder was given (e4e ui --latents DIR)")
-        refused = E4EError("not a latent.npy inside the latent folder")
-        if "\x00" in rel:
-            raise refused
         try:
             path = (self.latents_dir / rel).resolve()  # once: what is checked is what is read
             inside = self._inside_latents(path)  # `..` and symlinks that lead out
-        except (OSError, ValueError):  # a name too long for the file system, ...
-            raise refused from None
+        except (OSError, ValueError):  # a NUL in the path, a name too long for the file system
+            inside = False
         if not inside:
-            raise refused
+            raise E4EError("not a latent.npy inside the latent folder")
         with self._preparing():
             return self._pick_latent(path)
 

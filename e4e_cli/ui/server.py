@@ -79,7 +79,7 @@ def strengths_field(value) -> dict:
         try:
             value = json.loads(value)
         except ValueError:
-            value = None
+            value = []  # refused below
     if value is None:
         return {}
     if not isinstance(value, dict):
