@@ -20,8 +20,6 @@ PKG = Path(__file__).resolve().parents[1] / "e4e_cli"
 #: modules allowed over MAX_LINES, and why (one job each, split would only scatter it)
 LONG_MODULES = {
     "alignment": "the FFHQ alignment: dlib detection on a reduced photo, landmarks, the quad and the warp",
-    "ui.server": "the local page's server: security guard, upload limits and the editing API in one place",
-    "train.coach": "the training loop of the paper's recipe: steps, discriminator, validation, checkpoints",
 }
 MAX_LINES = 560
 

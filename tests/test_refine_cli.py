@@ -3,6 +3,8 @@ line, on the synthetic cars 512 HyperStyle checkpoint (every layer tuned, ToRGB 
 the one-line errors for bad input. The numbers are checked against the reference's outputs."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import shutil
 
@@ -127,42 +129,127 @@ def test_a_refined_and_a_plain_result_are_never_mixed(refined, tmp_path, case_ch
 # ---- e4e ui: the refine switch (the Editor without HTTP; the routes are thin wrappers) ----------
 
 
-def test_ui_refines_an_upload_and_opens_a_refined_latent(refined, case_checkpoint):
+@pytest.fixture(scope="module")
+def page(refined, case_checkpoint):
+    """The page's model, and a HyperStyle of its own for the tests' independent decodes."""
     from e4e_cli.model import E4E
-    from e4e_cli.refine import HyperStyle, load_offsets
-    from e4e_cli.ui.server import Editor
+    from e4e_cli.refine import HyperStyle
 
     model = E4E.from_checkpoint(case_checkpoint(CASE), device="cpu", precision="fp32")
+    return model, HyperStyle.from_files(refined["hs"], refined["we"], device="cpu", precision="fp32")
+
+
+def _pixels(data_url: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"), dtype=int)
+
+
+def _thumbnail(model, images) -> np.ndarray:
+    """What the page shows of a decode as its inversion: the PREVIEW_SIDE PNG."""
+    from e4e_cli.ui.previews import PREVIEW_SIDE, data_url, png
+
+    return _pixels(data_url(png(model.to_pil(images)[0], PREVIEW_SIDE)))
+
+
+def test_ui_refines_an_upload_and_opens_a_refined_latent(refined, page):
+    """What the page shows and keeps, against decodes computed here from the files on disk and
+    from a refinement of the same photo by another HyperStyle instance."""
+    from e4e_cli.images import load_image
+    from e4e_cli.ui.editor import Editor
+
+    model, hs = page
     plain = Editor(model, synthetic=True)
     assert plain.info()["refine"] is False
     ed = Editor(model, synthetic=True, latents_dir=refined["dir"].parent, refiner_files=(refined["hs"], refined["we"]))
     assert ed.info()["refine"] is True
-    hs = HyperStyle.from_files(refined["hs"], refined["we"], device="cpu", precision="fp32")
 
-    # an invert --refine result opens refined: its code and offsets, the refiner's generator
+    # an invert --refine result opens refined: latent.npy's code with weight_offsets.npz
     opened = ed.pick_latent("car_img/latent.npy")
     assert opened["refined"] is True
-    s = ed.session(opened["session"])
-    img, codes = ed.render(opened["session"], {}, 1.0, False, refined=True)
+    code = torch.from_numpy(np.load(refined["dir"] / "latent.npy"))[None]
     offsets, _ = load_offsets(refined["dir"] / "weight_offsets.npz")
-    want = model.to_pil(hs.decode(codes, offsets=offsets))[0]
-    assert np.array_equal(np.asarray(img), np.asarray(want))
+    want = hs.decode(code, offsets=offsets)
+    assert np.array_equal(_pixels(opened["inversion"]), _thumbnail(model, want))
+    img, _ = ed.render(opened["session"], {}, 1.0, False, refined=True)
+    assert np.array_equal(np.asarray(img), np.asarray(model.to_pil(want)[0]))
     unrefined, _ = ed.render(opened["session"], {}, 1.0, False, refined=False)  # the same code without offsets
     assert np.abs(np.asarray(unrefined, dtype=int) - np.asarray(img, dtype=int)).mean() > 5
-    assert s.refined is not None
 
     # an upload: e4e first, refined on request (one step here), then edits decode with the offsets
     up = ed.upload(PHOTO.read_bytes(), "car.jpg")
     with pytest.raises(Exception, match="not refined yet"):
         ed.render(up["session"], {}, 1.0, False, refined=True)
     out = ed.refine(up["session"], steps=1)
-    assert out["refined"] is True and out["inversion"].startswith("data:image/png")
+    r = hs.refine([load_image(PHOTO)], steps=1)
+    mine = {k: v.half().float() for k, v in r.offsets_of(0).items()}  # the page keeps them at float16 precision
+    s = ed.session(up["session"])
+    assert float((s.refined[0] - r.codes).abs().max()) <= 1e-5, "the session keeps the refined code"
+    assert sorted(s.refined[1]) == sorted(mine) and all(torch.equal(s.refined[1][k], mine[k]) for k in mine)
+    assert out["refined"] is True
+    shown, want = _pixels(out["inversion"]), _thumbnail(model, hs.decode(r.codes, offsets=mine))
+    assert np.abs(shown - want).max() <= 2 and np.abs(shown - want).mean() < 0.05, "the refine answer is the refined decode"
     key = next(iter(ed.directions))
     img, codes = ed.render(up["session"], {key: 2.0}, 1.0, False, refined=True)
-    r = ed.session(up["session"]).refined
-    assert torch.equal(codes, ed.directions[key][1].apply(r[0], 2.0))
-    want = model.to_pil(hs.decode(codes, offsets=r[1]))[0]
-    assert np.array_equal(np.asarray(img), np.asarray(want))
+    edited = ed.directions[key][1].apply(r.codes, 2.0)
+    assert float((codes - edited).abs().max()) <= 1e-5
+    want = np.asarray(model.to_pil(hs.decode(edited, offsets=mine))[0], dtype=int)
+    assert np.abs(np.asarray(img, dtype=int) - want).max() <= 1
+
+
+def test_ui_refined_download_is_the_edited_code_with_the_offsets(refined, page, tmp_path):
+    """In refined mode the page's latent download is one .npz: the edited code, the session's
+    offsets and the refine record; decoded here it is the page's image. Plain mode stays .npy."""
+    from e4e_cli.refine import load_refined_latent
+    from e4e_cli.ui.editor import Editor
+
+    model, hs = page
+    ed = Editor(model, synthetic=True, latents_dir=refined["dir"].parent, refiner_files=(refined["hs"], refined["we"]))
+    opened = ed.pick_latent("car_img/latent.npy")["session"]
+    up = ed.upload(PHOTO.read_bytes(), "car.jpg")["session"]
+    ed.refine(up, steps=1)
+    key = next(iter(ed.directions))
+    for sid, steps in ((up, 1), (opened, 5)):
+        s = ed.session(sid)
+        data, name = ed.latent_file(sid, {key: 2.0}, 1.0, refined=True)
+        assert name == f"{s.name}_edit_refined.npz"
+        (tmp_path / name).write_bytes(data)
+        code, meta = load_refined_latent(tmp_path / name)
+        edited = ed.directions[key][1].apply(s.refined[0], 2.0)
+        assert np.array_equal(code, edited[0].numpy())
+        offsets, _ = load_offsets(tmp_path / name, generator=hs.decoder.generator)
+        assert sorted(offsets) == sorted(s.refined[1]) and all(torch.equal(offsets[k], s.refined[1][k]) for k in offsets)
+        assert {k: meta[k] for k in ("method", "refiner_sha256", "steps", "layers", "size", "domain")} == {
+            "method": "hyperstyle", "refiner_sha256": hs.sha256(), "steps": steps, "layers": list(hs.layers),
+            "size": 512, "domain": "cars"}
+        assert meta["refiner"] == str(refined["hs"].resolve()) and meta["w_encoder"] == str(refined["we"].resolve())
+        img, _ = ed.render(sid, {key: 2.0}, 1.0, False, refined=True)
+        want = model.to_pil(hs.decode(torch.from_numpy(code)[None], offsets=offsets))[0]
+        assert np.array_equal(np.asarray(img), np.asarray(want))
+    data, name = ed.latent_file(up, {key: 2.0}, 1.0)
+    assert name == "car_edit.npy"
+    plain = ed.directions[key][1].apply(ed.session(up).codes, 2.0)[0].numpy()
+    assert np.array_equal(np.load(io.BytesIO(data)), plain)
+
+
+def test_ui_refuses_a_refined_latent_of_another_refiner(refined, page, tmp_path):
+    """Offsets belong to the generator of the refiner that made them: a latent whose record names
+    another refiner's SHA-256 is refused in one line, and without a refiner the page says how to
+    get one; neither opens a session."""
+    from e4e_cli.errors import E4EError
+    from e4e_cli.ui.editor import Editor
+
+    model, _ = page
+    d = tmp_path / "latents" / "car_img"
+    shutil.copytree(refined["dir"], d)
+    meta = json.loads((d / "meta.json").read_text())
+    meta["refine"]["refiner_sha256"] = "0" * 64
+    (d / "meta.json").write_text(json.dumps(meta))
+    ed = Editor(model, synthetic=True, latents_dir=d.parent, refiner_files=(refined["hs"], refined["we"]))
+    with pytest.raises(E4EError, match="^that latent was refined with another HyperStyle checkpoint than this page's refiner$"):
+        ed.pick_latent("car_img/latent.npy")
+    bare = Editor(model, synthetic=True, latents_dir=refined["dir"].parent)
+    with pytest.raises(E4EError, match="e4e download-weights hyperstyle_cars"):
+        bare.pick_latent("car_img/latent.npy")
+    assert len(ed.sessions) == len(bare.sessions) == 0
 
 
 def test_edit_with_another_generator_keeps_the_offsets(refined, tmp_path, case_checkpoint):

@@ -118,10 +118,13 @@ def _pixels(data_url: str) -> np.ndarray:
 
 
 def test_the_page_edits_live_and_its_latent_equals_e4e_edit(server, parity_dir, tmp_path):
+    from e4e_cli.ui.launch import remove_open_file, write_open_file
+
     photo = Path(parity_dir) / "images" / "input_img.jpg"
     browser = _browser()
+    opener = write_open_file(server["url"] + "/?token=" + server["token"])  # what the CLI gives the browser
     try:
-        browser.get(server["url"] + "/?token=" + server["token"])  # the URL the CLI prints
+        browser.get(opener.as_uri())  # it redirects to the URL the CLI prints
         _wait(lambda: browser.execute_script("return document.body.dataset.ready"), what="the page")
         assert "token" not in browser.current_url, "the page takes the token out of the address bar"
         browser.refresh()  # the cookie alone brings the page back
@@ -160,6 +163,7 @@ def test_the_page_edits_live_and_its_latent_equals_e4e_edit(server, parity_dir, 
             browser.save_screenshot(str(shot))
     finally:
         browser.quit()
+        remove_open_file(opener)
     assert requests.get(href, timeout=120).status_code == 403  # without the browser's cookie
     latent = np.load(io.BytesIO(requests.get(href, cookies={cookie["name"]: cookie["value"]}, timeout=120).content))
 
@@ -205,11 +209,11 @@ def test_a_newer_preview_overtakes_an_older_one(server):
     at once if the newer one came first, and after the wait if it came while the model was busy."""
     import torch
 
-    from e4e_cli.ui.server import Session
+    from e4e_cli.ui.sessions import Session
 
     ed = server["editor"]
-    sid = ed._new(Session(codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512)))
-    ed.sessions[sid].seq = 5
+    sid = ed.sessions.add(Session(codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512)))
+    ed.session(sid).seq = 5
     assert ed.render(sid, {}, 1.0, False, seq=3) is None  # older than what the page already asked for
     results = {}
     ed.lock.acquire()  # the model is busy with another decode
@@ -217,7 +221,7 @@ def test_a_newer_preview_overtakes_an_older_one(server):
         waiting = threading.Thread(target=lambda: results.update(old=ed.render(sid, {}, 1.0, False, seq=6)))
         waiting.start()
         time.sleep(0.5)
-        ed.sessions[sid].seq = 7  # a newer request arrives while request 6 waits
+        ed.session(sid).seq = 7  # a newer request arrives while request 6 waits
     finally:
         ed.lock.release()
     waiting.join(timeout=60)
@@ -233,11 +237,11 @@ def _session(ed, seed=0):
     """A session holding a random code near the average (no photo): its id and codes."""
     import torch
 
-    from e4e_cli.ui.server import Session
+    from e4e_cli.ui.sessions import Session
 
     gen = torch.Generator().manual_seed(seed)
     codes = ed.model.latent_avg[None] + 0.5 * torch.randn(1, *ed.model.latent_avg.shape, generator=gen)
-    return ed._new(Session(codes=codes, w0_codes=codes[:, :1].expand_as(codes).clone())), codes
+    return ed.sessions.add(Session(codes=codes, w0_codes=codes[:, :1].expand_as(codes).clone())), codes
 
 
 def _ask(api, server, sid, size, seq, strengths=None):
@@ -357,7 +361,7 @@ def test_a_host_that_is_not_the_server_is_refused(server):
     """DNS rebinding: a page whose name now points at 127.0.0.1 reaches the server under its own name."""
     port, auth = server["port"], {"Authorization": f"token {server['token']}"}
     for host in ("attacker.example", f"attacker.example:{port}", f"127.0.0.1.attacker.example:{port}",
-                 f"127.0.0.1:{port + 1}", "127.0.0.1"):
+                 f"127.0.0.1:{port + 1}", "127.0.0.1", "127.0.0.1:\u00b2", f"127.0.0.1:{port}\u00b2", "[::1]:\u00b9"):
         status, headers, text = _raw(server, "GET", "/api/info", {"Host": host, **auth})
         assert (status, headers["content-type"]) == (403, "text/plain; charset=utf-8"), host
         assert "Host" in text and "\n" not in text.strip(), text
@@ -378,7 +382,8 @@ def test_a_post_from_another_origin_is_refused(server):
     host = {"Host": f"127.0.0.1:{server['port']}", "Authorization": f"token {server['token']}"}
     photo = _png_bytes()
     sessions = len(ed.sessions)
-    for origin in ("https://attacker.example", "null", f"http://localhost:{server['port']}", "https://127.0.0.1:1"):
+    for origin in ("https://attacker.example", "null", f"http://localhost:{server['port']}", "https://127.0.0.1:1",
+                   f"{url}.attacker.example", f"https://127.0.0.1:{server['port']}", f"{url}/", f"{url}@attacker.example"):
         r = requests.post(url + "/api/upload", files={"file": ("a.png", photo)}, timeout=60,
                           headers={"Origin": origin, "Authorization": host["Authorization"]})
         assert r.status_code == 403 and "another web page" in r.text, origin
@@ -388,9 +393,11 @@ def test_a_post_from_another_origin_is_refused(server):
     assert len(ed.sessions) == sessions, "no refused upload was inverted"
     status, _, text = _raw(server, "POST", "/api/latent", {**host, "Content-Type": "application/json"}, body=b"{}")
     assert status == 403 and "without Origin or Referer" in text
-    status, _, text = _raw(server, "POST", "/api/latent", {**host, "Referer": "https://attacker.example/x",
-                                                           "Content-Type": "application/json"}, body=b"{}")
-    assert status == 403 and "another web page" in text
+    for referer in ("https://attacker.example/x", f"https://127.0.0.1:{server['port']}/", f"{url}.attacker.example/x",
+                    f"{url}@attacker.example/"):  # another host, or the page's host and port on https
+        status, _, text = _raw(server, "POST", "/api/latent", {**host, "Referer": referer,
+                                                               "Content-Type": "application/json"}, body=b"{}")
+        assert status == 403 and "another web page" in text, referer
     # the page's own origin (or, without Origin, a Referer on it) reaches the app
     for own in ({"Origin": url}, {"Referer": url + "/"}):
         status, _, text = _raw(server, "POST", "/api/latent", {**host, **own, "Content-Type": "application/json"},
@@ -400,11 +407,15 @@ def test_a_post_from_another_origin_is_refused(server):
 
 def test_every_request_needs_the_token_and_the_url_sets_a_cookie(server):
     url, token, port = server["url"], server["token"], server["port"]
-    for path in ("/", "/api/info", "/api/download/latent?session=x", "/api/info?token=" + token[:-1] + "x"):
+    for path in ("/", "/api/info", "/api/download/latent?session=x", "/api/info?token=" + token[:-1] + "x",
+                 "/api/info?token=", "/api/info?token=" + token[:-1], "/api/info?token=" + token[:1], "/api/info?token"):
         r = requests.get(url + path, timeout=30)
         assert r.status_code == 403 and r.headers["content-type"].startswith("text/plain") and "token" in r.text, path
-    r = requests.get(url + "/api/info", headers={"Authorization": "token nope"}, timeout=30)
-    assert r.status_code == 403
+    for value in ("nope", "", token[:-1], token[:1], token + "x"):  # whole, not a prefix either way
+        r = requests.get(url + "/api/info", headers={"Authorization": f"token {value}"}, timeout=30)
+        assert r.status_code == 403, value
+        r = requests.get(url + "/api/info", cookies={f"e4e_ui_{port}": value}, timeout=30)
+        assert r.status_code == 403, value
     r = requests.post(url + "/api/latent", json={"path": "x"}, headers={"Origin": url}, timeout=30)
     assert r.status_code == 403 and "token" in r.text
     assert requests.get(url + "/api/info", headers={"Authorization": f"token {token}"}, timeout=30).status_code == 200
@@ -426,7 +437,10 @@ def test_every_request_needs_the_token_and_the_url_sets_a_cookie(server):
 def _send_until_answered(server, head: bytes, chunks, timeout=60):
     """Send the request head, then the body chunks, stopping as soon as the server answers:
     (status, answer body, body bytes sent before the answer)."""
-    sock = socket.create_connection(("127.0.0.1", server["port"]), timeout=timeout)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 << 10)  # little in flight: what is sent has mostly been read
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", server["port"]))
     sent = 0
     try:
         sock.sendall(head)
@@ -452,8 +466,9 @@ def _upload_head(server, extra: str) -> bytes:
 
 
 def test_a_body_over_the_limit_is_refused_while_it_streams_in(server):
-    """A chunked 120 MB upload (no Content-Length) is answered 413 long before it is all sent,
-    with the real limit in the message; a Content-Length over the limit before any body."""
+    """A chunked 120 MB upload (no Content-Length) is answered 413 once the limit is read, not
+    after it is all sent, with the real limit in the message; a Content-Length over the limit
+    before any body."""
     total, piece = 120 << 20, 256 << 10
     part = (b"--b0undary\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.png\"\r\n"
             b"Content-Type: image/png\r\n\r\n")
@@ -467,7 +482,10 @@ def test_a_body_over_the_limit_is_refused_while_it_streams_in(server):
         yield b"%x\r\n%s\r\n0\r\n\r\n" % (len(end), end)
 
     status, text, sent = _send_until_answered(server, _upload_head(server, "Transfer-Encoding: chunked\r\n"), chunked())
-    assert sent < 40 << 20, f"the server answered only after {sent >> 20} MB of {total >> 20} MB"  # 28 MB here
+    from e4e_cli.ui.limits import MAX_UPLOAD_BODY
+
+    # what the server read before answering, plus what the sockets hold (about 1 MB here)
+    assert sent <= MAX_UPLOAD_BODY + (3 << 20), f"the server answered only after {sent / 2**20:.1f} MB of {total >> 20} MB"
     assert (status, json.loads(text)) == (413, {"error": "the upload is over the 25 MB limit"})
 
     # no body at all: the answer must come from the head alone (else this times out)
@@ -543,7 +561,8 @@ def test_prepares_are_bounded_and_a_busy_server_says_so(server):
 
 def test_sessions_are_created_safely_from_many_threads(server):
     """Uploads finish in worker threads; the session map (and forgetting the oldest) is locked."""
-    from e4e_cli.ui.server import MAX_SESSIONS, Session
+    from e4e_cli.ui.limits import MAX_SESSIONS
+    from e4e_cli.ui.sessions import Session
 
     ed, errors = server["editor"], []
     old = sys.getswitchinterval()
@@ -552,7 +571,7 @@ def test_sessions_are_created_safely_from_many_threads(server):
     def churn():
         try:
             for _ in range(3000):
-                ed.session(ed._new(Session(codes=None, w0_codes=None)))
+                ed.session(ed.sessions.add(Session(codes=None, w0_codes=None)))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
     try:
@@ -598,3 +617,228 @@ def test_cli_refuses_an_empty_or_weak_token():
     assert_one_line_error(proc, "--token", "always needs a token", code=2)
     proc = run_e4e("ui", "--no-browser", "--port", str(_free_port()), "--token", "short")
     assert_one_line_error(proc, "--token", "at least 16", code=2)
+
+
+# ---- issue 30: plain answers, bounded memory, the token off the command line, any address -------------
+
+
+def _plain(text: str) -> bool:
+    """One line that names no temporary file and shows no exception."""
+    return ("\n" not in text and "/tmp" not in text and "e4e-ui-" not in text and "Errno" not in text
+            and not any(w in text for w in ("KeyError", "ValueError", "OSError", "TypeError", "Exception")))
+
+
+def test_the_page_gets_plain_reasons_never_a_temp_path_or_an_exception(server, monkeypatch):
+    """Each bad request gets one plain line naming the user's own file (never the temporary file
+    it was read from, an exception's name or repr); an unexpected failure a plain internal error."""
+    url, api, ed = server["url"], _client(server), server["editor"]
+    sid, _ = _session(ed, seed=2)
+
+    def upload(name, data):
+        r = api.post(url + "/api/upload", files={"file": (name, data)}, timeout=120)
+        return r.status_code, r.json()["error"]
+
+    answers = {
+        "long extension": upload("x." + "a" * 300, b"whatever"),
+        "text file": upload("notes.png", b"this is a text file"),
+        "not a photo name": upload("notes.txt", _png_bytes()),
+        "no face": upload("plain.png", _png_bytes()),
+        "empty": upload("empty.jpg", b""),
+    }
+    assert answers["long extension"] == (400, "x." + "a" * 75 + "...: the page takes photos named .jpg, .jpeg, .png, .webp, "
+                                              ".bmp, .tif, .tiff, .gif")
+    assert answers["text file"][0] == 400 and answers["text file"][1].startswith("notes.png: not an image file")
+    assert answers["not a photo name"][1].startswith("notes.txt: the page takes photos named")
+    assert answers["no face"] == (400, "no face found in plain.png")
+    assert answers["empty"] == (400, "empty.jpg: the file is empty")
+
+    def post(path, body):
+        r = api.post(url + path, data=body, headers={"Content-Type": "application/json"}, timeout=120)
+        return r.status_code, r.json()["error"]
+
+    answers.update({
+        "NUL in a latent path": post("/api/latent", json.dumps({"path": "a\x00b/latent.npy"})),
+        "long latent path": post("/api/latent", json.dumps({"path": "a" * 5000 + "/latent.npy"})),
+        "latent path not text": post("/api/latent", json.dumps({"path": ["x"]})),
+        "no session (preview)": post("/api/preview", json.dumps({"strengths": {}})),
+        "no session (refine)": post("/api/refine", "{}"),
+        "not JSON": post("/api/preview", "session=x"),
+        "not an object": post("/api/preview", "[1, 2]"),
+        "strength not a number": post("/api/preview", json.dumps({"session": sid, "strengths": {"sefa-0": "abc"}})),
+        "strengths not an object": post("/api/preview", json.dumps({"session": sid, "strengths": [1]})),
+        "seq not a number": post("/api/preview", json.dumps({"session": sid, "seq": "x"})),
+        "unknown slider": post("/api/preview", json.dumps({"session": sid, "strengths": {"nope": 1}})),
+    })
+    assert answers["NUL in a latent path"] == answers["long latent path"] == (400, "not a latent.npy inside the latent folder")
+    assert answers["latent path not text"] == (400, "the request's 'path' must be text")
+    assert answers["no session (preview)"] == answers["no session (refine)"] == (400, "the request has no 'session'")
+    assert answers["not JSON"] == (400, "the request is not JSON")
+    assert answers["not an object"] == (400, "the request must be a JSON object")
+    assert answers["strength not a number"] == (400, "the request's 'sefa-0' must be a number")
+    for key in ("strengths not an object", "seq not a number", "unknown slider"):
+        assert answers[key][0] == 400, answers[key]
+
+    r = api.get(url + "/api/download/latent", params={"session": sid, "delta_scale": "abc"}, timeout=60)
+    answers["download, bad delta scale"] = (r.status_code, r.json()["error"])
+    assert answers["download, bad delta scale"] == (400, "the request's 'delta_scale' must be a number")
+    r = api.get(url + "/api/download/latent", params={"session": sid, "strengths": "{sefa-0: 2"}, timeout=60)
+    answers["download, strengths not JSON"] = (r.status_code, r.json()["error"])
+    assert answers["download, strengths not JSON"] == (400, "the request's 'strengths' must be an object of direction: number")
+    r = api.get(url + "/api/download/latent", timeout=60)
+    answers["download, no session"] = (r.status_code, r.json()["error"])
+    assert answers["download, no session"] == (400, "the request has no 'session'")
+    r = api.post(url + "/api/upload", files={"other": ("a.png", _png_bytes())}, timeout=60)
+    answers["upload without its file"] = (r.status_code, r.json()["error"])
+    assert answers["upload without its file"] == (400, "the request is missing or has a malformed file")
+
+    def broken(*args, **kwargs):
+        raise OSError(2, "No such file or directory", "/tmp/e4e-ui-secret/upload.png")
+    monkeypatch.setattr(ed, "render", broken)
+    r = api.post(url + "/api/preview", json={"session": sid}, timeout=60)
+    answers["internal"] = (r.status_code, r.json()["error"])
+    assert answers["internal"] == (500, "internal error: the server could not do this (the terminal running e4e ui says why)")
+    assert [k for k, (_, text) in answers.items() if not _plain(text)] == [], answers
+
+
+def test_sessions_hold_a_bounded_amount_and_the_oldest_go_first():
+    """Each session is counted (its images, display copies, codes and offsets); a new or grown
+    one makes the oldest others go until the rest fit; a photo is kept at a bounded size."""
+    import torch
+
+    from e4e_cli.ui.limits import KEPT_PHOTO_PIXELS, MAX_SESSION_BYTES
+    from e4e_cli.ui.sessions import Session, Sessions, kept_photo, session_bytes
+
+    def one():
+        return Session(codes=torch.zeros(1, 18, 512), w0_codes=torch.zeros(1, 18, 512), aligned=Image.new("RGB", (1024, 1024)))
+    each = session_bytes(one())
+    assert each == 3 * 1024 * 1024 + 2 * 18 * 512 * 4
+    store = Sessions(max_bytes=10 << 20)
+    ids = [store.add(one()) for _ in range(5)]
+    assert len(store) == 3 and store.total_bytes() <= 10 << 20
+    for sid in ids[:2]:
+        with pytest.raises(Exception, match="no longer loaded"):
+            store.get(sid)
+    grown = store.get(ids[2])  # the oldest left is refined: its offsets push the next oldest out
+    grown.refined = (grown.codes, {3: torch.zeros(256, 256, 3, 3)})
+    store.fit(keep=ids[2])
+    assert store.get(ids[2]) is grown and store.get(ids[4]) and len(store) == 2
+    with pytest.raises(Exception, match="no longer loaded"):
+        store.get(ids[3])
+    assert Sessions().max_bytes == MAX_SESSION_BYTES
+
+    big = Image.new("RGB", (5000, 4000))
+    quad = [[100.0, 200.0], [100.0, 1200.0], [1100.0, 1200.0], [1100.0, 200.0]]
+    photo, q, marks = kept_photo(big, {"quad": quad, "landmarks": None})
+    k = (KEPT_PHOTO_PIXELS / (5000 * 4000)) ** 0.5
+    assert photo.width * photo.height <= KEPT_PHOTO_PIXELS and abs(photo.width - 5000 * k) <= 1 and marks is None
+    np.testing.assert_allclose(q, (np.array(quad) + 0.5) * [photo.width / 5000, photo.height / 4000] - 0.5)
+    small = Image.new("RGB", (640, 480))
+    assert kept_photo(small, None) == (small, None, None)
+
+
+def test_an_upload_keeps_its_photo_bounded_and_pastes_back_where_the_face_was(server, parity_dir, monkeypatch):
+    """With the kept size lowered, an uploaded photo is kept shrunk; the full photo download
+    pastes the face into that copy at the quad scaled with it (outside it nothing changes)."""
+    from e4e_cli.ui import sessions
+
+    monkeypatch.setattr(sessions, "KEPT_PHOTO_PIXELS", 250_000)
+    url, api, ed = server["url"], _client(server), server["editor"]
+    r = api.post(url + "/api/upload", files={"file": ("face.jpg", (Path(parity_dir) / "images" / "input_img.jpg").read_bytes())},
+                 timeout=300)
+    assert r.status_code == 200, r.text
+    s = ed.session(r.json()["session"])
+    assert s.photo.size == (500, 500) and s.quad.shape == (4, 2)
+    r = api.get(url + "/api/download/photo", params={"session": r.json()["session"]}, timeout=300)
+    assert r.status_code == 200 and r.headers["content-disposition"].startswith('attachment; filename="face_photo.png"')
+    pasted = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), dtype=np.int16)
+    kept = np.asarray(s.photo, dtype=np.int16)
+    assert pasted.shape == kept.shape
+    changed = np.abs(pasted - kept).max(axis=2) > 0
+    x0, y0 = np.floor(s.quad.min(axis=0)).astype(int) - 2
+    x1, y1 = np.ceil(s.quad.max(axis=0)).astype(int) + 2
+    inside = np.zeros_like(changed)
+    inside[max(0, y0):y1, max(0, x0):x1] = True
+    assert changed[inside].mean() > 0.1 and not changed[~inside].any()
+
+
+def test_help_states_the_memory_bound():
+    from e4e_cli.ui.limits import KEPT_PHOTO_PIXELS, MAX_SESSION_BYTES
+
+    proc = run_e4e("ui", "--help")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert f"at most {MAX_SESSION_BYTES >> 30} GB together" in text and f"{KEPT_PHOTO_PIXELS // 1_000_000} megapixels" in text
+    assert "oldest is forgotten first" in text
+
+
+def _start_ui(server, *args, env=None):
+    """`e4e ui ARGS` on a free port: (process, port, the printed URL)."""
+    port = _free_port()
+    proc = subprocess.Popen([e4e_executable(), "ui", "--port", str(port), "--checkpoint", str(server["ckpt"]),
+                             "--precision", "fp32", "--device", "cpu", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "E4E_NO_PROGRESS": "1", **(env or {})})
+    first = proc.stdout.readline()
+    assert first.startswith("e4e ui: http://"), (first, proc.stderr.read() if proc.poll() is not None else "")
+    _wait(lambda: _port_open(port), timeout=120, what="the server")
+    return proc, port, first.split()[2]
+
+
+def _stop(proc) -> str:
+    """Stop the server as Ctrl-C would (SIGTERM: uvicorn shuts down cleanly); its stderr."""
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    return err
+
+
+def _json_or_none(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # not there yet, or half written
+        return None
+
+
+def test_any_address_warns_once_and_takes_any_ip_but_no_name(server):
+    """Listening on 0.0.0.0 the Host may be any IP address with the port (the machine's
+    addresses), never a name; the terminal is told once that the page and token go unencrypted."""
+    proc, port, page = _start_ui(server, "--no-browser", "--host", "0.0.0.0")
+    try:
+        assert page.startswith(f"http://127.0.0.1:{port}/?token=")
+        auth = {"Authorization": "token " + page.split("token=", 1)[1]}
+        got = {}
+        for host in (f"10.1.2.3:{port}", f"127.0.0.1:{port}", f"[fe80::1]:{port}", f"attacker.example:{port}",
+                     f"10.1.2.3.attacker.example:{port}", f"10.1.2.3:{port + 1}", "10.1.2.3"):
+            got[host] = _raw({"port": port}, "GET", "/api/info", {"Host": host, **auth})[0]
+        assert got == {f"10.1.2.3:{port}": 200, f"127.0.0.1:{port}": 200, f"[fe80::1]:{port}": 200,
+                       f"attacker.example:{port}": 403, f"10.1.2.3.attacker.example:{port}": 403,
+                       f"10.1.2.3:{port + 1}": 403, "10.1.2.3": 403}
+    finally:
+        err = _stop(proc)
+    assert err.count("unencrypted") == 1, err
+    (line,) = [x for x in err.splitlines() if "unencrypted" in x]
+    assert line.startswith("e4e ui: warning: --host 0.0.0.0 serves the page on every network address"), line
+
+
+def test_the_browser_gets_a_private_file_never_the_token(server, tmp_path):
+    """As Jupyter does: the browser's command line (what `ps` shows every local user) holds a
+    file that only this user can read, which redirects to the URL with the token; the file goes
+    when the server stops. No warning on loopback."""
+    record = tmp_path / "browser.json"
+    fake = tmp_path / "fake-browser"
+    fake.write_text(f"#!{sys.executable}\n"
+                    "import json, os, stat, sys\nfrom urllib.parse import unquote, urlsplit\n"
+                    "p = unquote(urlsplit(sys.argv[1]).path)\n"
+                    "mode = lambda q: stat.S_IMODE(os.stat(q).st_mode)\n"
+                    f"json.dump({{'argv': sys.argv[1:], 'path': p, 'mode': mode(p), 'dir_mode': mode(os.path.dirname(p)),"
+                    f" 'text': open(p).read()}}, open({str(record)!r}, 'w'))\n")
+    fake.chmod(0o755)
+    proc, port, page = _start_ui(server, env={"BROWSER": str(fake)})
+    try:
+        seen = _wait(lambda: _json_or_none(record), timeout=60, what="the browser")
+    finally:
+        err = _stop(proc)
+    token = page.split("token=", 1)[1]
+    assert len(seen["argv"]) == 1 and seen["argv"][0].startswith("file:///") and token not in seen["argv"][0]
+    assert (seen["mode"], seen["dir_mode"]) == (0o600, 0o700)
+    assert f'<meta http-equiv="refresh" content="0;url={page}">' in seen["text"]
+    assert not Path(seen["path"]).exists() and not Path(seen["path"]).parent.exists()
+    assert "warning" not in err, err

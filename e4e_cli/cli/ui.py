@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from ..errors import E4EError
+from ..ui.limits import memory_bound_text
 from . import options
 
 
@@ -28,7 +29,6 @@ def ui_command(
                                         help="The page's secret, in the printed URL (default: $E4E_UI_TOKEN, else a new random "
                                              "one each launch; 16+ characters of A-Z a-z 0-9 . _ ~ -; '' is refused)."),
 ):
-    """A local page to edit a photo with sliders and a live preview (only for the URL it prints, with its token)."""
     from .. import settings
     from ..model import ModelOptions, load_model
 
@@ -37,7 +37,8 @@ def ui_command(
         import uvicorn
     except ImportError:
         raise E4EError('e4e ui needs its extra: pip install -e ".[ui]" (fastapi, uvicorn, python-multipart)') from None
-    from ..ui.server import Editor, check_token, create_app, new_token, page_url, port_free
+    from ..ui.launch import network_warning, open_in_browser, page_url, port_free, remove_open_file, write_open_file
+    from ..ui.server import Editor, check_token, create_app, new_token
 
     if token is None:
         token = settings.ui_token()
@@ -57,11 +58,38 @@ def ui_command(
                     directions_dir=directions, refiner_files=_refiner_files(model, refiner, w_encoder, weights_dir))
     url = page_url(host, port, token)
     typer.echo(f"e4e ui: {url} ({model.domain}, {model.size}px; Ctrl-C stops it)")
-    if not no_browser:
-        import webbrowser
+    warning = network_warning(host)
+    if warning:
+        typer.echo(f"e4e ui: {warning}", err=True)
+    opener = None
+    try:
+        if not no_browser:  # the browser gets a file that redirects: a URL argument would show the token in `ps`
+            opener = write_open_file(url)
+            open_in_browser(opener)
+        _serve(uvicorn, create_app(editor, token=token, host=host, port=port), host=host, port=port)
+    finally:
+        if opener is not None:
+            remove_open_file(opener)
 
-        webbrowser.open(url)
-    uvicorn.run(create_app(editor, token=token, host=host, port=port), host=host, port=port, log_level="warning")
+
+# the help states the sessions' memory bound from the numbers the server uses
+ui_command.__doc__ = ("A local page to edit a photo with sliders and a live preview (only for the URL it prints, with "
+                      f"its token); {memory_bound_text()}.")
+
+
+def _serve(uvicorn, app, *, host: str, port: int) -> None:
+    """uvicorn.run, ended by Ctrl-C or SIGTERM through the caller's `finally` (uvicorn shuts down
+    cleanly, then raises the signal again: SIGTERM's default would end the process on the spot)."""
+    import signal
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    old = signal.signal(signal.SIGTERM, terminated)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _not_released(model) -> bool:
