@@ -61,6 +61,34 @@ def unique_names(bases: Sequence[str], *, sep: str = "_") -> list[str]:
     return names
 
 
+WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+MAX_NAME_BYTES = 150  # room for the suffixes edits add (`_<direction>_<strength>.json`) within 255 bytes
+
+
+def safe_name(text: str, default: str) -> str:
+    """A file or folder name made from an input's name that stays where it is put: characters
+    other than letters, digits and `. + - _` become `_`; spaces and dots around it go (no `.`, `..`
+    or hidden names; Windows drops trailing ones); a name left empty is `default`, a device name
+    of Windows (con, nul, ...) gets `_`, and a long one is cut to 150 UTF-8 bytes."""
+    name = re.sub(r"[^\w.+-]", "_", str(text).strip()).strip(".") or default
+    head, dot, rest = name.partition(".")
+    if head.casefold() in WINDOWS_RESERVED:
+        name = f"{head}_{dot}{rest}"
+    while len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        name = name[:-1]
+    return name.rstrip(".") or default
+
+
+def child_path(folder: str | os.PathLike, name: str) -> Path:
+    """`folder / name` after checking that it is a direct child of `folder` (never `folder` itself
+    or a place outside it, whatever `name` is): the last guard of every output named after an input."""
+    base = Path(folder)
+    path = base / name
+    if name in ("", ".", "..") or Path(name).name != name or os.sep in name or (os.altsep and os.altsep in name):
+        raise E4EError(f"output name {name!r} would leave {base}: this is a bug (set E4E_DEBUG=1)")
+    return path
+
+
 def looks_like_html(head: bytes) -> bool:
     """True when the first bytes of a file are a web page (a failed download saved under a binary's name)."""
     h = head.lstrip()[:512].lower()

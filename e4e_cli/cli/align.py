@@ -48,10 +48,11 @@ def _one_line(path: Path, exc: BaseException) -> str:
 
 
 def _unique_stems(paths: List[Path]) -> List[str]:
-    """Output stems: the photo's stem, unique for any inputs (a.jpg, a.png, a-2.jpg: fsutil.unique_names)."""
-    from ..fsutil import unique_names
+    """Output stems: the photo's stem made safe (`..`, `.`, hidden or blank names never leave --out:
+    fsutil.safe_name), unique for any inputs (a.jpg, a.png, a-2.jpg: fsutil.unique_names)."""
+    from ..fsutil import safe_name, unique_names
 
-    return unique_names([p.stem or "photo" for p in paths], sep="-")
+    return unique_names([safe_name(p.stem, "photo") for p in paths], sep="-")
 
 
 def _free_prefix(stem: str, results, used: set) -> str:

@@ -31,7 +31,7 @@ from ..images import IMAGE_SUFFIXES
 from ..model import ModelOptions, load_model
 from .invert import InvertOptions, invert_inputs
 from .outputs import (DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, checkpoint_identity, expand_inputs, fmt_strength,
-                      item_error, read_meta, refine_record, save_gif, save_strip, unique_stems, write_json, write_npy,
+                      item_error, read_meta, refine_record, save_gif, save_strip, unique_names_of, write_json, write_npy,
                       write_summary)
 
 
@@ -160,7 +160,7 @@ def run_edit(job: EditJob) -> list[ItemResult]:
                 results.append(r)
             else:
                 p = Path(r.outdir) / "latent.npy"
-                sources.append(Source(Path(r.input).stem, load_latent_file(p), r.input, Path(r.outdir)))
+                sources.append(Source(Path(r.outdir).name, load_latent_file(p), r.input, Path(r.outdir)))
     for p, kind in items:
         if kind != "latent":
             continue
@@ -169,7 +169,7 @@ def run_edit(job: EditJob) -> list[ItemResult]:
         except E4EError as exc:
             results.append(ItemResult(str(p), "failed", error=str(exc)))
             continue
-        name = p.parent.name if p.stem in ("latent",) else p.stem
+        name = p.resolve().parent.name if p.stem == "latent" else p.stem  # x/../latent.npy: the real folder's name
         inv = p.parent if (p.parent / "meta.json").is_file() else None
         rec = refine_record(inv) if p.stem == "latent" else None
         if (rec is None) != (refined is None):
@@ -180,7 +180,7 @@ def run_edit(job: EditJob) -> list[ItemResult]:
         sources.append(Source(name, arr, str(p), inv, refine=rec))
 
     strengths = list(dict.fromkeys(strengths, None)) if not job.sweep else strengths  # --strength 1 --strength 1.0: once
-    names = unique_stems([Path(s.name) for s in sources])
+    names = unique_names_of([s.name for s in sources])
     try:
         for src, name in progress.iterate(list(zip(sources, names)), total=len(sources), desc="editing"):
             try:

@@ -27,7 +27,7 @@ import numpy as np
 from .. import domains, progress
 from ..editing import check_delta_scale
 from ..errors import E4EError
-from ..fsutil import atomic_save_image, ensure_dir
+from ..fsutil import atomic_save_image, child_path, ensure_dir
 from .ahead import AlignAhead, align_input, finished
 from .outputs import (DEFAULT_OUT, ItemResult, expand_inputs, item_error, read_meta, unique_stems, write_json, write_npy,
                       write_pt, write_summary)
@@ -102,7 +102,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: 
             return
         pil = model.to_pil(images)
         for j, (p, stem, item) in enumerate(batch):
-            d = out / stem
+            d = child_path(out, stem)
             try:
                 files = _write_inversion(d, item, codes[j], pil[j], model, p, opts,
                                          parts=None if parts is None else (parts.w0[j], parts.deltas[j]),
@@ -115,7 +115,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: 
 
     try:
         for p, stem in progress.iterate(list(zip(paths, stems)), total=len(paths), desc="inverting"):
-            d = out / stem
+            d = child_path(out, stem)
             if not opts.overwrite and finished(d):
                 other = _other_kind(d, refining)
                 if other:

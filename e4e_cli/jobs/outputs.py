@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import numpy as np
 
 from .. import settings
 from ..errors import E4EError
-from ..fsutil import atomic_save_image, atomic_write, unique_names
+from ..fsutil import atomic_save_image, atomic_write, safe_name, unique_names
 from ..images import IMAGE_SUFFIXES
 
 LATENT_SUFFIXES = (".npy", ".pt")
@@ -76,9 +75,15 @@ def expand_inputs(inputs: Sequence[Path], suffixes=IMAGE_SUFFIXES) -> list[Path]
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output folder names: each file's stem (characters a folder name should not hold replaced),
-    unique for any set of inputs (`fsutil.unique_names`), so two inputs never share a folder."""
-    return unique_names([re.sub(r"[^\w.+-]", "_", Path(p).stem) or "image" for p in paths])
+    """Output folder names: each file's stem made safe (`fsutil.safe_name`: `..`, `.`, a hidden or
+    a blank name never leaves OUT), unique for any set of inputs (`fsutil.unique_names`), so two
+    inputs never share a folder."""
+    return unique_names([safe_name(Path(p).stem, "image") for p in paths])
+
+
+def unique_names_of(names: Sequence[str]) -> list[str]:
+    """`unique_stems` for names that are already stems (a latent's folder, a photo's result)."""
+    return unique_names([safe_name(n, "image") for n in names])
 
 
 def fmt_strength(s: float) -> str:

@@ -23,7 +23,7 @@ from .. import progress
 from ..devices import resolve_device
 from ..digests import content_sha256
 from ..errors import E4EError
-from ..fsutil import atomic_write, ensure_dir
+from ..fsutil import atomic_write, ensure_dir, safe_name
 from .directions import NAME_RE, check_free, directions_dir, load_code
 from .outputs import write_json
 
@@ -127,7 +127,7 @@ def pca_direction_file(job: PcaJob) -> tuple[Path, dict]:
         out = Path(job.out)
     else:
         stem = Path(src.generator or src.checkpoint).stem if (src.generator or src.checkpoint) else (src.domain or "ffhq")
-        out = directions_dir(src.weights_dir) / f"{stem}_pca.pt"
+        out = directions_dir(src.weights_dir) / f"{safe_name(stem, 'generator')}_pca.pt"
     if out.suffix.lower() != ".pt":
         raise E4EError(f"--out {out}: a PCA file is a .pt file (as the released ffhq_pca.pt)")
     record = out.with_suffix(".json")
