@@ -17,7 +17,7 @@ import torch
 
 from . import domains, npzfiles
 from .checkpoint import load_untrusted
-from .errors import E4EError
+from .errors import USAGE, E4EError
 from .fsutil import slug
 
 
@@ -371,9 +371,9 @@ def parse_sweep(text: str) -> list[float]:
             raise ValueError
         a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
     except ValueError:
-        raise E4EError(f"bad --sweep {text!r}: use START:STOP:N, e.g. -3:3:7") from None
+        raise E4EError(f"bad --sweep {text!r}: use START:STOP:N, e.g. -3:3:7", exit_code=USAGE) from None
     if not (math.isfinite(a) and math.isfinite(b)) or n < 2 or n > 200:
-        raise E4EError(f"bad --sweep {text!r}: START and STOP must be finite and 2 <= N <= 200")
+        raise E4EError(f"bad --sweep {text!r}: START and STOP must be finite and 2 <= N <= 200", exit_code=USAGE)
     return [a + (b - a) * i / (n - 1) for i in range(n)]
 
 

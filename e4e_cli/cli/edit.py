@@ -6,11 +6,14 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import USAGE, E4EError
 from . import options
 
 
 def edit_command(
-    sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), or nothing: the last invert's latents."),
+    sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), refined "
+                                                   "latent files (.npz), invert result folders, folders of these (not "
+                                                   "searched recursively), or nothing: the last invert's latents."),
     direction: str = typer.Option(..., "--direction", "-d", help="Preset (see `e4e directions`), a direction file, ganspace:COMP:START:END or sefa:K[:LAYERS]."),
     strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="Edit strength; may repeat (default: the preset's)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="START:STOP:N: N strengths in one strip image and an animated GIF."),
@@ -24,25 +27,38 @@ def edit_command(
     delta_scale: Optional[float] = typer.Option(None, "--delta-scale", help="Re-weight the per-layer deltas before editing (0 = pure W)."),
     paste_back: bool = typer.Option(False, "--paste-back", help="Also paste each edited face back into the original photo."),
     color_match: bool = typer.Option(False, "--color-match", help="With --paste-back: match the face's colour to the photo along the seam."),
-    paste_mask: str = typer.Option("hull", "--paste-mask", help="With --paste-back: hull (landmark outline) or ellipse."),
+    paste_mask: Optional[str] = typer.Option(None, "--paste-mask", help="With --paste-back: hull (landmark outline, "
+                                             "the default) or ellipse."),
     invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Where photos given as sources are inverted first."),
     preview_size: Optional[int] = typer.Option(
         None, "--preview-size", metavar="N",
         help="Fast sweeps: decode at N px (a power of two up to the checkpoint's size, e.g. 256) by stopping the "
              "generator after that block. Outputs go to OUT/preview-N/ and their records say preview_size: N."),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo edits (and inversions of photos) that already "
+                                   "have results, made the same way or not."),
     weights_dir: Optional[Path] = options.weights_dir_option(),
     generator: Optional[Path] = typer.Option(None, "--generator", help="Decode with this generator instead (same "
                                              "architecture: a fine-tuned rosinality .pt or SG2-ADA .pkl); refined "
                                              "latents keep their weight offsets on it."),
+    refine: Optional[str] = options.refine_option(
+        "hyperstyle: refine the photos given as sources with HyperStyle (as `e4e invert --refine hyperstyle`); "
+        "edits keep their weight offsets."),
+    refine_steps: Optional[int] = options.refine_steps_option(),
+    refiner: Optional[Path] = options.refiner_option(),
+    w_encoder: Optional[Path] = options.w_encoder_option(),
+    offsets_precision: str = options.offsets_precision_option(),
 ):
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
     from ..editing import check_delta_scale, check_strength, parse_sweep
     from ..jobs.edit import EditJob, run_edit
 
     options.check_domain(domain)
+    options.check_paste_options(paste_back, color_match=color_match, paste_mask=paste_mask)
+    if strength and sweep:
+        raise E4EError("give --strength or --sweep, not both (a sweep's strengths are START:STOP:N)", exit_code=USAGE)
     strengths = [check_strength(s) for s in (strength or [])]
     sweep_values = parse_sweep(sweep) if sweep else None
+    refining = options.check_refine(refine, refine_steps, refiner, w_encoder)
     if delta_scale is not None:
         check_delta_scale(delta_scale)
     options.check_batch_size(batch_size)
@@ -50,14 +66,15 @@ def edit_command(
     job = EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,
-        delta_scale=delta_scale, paste_back=paste_back, color_match=color_match, paste_mask=options.check_mask(paste_mask),
-        invert_out=invert_out, overwrite=overwrite, weights_dir=weights_dir, preview_size=preview_size,
-        generator=generator,
+        delta_scale=delta_scale, paste_back=paste_back, color_match=color_match,
+        paste_mask=options.check_mask(paste_mask or "hull"), invert_out=invert_out, overwrite=overwrite,
+        weights_dir=weights_dir, preview_size=preview_size, generator=generator, refine=refining,
+        refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder, offsets_precision=offsets_precision,
     )
     results = run_edit(job)
     for r in results:
         if r.status == "failed":
-            options.echo_error(f"{r.input}: {r.error}")
+            options.echo_error(options.item_line(r))
     ok = [r for r in results if r.status == "ok"]
     skipped = [r for r in results if r.status == "skipped"]
     n_files = sum(len(r.files) for r in ok)

@@ -8,6 +8,7 @@ is resolved (`weights.locate`), so the variable has one reader.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -25,8 +26,33 @@ WEIGHTS_HELP = "Weights folder (default: $E4E_WEIGHTS_DIR, else weights/ of a so
 CHECKPOINT_HELP = "e4e checkpoint (default: the domain's file in the weights folder)."
 
 
+PRECISION_NAMES = ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16")
+
+
+def _usage(check):
+    """A check as an option callback: a bad value is a usage error (exit 2) when the command line is parsed."""
+    def callback(value):
+        try:
+            return check(value)
+        except E4EError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    return callback
+
+
+def check_precision(precision: Optional[str]) -> Optional[str]:
+    if precision is not None and str(precision).lower() not in PRECISION_NAMES:
+        raise E4EError(f"unknown precision {precision!r} (use auto, fp32, bf16 or fp16)", exit_code=USAGE)
+    return precision
+
+
+def check_device(device: Optional[str]) -> Optional[str]:
+    if device is not None and not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(device)):
+        raise E4EError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)", exit_code=USAGE)
+    return device
+
+
 def domain_option(help: str = DOMAIN_HELP):
-    return typer.Option(None, "--domain", help=help)
+    return typer.Option(None, "--domain", help=help, callback=_usage(lambda v: check_domain(v)))
 
 
 def checkpoint_option():
@@ -34,15 +60,19 @@ def checkpoint_option():
 
 
 def device_option():
-    return typer.Option("auto", "--device", help="auto, cpu, cuda or mps.")
+    return typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.", callback=_usage(check_device))
 
 
 def precision_option():
-    return typer.Option("auto", "--precision", help=PRECISION_HELP)
+    return typer.Option("auto", "--precision", help=PRECISION_HELP, callback=_usage(check_precision))
 
 
 def batch_option():
-    return typer.Option(None, "--batch-size", help=BATCH_HELP)
+    return typer.Option(None, "--batch-size", help=BATCH_HELP, callback=_usage(lambda v: check_batch_size(v)))
+
+
+def offsets_precision_option():
+    return typer.Option("fp16", "--offsets-precision", help="With --refine: fp16 (half the size) or fp32.")
 
 
 def weights_dir_option():
@@ -81,21 +111,31 @@ def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[
 
 
 def check_domain(domain: Optional[str]) -> Optional[str]:
-    """A known domain, or None (not given)."""
+    """A known domain, or None (not given); else a usage error (exit 2)."""
     if domain is not None and domain not in DOMAIN_NAMES:
-        raise E4EError(f"unknown domain {domain!r}: choose from {', '.join(DOMAIN_NAMES)}")
+        raise E4EError(f"unknown domain {domain!r}: choose from {', '.join(DOMAIN_NAMES)}", exit_code=USAGE)
     return domain
 
 
 def check_mask(mask: str) -> str:
     if mask not in MASK_KINDS:
-        raise E4EError(f"--paste-mask must be {' or '.join(MASK_KINDS)}, got {mask!r}")
+        raise E4EError(f"--paste-mask must be {' or '.join(MASK_KINDS)}, got {mask!r}", exit_code=USAGE)
     return mask
+
+
+def check_paste_options(paste_back: bool, *, color_match: bool, paste_mask: Optional[str]) -> None:
+    """--color-match and --paste-mask only mean something with --paste-back: alone they are a
+    usage error, not silently ignored."""
+    if paste_mask is not None:
+        check_mask(paste_mask)
+    given = [name for name, on in (("--color-match", color_match), ("--paste-mask", paste_mask is not None)) if on]
+    if given and not paste_back:
+        raise E4EError(f"{' and '.join(given)} only work with --paste-back", exit_code=USAGE)
 
 
 def check_batch_size(batch_size: Optional[int]) -> Optional[int]:
     if batch_size is not None and batch_size < 1:
-        raise E4EError(f"--batch-size must be >= 1, got {batch_size}")
+        raise E4EError(f"--batch-size must be >= 1, got {batch_size}", exit_code=USAGE)
     return batch_size
 
 
@@ -112,11 +152,17 @@ def echo_error(message: str) -> None:
     typer.echo(f"e4e: error: {message}", err=True)
 
 
+def item_line(result) -> str:
+    """`<input>: <reason>` for a failed item, the input named once (a reason may start with it)."""
+    error = str(result.error or "failed")
+    return error if error.startswith(f"{result.input}: ") else f"{result.input}: {error}"
+
+
 def print_results(results, out: Path, verb: str) -> None:
     """One line per failed item on stderr, then one summary line."""
     for r in results:
         if r.status == "failed":
-            echo_error(f"{r.input}: {r.error}")
+            echo_error(item_line(r))
     ok = sum(r.status == "ok" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
     failed = sum(r.status == "failed" for r in results)

@@ -23,55 +23,14 @@ from typing import Optional
 
 import numpy as np
 
-from .. import domains, progress
-from ..editing import Direction, load_latent_file, rescale_codes, resolve_direction
+from .. import progress
+from ..editing import Direction, rescale_codes, resolve_direction
 from ..errors import USAGE, E4EError
 from ..fsutil import atomic_save_image, ensure_dir, slug
-from ..images import IMAGE_SUFFIXES
-from ..model import ModelOptions, load_model
+from .edit_sources import Source, choose_decoder, gather_sources, read_source
 from .invert import InvertOptions, invert_inputs
-from .outputs import (DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, checkpoint_identity, expand_inputs, fmt_strength,
-                      item_error, read_meta, refine_record, save_gif, save_strip, unique_names_of, write_json, write_npy,
-                      write_summary)
-
-
-@dataclass
-class Source:
-    """A latent to edit: codes [n,512], a name for outputs, and the invert folder it came from."""
-
-    name: str
-    codes: np.ndarray
-    origin: str
-    invert_dir: Optional[Path] = None
-    refine: Optional[dict] = None  # the invert's HyperStyle record (meta.json "refine"), if refined
-
-    @property
-    def offsets_file(self) -> Optional[Path]:
-        return None if self.refine is None or self.invert_dir is None else self.invert_dir / "weight_offsets.npz"
-
-
-def last_invert_sources(out: Path = DEFAULT_OUT) -> list[Path]:
-    """The latents of the last `e4e invert` into `out` (its summary.json)."""
-    summary = Path(out) / "summary.json"
-    if not summary.is_file():
-        raise E4EError(f"nothing to edit: no {summary} (run `e4e invert PHOTO` first, or name a photo or latent)")
-    try:
-        data = json.loads(summary.read_text())
-        items = [i for i in data.get("items", []) if i.get("status") in ("ok", "skipped") and i.get("outdir")]
-    except (ValueError, AttributeError):
-        raise E4EError(f"{summary} is not a valid summary file: run `e4e invert` again") from None
-    paths = [Path(i["outdir"]) / "latent.npy" for i in items]
-    paths = [p for p in paths if p.is_file()]
-    if not paths:
-        raise E4EError(f"the last invert into {out} produced no latents: run `e4e invert PHOTO` first")
-    return paths
-
-
-def domain_of_latent(path: Path, n_styles: int) -> Optional[str]:
-    meta = read_meta(path.parent)
-    if meta is not None:
-        return meta.get("domain")
-    return domains.guess_from_n_styles(n_styles)
+from .outputs import (DEFAULT_OUT, ItemResult, checkpoint_identity, fmt_strength, item_error, read_meta, save_gif,
+                      save_strip, unique_names_of, write_json, write_npy, write_summary)
 
 
 @dataclass
@@ -96,46 +55,31 @@ class EditJob:
     weights_dir: Optional[Path] = None
     generator: Optional[Path] = None  # decode with this generator (same architecture) instead
     preview_size: Optional[int] = None  # decode at this resolution (early exit) into out/preview-N/
-
-
-def _gather_sources(job: EditJob) -> tuple[list[tuple[Path, str]], list[ItemResult]]:
-    """(path, kind) per source: kind 'latent' or 'photo'; unreadable names become failures."""
-    if not job.sources:
-        return [(p, "latent") for p in last_invert_sources(DEFAULT_OUT)], []
-    items, failures = [], []
-    for p in expand_inputs(job.sources, (*IMAGE_SUFFIXES, *LATENT_SUFFIXES)):
-        suffix = p.suffix.lower()
-        if suffix in LATENT_SUFFIXES:
-            items.append((p, "latent"))
-        elif suffix in IMAGE_SUFFIXES or p.exists():
-            items.append((p, "photo"))
-        else:
-            failures.append(ItemResult(str(p), "failed", error="no such file"))
-    return items, failures
+    refine: bool = False  # photos given as sources are refined by HyperStyle (`--refine hyperstyle`)
+    refine_steps: Optional[int] = None
+    refiner: Optional[Path] = None
+    w_encoder: Optional[Path] = None
+    offsets_precision: str = "fp16"
 
 
 def run_edit(job: EditJob) -> list[ItemResult]:
     """Resolve sources (inverting photos first), apply the direction at every strength, write images + latents."""
 
-    items, results = _gather_sources(job)
+    items, results = gather_sources(job.sources)
     strengths = job.sweep or job.strengths
-    # the domain decides the checkpoint: explicit, else the first latent's record, else ffhq
-    domain = job.domain
-    if domain is None:
-        for p, kind in items:
-            if kind == "latent" and p.is_file():
-                try:
-                    domain = domain_of_latent(p, load_latent_file(p).shape[0])
-                except E4EError:
-                    continue
-                break
-    domain = domain or "ffhq"
-    refined = next((r for r in (refine_record(p.parent) for p, k in items if k == "latent" and p.is_file()) if r), None)
-    if refined is not None:  # the refiner's generator decodes (with each latent's offsets)
-        model = _refiner_decoder(refined, job)
-    else:
-        model = load_model(ModelOptions(domain=domain, checkpoint=job.checkpoint, device=job.device,
-                                        precision=job.precision, weights_dir=job.weights_dir))
+    loaded: list[Source] = []
+    for p, kind in items:
+        if kind == "photo":
+            continue
+        try:
+            loaded.append(read_source(p, kind))
+        except E4EError as exc:
+            results.append(ItemResult(str(p), "failed", error=str(exc)))
+    photos = [p for p, k in items if k == "photo"]
+    if not loaded and not photos:
+        return results  # nothing readable: each source's own reason, no model to load
+    decoder = choose_decoder(job, loaded)
+    model = decoder.model
     if job.generator is not None:
         model = _with_generator(model, job.generator)
     direction = resolve_direction(job.direction, model, pca_file=job.pca, weights_dir=job.weights_dir)
@@ -151,36 +95,32 @@ def run_edit(job: EditJob) -> list[ItemResult]:
     out = ensure_dir(job.out / f"preview-{job.preview_size}" if job.preview_size else job.out)
 
     sources: list[Source] = []
-    photos = [p for p, k in items if k == "photo"]
-    if photos:
-        inv = invert_inputs(photos, model, InvertOptions(out=job.invert_out, overwrite=job.overwrite,
-                                                         delta_scale=1.0, batch_size=job.batch_size))
+    if photos and decoder.inverter is None:
+        results += [ItemResult(str(p), "failed", error=decoder.photo_refusal) for p in photos]
+    elif photos:
+        inv = invert_inputs(photos, decoder.inverter, InvertOptions(
+            out=job.invert_out, overwrite=job.overwrite, delta_scale=1.0, batch_size=job.batch_size,
+            refine_steps=job.refine_steps, offsets_precision=job.offsets_precision))
         for r in inv:
             if r.status == "failed":
                 results.append(r)
-            else:
-                p = Path(r.outdir) / "latent.npy"
-                sources.append(Source(Path(r.outdir).name, load_latent_file(p), r.input, Path(r.outdir)))
-    for p, kind in items:
-        if kind != "latent":
-            continue
-        try:
-            arr = load_latent_file(p)
-        except E4EError as exc:
-            results.append(ItemResult(str(p), "failed", error=str(exc)))
-            continue
-        name = p.resolve().parent.name if p.stem == "latent" else p.stem  # x/../latent.npy: the real folder's name
-        inv = p.parent if (p.parent / "meta.json").is_file() else None
-        rec = refine_record(inv) if p.stem == "latent" else None
-        if (rec is None) != (refined is None):
-            results.append(ItemResult(str(p), "failed", error=(
-                "a HyperStyle-refined latent; this run decodes plain e4e latents: edit it in its own run" if rec else
-                "a plain e4e latent; this run decodes HyperStyle-refined latents: edit it in its own run")))
-            continue
-        sources.append(Source(name, arr, str(p), inv, refine=rec))
+                continue
+            try:
+                src = read_source(Path(r.outdir) / "latent.npy", "latent")
+            except E4EError as exc:
+                results.append(ItemResult(r.input, "failed", error=str(exc)))
+                continue
+            sources.append(dataclasses.replace(src, name=Path(r.outdir).name, origin=r.input))
+    for src in loaded:
+        why = decoder.refuses(src)
+        if why:
+            results.append(ItemResult(src.origin, "failed", error=why))
+        else:
+            sources.append(src)
 
     strengths = list(dict.fromkeys(strengths, None)) if not job.sweep else strengths  # --strength 1 --strength 1.0: once
     names = unique_names_of([s.name for s in sources])
+    interrupted = True
     try:
         for src, name in progress.iterate(list(zip(sources, names)), total=len(sources), desc="editing"):
             try:
@@ -193,8 +133,11 @@ def run_edit(job: EditJob) -> list[ItemResult]:
                 results.append(ItemResult(src.origin, "ok", outdir=str(out), files=files))
             except Exception as exc:  # noqa: BLE001  (see item_error)
                 results.append(ItemResult(src.origin, "failed", error=item_error(exc)))
-    finally:
-        write_summary(out, results, model, job)
+        interrupted = False
+    finally:  # also on Ctrl-C: summary.json says what was done, and what was left
+        done = {r.input for r in results}
+        write_summary(out, results, model, job,
+                      left=[s.origin for s in sources if s.origin not in done] if interrupted else None)
     return results
 
 
@@ -270,6 +213,11 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
 
     if src.codes.shape[0] != model.n_styles:
         raise E4EError(f"latent has {src.codes.shape[0]} layers; the {model.domain} checkpoint needs {model.n_styles}")
+    photo = None
+    if job.paste_back:  # before anything is written: a source that cannot be pasted back fails whole
+        from .pasteback import paste_context
+
+        photo = paste_context(src.invert_dir)
     offsets = None
     if src.offsets_file is not None:
         from ..refine import load_offsets
@@ -298,7 +246,7 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
         from .pasteback import paste_back_edits
 
         files.update(paste_back_edits(src, name, direction.label, strengths, frames, out, sweep=bool(job.sweep),
-                                      color_match=job.color_match, mask=job.paste_mask))
+                                      color_match=job.color_match, mask=job.paste_mask, context=photo))
     return files
 
 
@@ -316,24 +264,6 @@ def _generator_identity(path: Path) -> dict:
     from ..digests import content_sha256
 
     return {"file": Path(path).name, "sha256": content_sha256(path)}
-
-
-def _refiner_decoder(record: dict, job: EditJob):
-    """The decode-only model of the HyperStyle checkpoint that refined the latents: the file it
-    records if it is still there, else the domain's in the weights folder, as long as its content
-    is the one recorded (offsets only mean something on the generator they were made for)."""
-    from ..refine import load_refiner
-    from ..digests import content_sha256
-
-    recorded = Path(record.get("refiner") or "")
-    refiner = recorded if recorded.is_file() and content_sha256(recorded) == record.get("refiner_sha256") else None
-    w_encoder = Path(record["w_encoder"]) if refiner is not None and Path(record.get("w_encoder") or "").is_file() else None
-    hs = load_refiner(domain=record.get("domain"), refiner=refiner, w_encoder=w_encoder, device=job.device,
-                      precision=job.precision, weights_dir=job.weights_dir)
-    if hs.sha256() != record.get("refiner_sha256"):
-        raise E4EError(f"the latents were refined with another HyperStyle checkpoint than {Path(hs.path).name} "
-                       f"(SHA-256 {str(record.get('refiner_sha256'))[:12]}...): their offsets fit only that one's generator")
-    return hs.decoder
 
 
 def _with_generator(model, path: Path):

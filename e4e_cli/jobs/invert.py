@@ -25,12 +25,13 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import domains, progress
+from ..digests import sha256_file
 from ..editing import check_delta_scale
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, child_path, ensure_dir
 from .ahead import AlignAhead, align_input, finished
-from .outputs import (DEFAULT_OUT, ItemResult, expand_inputs, item_error, read_meta, unique_stems, write_json, write_npy,
-                      write_pt, write_summary)
+from .outputs import (DEFAULT_OUT, ItemResult, checkpoint_identity, expand_inputs, item_error, read_meta, unique_stems,
+                      write_json, write_npy, write_pt, write_summary)
 
 MIN_SIDE = 16  # smaller inputs carry no usable content after the resize to 256
 
@@ -113,30 +114,74 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: 
             except Exception as exc:  # noqa: BLE001
                 results.append(ItemResult(str(p), "failed", outdir=str(d), error=item_error(exc)))
 
+    setup = made_with(model, opts)
+    interrupted = True
     try:
         for p, stem in progress.iterate(list(zip(paths, stems)), total=len(paths), desc="inverting"):
             d = child_path(out, stem)
-            if not opts.overwrite and finished(d):
-                other = _other_kind(d, refining)
-                if other:
-                    results.append(ItemResult(str(p), "failed", outdir=str(d), error=f"{d} holds {other}: "
-                                              "pass --overwrite to replace it, or choose another --out"))
-                else:
-                    results.append(ItemResult(str(p), "skipped", outdir=str(d), files=_existing_files(d)))
-                continue
             try:
-                pending.append((p, stem, prepare_input(p, model, opts, ahead=ahead)))
+                if not p.is_file():
+                    raise E4EError("no such file" if not p.exists() else "not a file")
+                source_sha = sha256_file(p)
+                if not opts.overwrite and finished(d):
+                    results.append(_existing(p, d, dict(setup, source_sha256=source_sha), refining))
+                    continue
+                item = prepare_input(p, model, opts, ahead=ahead)
             except Exception as exc:  # noqa: BLE001
                 results.append(ItemResult(str(p), "failed", error=item_error(exc)))
                 continue
+            pending.append((p, stem, dict(item, made_with=dict(setup, source_sha256=source_sha))))
             if len(pending) >= batch_size:
                 flush()
         flush()
-    finally:  # also on Ctrl-C: summary.json says what was done
+        interrupted = False
+    finally:  # also on Ctrl-C: summary.json says what was done, and what was left
         order = {str(p): i for i, p in enumerate(paths)}
         results.sort(key=lambda r: order.get(r.input, 0))
-        write_summary(out, results, model, opts)
+        done = {r.input for r in results}
+        write_summary(out, results, model, opts, left=[str(p) for p in paths if str(p) not in done] if interrupted else None)
     return results
+
+
+def made_with(model, opts: InvertOptions) -> dict:
+    """What decides an inversion besides its photo, by content: the checkpoint's SHA-256 (and the
+    W-encoder's for HyperStyle), precision, alignment, face, delta scale, refinement. Stored in
+    meta.json; a rerun skips a finished folder only when it matches (and its photo's SHA-256)."""
+    from ..digests import content_sha256
+
+    refining = hasattr(model, "refine")
+    aligned = bool(opts.align and domains.aligns_faces(model.domain))
+    rec = {"checkpoint": checkpoint_identity(model),
+           "precision": str(getattr(model, "precision", None) or model.decoder.precision).replace("torch.", ""),
+           "align": aligned, "face": opts.face if aligned else None,
+           "delta_scale": None if refining else opts.delta_scale, "refine": None}
+    if refining:
+        from ..refine import DEFAULT_STEPS
+
+        we = getattr(model, "w_encoder_path", None)
+        rec["refine"] = {"steps": DEFAULT_STEPS if opts.refine_steps is None else opts.refine_steps,
+                         "offsets_precision": opts.offsets_precision,
+                         "w_encoder_sha256": content_sha256(we) if we and Path(we).is_file() else None}
+    return rec
+
+
+def _existing(path: Path, d: Path, want: dict, refining: bool) -> ItemResult:
+    """A finished folder met again: skipped when it was made from the same photo the same way,
+    else failed (never silently kept, never silently replaced)."""
+    other = _other_kind(d, refining)
+    if other:
+        return ItemResult(str(path), "failed", outdir=str(d),
+                          error=f"{d} holds {other}: pass --overwrite to replace it, or choose another --out")
+    have = (read_meta(d) or {}).get("made_with")
+    if have == want:
+        return ItemResult(str(path), "skipped", outdir=str(d), files=_existing_files(d))
+    if not isinstance(have, dict):
+        what = "no record of how it was made"
+    else:
+        names = {"source_sha256": "photo", "delta_scale": "delta scale"}
+        what = "another " + ", ".join(names.get(k, k) for k in want if have.get(k) != want[k])
+    return ItemResult(str(path), "failed", outdir=str(d), error=f"{d} holds an inversion with {what}: "
+                      "pass --overwrite to redo it, or choose another --out")
 
 
 def _existing_files(d: Path) -> dict:
@@ -186,6 +231,7 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
         "size": model.size,
         "n_styles": model.n_styles,
         "delta_scale": None if offsets is not None else opts.delta_scale,
+        "made_with": item.get("made_with"),
         "refine": refine_meta,
         "aligned": item.get("alignment") is not None,
         "n_faces": item.get("n_faces"),

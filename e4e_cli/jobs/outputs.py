@@ -114,7 +114,9 @@ def item_error(exc: BaseException) -> str:
     return f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
-def write_summary(out: Path, results: Sequence[ItemResult], model, opts) -> Path:
+def write_summary(out: Path, results: Sequence[ItemResult], model, opts, *, left: Optional[Sequence[str]] = None) -> Path:
+    """OUT/summary.json: every input with its status; `left` (the inputs not reached when a run was
+    interrupted) marks the run `interrupted` and lists them, so a rerun is known to be needed."""
     data = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "checkpoint": getattr(model, "path", None),
@@ -123,6 +125,8 @@ def write_summary(out: Path, results: Sequence[ItemResult], model, opts) -> Path
         "counts": {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")},
         "items": [r.__dict__ for r in results],
     }
+    if left is not None:
+        data.update(interrupted=True, left=list(left))
     return write_json(Path(out) / "summary.json", data)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
+from .. import domains
 from ..compositing import DEFAULT_FEATHER, paste_face
 from ..errors import E4EError
 from ..fsutil import atomic_save_image, slug
@@ -64,6 +65,9 @@ def _load_context(invert_dir: Optional[Path], extra_sources: Sequence = ()) -> _
     """The original photo and its alignment for an `e4e invert` output folder."""
     from ..images import INFO_FORMAT, load_image
 
+    if invert_dir is not None and not (Path(invert_dir) / "alignment.json").is_file() \
+            and (Path(invert_dir) / "meta.json").is_file():
+        raise E4EError(not_aligned(Path(invert_dir)))
     if invert_dir is None or not (Path(invert_dir) / "alignment.json").is_file():
         raise E4EError(NO_ALIGNMENT)
     d = Path(invert_dir)
@@ -99,6 +103,20 @@ def _load_context(invert_dir: Optional[Path], extra_sources: Sequence = ()) -> _
         icc = None
     return _Context(photo=photo, photo_path=photo_path, quad=quad, landmarks=align.get("landmarks"),
                     is_jpeg=photo.info.get(INFO_FORMAT) == "JPEG", icc_profile=icc)
+
+
+def not_aligned(d: Path) -> str:
+    """Why an invert folder without alignment.json cannot be pasted back: what it holds instead."""
+    domain = str((_read_json(d / "meta.json") if (d / "meta.json").is_file() else {}).get("domain") or "?")
+    whole = "photos of that domain are inverted whole" if not domains.aligns_faces(domain) else "it was inverted with --no-align"
+    return (f"--paste-back puts an aligned face back into its photo, but {d} holds a {domain} inversion of the whole "
+            f"photo ({whole}): there is nothing to paste back")
+
+
+def paste_context(invert_dir: Optional[Path]) -> _Context:
+    """The photo and alignment an edit of the latent in `invert_dir` is pasted into; one E4EError
+    line when there is none (checked before the edit writes anything)."""
+    return _load_context(invert_dir)
 
 
 def _paste_file(ctx: _Context, face: "Image.Image", **opts) -> "Image.Image":
@@ -137,7 +155,8 @@ def paste_back_inversions(results: Iterable, *, mask: str = "hull", feather: flo
         d = Path(r.outdir)
         try:
             if not (d / "alignment.json").is_file():
-                raise E4EError(f"no alignment.json in {d}: --paste-back needs an aligned face "
+                raise E4EError(not_aligned(d) if (d / "meta.json").is_file() else
+                               f"no alignment.json in {d}: --paste-back needs an aligned face "
                                "(--domain ffhq without --no-align)")
             ctx = _load_context(d, [r.input])
             inv = d / "inversion.png"
@@ -180,14 +199,14 @@ def _update_summary(path: Path, items: list) -> None:
 
 def paste_back_edits(src, name: str, label: str, strengths: Sequence[float], frames: Sequence["Image.Image"],
                      out: Path, sweep: bool = False, *, mask: str = "hull", feather: float = DEFAULT_FEATHER,
-                     color_match: bool = False) -> dict:
+                     color_match: bool = False, context: Optional[_Context] = None) -> dict:
     """Paste each edited frame into the source's photo: ``out/<name>_<label>_<strength>_full.png|.jpg``
     (names as the edit outputs), and with `sweep` the GIF of the full photos
     ``out/<name>_<label>_sweep_full.gif``. Returns {file key: path}. Raises E4EError when the
     source has no alignment (a bare latent, a non-face domain) or its photo is gone."""
     from PIL import Image
 
-    ctx = _load_context(getattr(src, "invert_dir", None))
+    ctx = context or _load_context(getattr(src, "invert_dir", None))
     files: dict = {}
     small = []
     out = Path(out)

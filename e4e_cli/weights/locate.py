@@ -102,6 +102,31 @@ def refiner_paths(domain: str, weights_dir: Optional[os.PathLike | str] = None) 
     return require_asset(d.refiner_asset, weights_dir), require_asset(d.w_encoder_asset, weights_dir)
 
 
+def refiner_files(domain: Optional[str], refiner: Optional[os.PathLike | str], w_encoder: Optional[os.PathLike | str],
+                  weights_dir: Optional[os.PathLike | str] = None) -> tuple[Path, Path]:
+    """(HyperStyle checkpoint, W-encoder) for `--refine`: the files given; a file not given is the
+    one of `domain` in the weights folder, where `domain` (when not given) is what a given refiner
+    records, so a missing cars W-encoder is named as such, never as a missing ffhq checkpoint.
+    Only the missing file is asked for (MissingWeightsError naming its download)."""
+    for p, what in ((refiner, "--refiner"), (w_encoder, "--w-encoder")):
+        if p is not None and not Path(p).is_file():
+            raise E4EError(f"{what} {p}: no such file")
+    if refiner is not None and w_encoder is not None:
+        return Path(refiner), Path(w_encoder)
+    if domain is None and refiner is not None:
+        from ..hyperstyle_ckpt import read_hyperstyle
+
+        domain = read_hyperstyle(refiner).domain  # memory-mapped: the options, not the weights, are read
+        if domain not in DOMAINS:
+            raise E4EError(f"refiner {refiner} is of the {domain} domain, which has no released W-encoder: pass --w-encoder")
+    d = get_domain(domain or "ffhq")
+    if d.refiner_asset is None or d.w_encoder_asset is None:
+        have = ", ".join(n for n, x in DOMAINS.items() if x.refiner_asset)
+        raise E4EError(f"HyperStyle was not released for the {d.name} domain (it was for {have})")
+    return (Path(refiner) if refiner is not None else require_asset(d.refiner_asset, weights_dir),
+            Path(w_encoder) if w_encoder is not None else require_asset(d.w_encoder_asset, weights_dir))
+
+
 # --------------------------------------------------------------------------------------
 # Listing
 # --------------------------------------------------------------------------------------
