@@ -325,9 +325,31 @@ def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weig
         d = load_direction(path, n_styles=model.n_styles)
         return Direction(slug(path.stem), "file", None, lambda c, s: interfacegan(c, d, s),
                          _file_identity(spec, path))
+    saved = saved_direction(spec, weights_dir)
+    if saved is not None:  # NAME of `e4e directions fit --name NAME`
+        d = load_direction(saved, n_styles=model.n_styles)
+        return Direction(slug(saved.stem), "file", None, lambda c, s: interfacegan(c, d, s), _file_identity(spec, saved))
     known = ", ".join(n for n, p in PRESETS.items() if p.domain == model.domain)
-    raise E4EError(f"unknown direction {spec!r}; presets for {model.domain}: {known} (or a .pt/.npy file, "
-                   "ganspace:COMPONENT:START:END, sefa:K[:LAYERS])")
+    raise E4EError(f"unknown direction {spec!r}; presets for {model.domain}: {known} (or a .pt/.npy file, a NAME "
+                   "in the weights folder's directions/, ganspace:COMPONENT:START:END, sefa:K[:LAYERS])")
+
+
+SAVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # what `e4e directions fit --name` accepts
+
+
+def saved_direction(name: str, weights_dir: Optional[Path] = None) -> Optional[Path]:
+    """NAME, NAME.npy or NAME.pt in the weights folder's directions/ (where `e4e directions fit`
+    writes by default and `e4e ui` looks), or None."""
+    from .weights.locate import resolve_weights_dir
+
+    stem = name.removesuffix(".npy").removesuffix(".pt")
+    if not SAVED_NAME.fullmatch(stem):
+        return None
+    folder = resolve_weights_dir(weights_dir) / "directions"
+    for cand in (folder / name, folder / f"{stem}.npy", folder / f"{stem}.pt"):
+        if cand.is_file():
+            return cand
+    return None
 
 
 def _file_identity(spec: str, path: Path) -> dict:

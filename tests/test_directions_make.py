@@ -261,7 +261,8 @@ def tiny_e4e_checkpoint(path: Path) -> Path:
 
 def test_fit_inverts_photos_first(tmp_path, capsys):
     """Photos in the folders are inverted with the checkpoint (as `e4e invert`), their inversions
-    kept in --invert-out and reused; a namesake's old inversion there is refused."""
+    kept in --invert-out (one folder per photo, named by its content) and reused; an inversion there
+    whose record names another photo is refused."""
     ckpt = tiny_e4e_checkpoint(tmp_path / "tiny.pt")
     rng = np.random.default_rng(9)
     for name, base in (("bright", 200), ("dark", 40)):
@@ -281,10 +282,10 @@ def test_fit_inverts_photos_first(tmp_path, capsys):
     first = rec["data_sha256"]
     res = cli(capsys, *args, "--overwrite")  # the inversions are reused: same codes
     assert res[0] == 0 and json.loads((tmp_path / "dirs" / "light.json").read_text())["data_sha256"] == first
-    meta = tmp_path / "inv" / "bright0" / "meta.json"
+    meta = next((tmp_path / "inv").glob("bright0-*/meta.json"))
     m = json.loads(meta.read_text())
-    meta.write_text(json.dumps({**m, "source": "/elsewhere/bright0.png"}))
-    one_line_error(cli(capsys, *args, "--overwrite"), "/elsewhere/bright0.png", "--invert-out")
+    meta.write_text(json.dumps({**m, "made_with": {**m["made_with"], "source_sha256": "0" * 64}}))
+    one_line_error(cli(capsys, *args, "--overwrite"), "bright0", "another photo")
 
 
 # ---------------------------------------------------------------------------------- pca
@@ -401,7 +402,7 @@ def test_show_writes_a_seeded_strip(tmp_path, capsys):
 
     def show(out, *extra):
         return cli(capsys, "directions", "show", "look", "--generator", gpath, "--samples", 2, "--sweep", "-4:4:3",
-                   "--out", out, "--device", "cpu", *extra)
+                   "--out", out, "--device", "cpu", "--precision", "fp32", *extra)
 
     assert show(tmp_path / "a.png")[0] == 0
     assert show(tmp_path / "b.png")[0] == 0
@@ -417,7 +418,10 @@ def test_show_writes_a_seeded_strip(tmp_path, capsys):
         avg = torch.load(gpath, weights_only=True)["latent_avg"]
         w = avg + 0.7 * (w - avg)
         img = E4E.to_uint8(g.synthesize(w[:, None].repeat(1, g.n_styles, 1)))
-    assert np.abs(a[:, 32:64].astype(int) - np.concatenate(list(img), axis=0).astype(int)).max() <= 1
+    # decoded by the fast paths, as every decode of the tool (the reference modules took 16-19 s a strip)
+    assert np.abs(a[32:, 32:64].astype(int) - img[1].astype(int)).max() <= 4
+    assert np.abs(a[:16, 32:64].astype(int) - img[0][:16].astype(int)).max() <= 4  # above the first row's label
+    assert (a[28:32, 32:36] < 30).all() and not (img[0][28:32, :4] < 30).all()  # the strength, in a dark box
     # given latents instead of samples; a 16 px tile
     lat = tmp_path / "lat.npy"
     np.save(lat, np.repeat(w[:1].numpy(), g.n_styles, axis=0))

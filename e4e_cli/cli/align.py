@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import E4EError
+from . import options
 
 FACE_HELP = (
     "Which face to align: 'largest' (default), 'all' (writes <stem>_face<N>.png for each), "
@@ -67,9 +68,11 @@ def _free_prefix(stem: str, results, used: set) -> str:
     return prefix
 
 
+@options.interruptible(lambda kwargs: "the photos named above are aligned; the others are not")
 def align_command(
     photos: List[Path] = typer.Argument(
-        ..., help="Photos to align (files, or folders whose images are all aligned).", show_default=False
+        ..., help="Photos to align (files, or folders whose images are all aligned; a folder's own images, not "
+        "searched recursively).", show_default=False
     ),
     out: Path = typer.Option(Path("e4e-out/aligned"), "--out", "-o", help="Folder for <stem>.png and <stem>.json."),
     face: str = typer.Option("largest", "--face", help=FACE_HELP),

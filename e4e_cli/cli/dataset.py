@@ -10,6 +10,7 @@ from ..errors import E4EError
 from . import options
 
 
+@options.interruptible(lambda kwargs: "the same command resumes from the finished shards")
 def invert_dataset_command(
     root: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
     out: Path = typer.Option(..., "--out", "-o", help="Prefix of the outputs: PREFIX-00000.npz ..., PREFIX.index.json, PREFIX.failures.jsonl."),

@@ -43,7 +43,8 @@ def list_command(
 
 
 def directions_command(weights_dir: Optional[Path] = None) -> None:
-    """Print the table of presets, the other kinds of direction, and the files in the weights folder's directions/."""
+    """Print the table of presets, the other kinds of direction, and the files in the weights folder's
+    directions/. The names are what `-d` takes, so they are never cut: the other columns fold first."""
     from rich.console import Console
     from rich.table import Table
 
@@ -51,29 +52,42 @@ def directions_command(weights_dir: Optional[Path] = None) -> None:
     from ..jobs.directions import directions_dir, user_directions
     from ..weights.locate import asset_path
 
-    table = Table(title="Editing directions")
-    for col in ("direction", "domain", "kind", "default strength", "what it does", "file"):
-        table.add_column(col)
+    rows = []  # (direction, domain, default strength, what it does, file)
+    missing = False
     for p in PRESETS.values():
-        path = asset_path(p.asset, weights_dir)
-        present = "present" if path.is_file() else "missing: e4e download-weights directions"
-        table.add_row(p.name, p.domain, p.kind, f"{p.strength:g}", p.description, present)
-    table.add_row("FILE.pt / FILE.npy", "any", "interfacegan", "(required)", "your own [512], [n,512] or [1,n,512] direction", "")
-    table.add_row("ganspace:C:START:END", "ffhq, cars", "ganspace", "(required)", "any of the 80 PCA components on layers START..END-1 (strength = target coordinate)", "PCA file")
-    table.add_row("sefa:K[:LAYERS]", "any", "sefa", "3", "K-th closed-form direction of the generator (SeFa); LAYERS e.g. 0-3", "from the checkpoint")
+        present = asset_path(p.asset, weights_dir).is_file()
+        missing |= not present
+        rows.append((p.name, p.domain, f"{p.strength:g}", p.description, "present" if present else "missing"))
+    rows.append(("FILE.npy / FILE.pt", "any", "", "your own [512], [n,512] or [1,n,512] direction", ""))
+    rows.append(("ganspace:C:START:END", "ffhq, cars", "", "any of the 80 PCA components on layers START..END-1 "
+                 "(strength = target coordinate); --pca FILE for other generators", "PCA file"))
+    rows.append(("sefa:K[:LAYERS]", "any", "3", "K-th closed-form direction of the generator (SeFa); LAYERS e.g. 0-3",
+                 "from the checkpoint"))
     for p in user_directions(weights_dir):
-        table.add_row(p.stem, "yours", "interfacegan", "(required)", "made with e4e directions fit", str(p))
+        rows.append((p.stem, "yours", "", "made with e4e directions fit", str(p)))
     folder = directions_dir(weights_dir)
     for p in sorted(folder.glob("*_pca.pt")) if folder.is_dir() else []:
-        table.add_row(f"ganspace:C:START:END --pca {p.name}", "yours", "ganspace", "(required)", "made with e4e directions pca", str(p))
-    Console().print(table)
+        rows.append(("ganspace:C:START:END", "yours", "", f"made with e4e directions pca: --pca {p}", str(p)))
+    table = Table(title="Editing directions (e4e edit -d DIRECTION)")
+    table.add_column("direction", no_wrap=True, min_width=max(len(r[0]) for r in rows))
+    table.add_column("domain", no_wrap=True)
+    table.add_column("strength", justify="right", no_wrap=True)
+    table.add_column("what it does", overflow="fold", ratio=2)
+    table.add_column("file", overflow="fold", ratio=1)
+    for r in rows:
+        table.add_row(*r)
+    console = Console()
+    console.print(table)
+    if missing:
+        console.print("missing preset files: run `e4e download-weights directions`", highlight=False, markup=False)
 
 
 @app.command("fit")
+@options.interruptible()
 def fit_command(
     labels: Optional[Path] = typer.Argument(None, help="CSV of path,label rows: path is a latent (.npy/.pt), an e4e invert folder or a photo; label 0/1 or a score."),
     name: str = typer.Option(..., "--name", help="Writes NAME.npy and NAME.json."),
-    positive: Optional[Path] = typer.Option(None, "--positive", help="Instead of LABELS: a folder of latents, invert folders or photos that have the attribute."),
+    positive: Optional[Path] = typer.Option(None, "--positive", help="Instead of LABELS: a folder of latents, invert folders or photos that have the attribute (not searched recursively)."),
     negative: Optional[Path] = typer.Option(None, "--negative", help="... and one of those that do not."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: the weights folder's directions/, where e4e ui finds it)."),
     layers: Optional[str] = typer.Option(None, "--layers", help="W+ layers to fit on and edit, e.g. 0-5 (default: all; the code is their mean)."),
@@ -84,7 +98,10 @@ def fit_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the train/validation split."),
     domain: Optional[str] = typer.Option(None, "--domain", help="Photos: " + DOMAIN_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Photos: the e4e checkpoint to invert them with."),
-    invert_out: Path = typer.Option(Path("e4e-out"), "--invert-out", help="Photos: where their inversions go (finished ones are reused)."),
+    invert_out: Path = typer.Option(Path("e4e-out/fit-inversions"), "--invert-out",
+                                    help="Photos: where their inversions go, one folder per photo named by its content "
+                                         "(reused by later fits; apart from `e4e invert`'s e4e-out/, so `e4e edit` with "
+                                         "no source still edits your last invert)."),
     no_align: bool = typer.Option(False, "--no-align", help="Photos: do not align faces."),
     device: str = options.device_option(),
     precision: str = options.precision_option(),
@@ -109,6 +126,7 @@ def fit_command(
 
 
 @app.command("pca")
+@options.interruptible()
 def pca_command(
     generator: Optional[Path] = typer.Option(None, "--generator", help="A generator: rosinality .pt, e4e checkpoint or StyleGAN2-ADA .pkl."),
     domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
@@ -118,7 +136,7 @@ def pca_command(
     components: int = typer.Option(80, "--components", help="Components to keep (GANSpace: 80)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = options.device_option(),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing PCA file."),
     weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
     """GANSpace: PCA of W for any generator, written as the released *_pca.pt files (use with --pca FILE)."""
@@ -141,6 +159,7 @@ def _strengths(text: Optional[str]) -> Optional[list]:
 
 
 @app.command("show")
+@options.interruptible()
 def show_command(
     name: str = typer.Argument(..., help="A direction file, NAME in the weights folder's directions/, a preset, ganspace:C:S:E or sefa:K."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="A generator file (default: the domain's e4e checkpoint)."),
@@ -155,10 +174,11 @@ def show_command(
     pca: Optional[Path] = typer.Option(None, "--pca", help="PCA file for ganspace:C:START:END."),
     out: Optional[Path] = typer.Option(None, "--out", help="The PNG (default: e4e-out/<name>_strip.png)."),
     device: str = options.device_option(),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    precision: str = options.precision_option(),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing strip."),
     weights_dir: Optional[Path] = options.weights_dir_option(),
 ):
-    """A strip image: the direction at a few strengths (columns) on a few samples (rows)."""
+    """A strip image: the direction at a few strengths (columns, labelled in the first row) on a few samples (rows)."""
     from ..jobs import sampled as job
 
     options.check_domain(domain)
@@ -166,5 +186,5 @@ def show_command(
         direction=name, source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint,
                                                    weights_dir=weights_dir),
         out=out, latents=list(latent or []), samples=samples, seed=seed, strengths=_strengths(sweep),
-        truncation=truncation, tile=tile, pca=pca, device=device, overwrite=overwrite))
+        truncation=truncation, tile=tile, pca=pca, device=device, overwrite=overwrite, precision=precision))
     typer.echo(f"wrote {path}")

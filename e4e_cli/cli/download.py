@@ -47,20 +47,22 @@ def _print_table(names: Optional[List[str]], folder: Path, verify: bool, where: 
     table.add_column("state", overflow="fold")
     table.add_column("path", overflow="fold")
     table.add_column("description", overflow="fold")
+    table.add_column("licence", overflow="fold")
     for r in rows:
         style = "green" if r.present else ("yellow" if r.state.startswith("missing") else "red")
         table.add_row(r.name, r.filename, human_size(r.size) if r.size else "?", f"[{style}]{r.state}[/]", str(r.path),
-                      r.description)
+                      r.description, r.licence or "?")
     console.print(table)
     missing = [r for r in rows if not r.present]
     if missing:
         console.print(f"{len(missing)} of {len(rows)} missing: run `e4e download-weights NAME...` to fetch them")
 
 
+@options.interruptible(lambda kwargs: "the same command resumes the download (from the .part file)")
 def download_weights_command(
     names: Optional[List[str]] = typer.Argument(None, help=_NAMES_HELP, show_default=False),
     list_: bool = typer.Option(
-        False, "--list", help="Print a table of every asset (present, missing, size, path) and download nothing."
+        False, "--list", help="Print a table of every asset (present, missing, size, path, licence) and download nothing."
     ),
     weights_dir: Optional[Path] = options.weights_dir_option(),
     verify: bool = typer.Option(

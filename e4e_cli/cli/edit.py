@@ -10,6 +10,7 @@ from ..errors import USAGE, E4EError
 from . import options
 
 
+@options.interruptible(options.summary_resume())
 def edit_command(
     sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), refined "
                                                    "latent files (.npz), invert result folders, folders of these (not "

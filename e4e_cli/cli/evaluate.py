@@ -13,8 +13,9 @@ from . import options
 MAX_PICTURE_ROWS = 32  # side_by_side.png: one row per image, the first 32
 
 
+@options.interruptible()
 def evaluate_command(
-    images: List[Path] = typer.Argument(..., help="Photos or folders of photos."),
+    images: List[Path] = typer.Argument(..., help="Photos or folders of photos (not searched recursively)."),
     direction: Optional[str] = typer.Option(None, "--direction", "-d", help="Also measure the Latent Editing Consistency of this edit (preset, file, ganspace:..., sefa:K[:LAYERS])."),
     strength: float = typer.Option(3.0, "--strength", "-s", help="Edit strength S for the LEC (+S, then -S)."),
     delta_scales: str = typer.Option("0,0.25,0.5,1", "--delta-scales", help="Comma-separated delta scales to evaluate (0 = pure W, 1 = e4e)."),
@@ -57,9 +58,11 @@ def evaluate_command(
     hyperstyle = None
     if refining:
         from ..refine import load_refiner
+        from ..weights.locate import refiner_files
 
         # given files are checked against the e4e checkpoint by the job; missing ones are the domain's
         both_given = refiner is not None and w_encoder is not None
+        refiner, w_encoder = refiner_files(model.domain, refiner, w_encoder, weights_dir)
         hyperstyle = load_refiner(domain=None if both_given else model.domain, refiner=refiner, w_encoder=w_encoder,
                                   device=device, weights_dir=weights_dir)
         check_refiner_pair(model, hyperstyle)

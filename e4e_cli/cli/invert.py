@@ -10,6 +10,7 @@ from ..errors import USAGE, E4EError
 from . import options
 
 
+@options.interruptible(options.summary_resume())
 def invert_command(
     inputs: List[Path] = typer.Argument(..., help="Photos or folders of photos (a folder's own photos: it is not "
                                         "searched recursively; `e4e invert-dataset` is)."),
@@ -54,6 +55,7 @@ def invert_command(
 
     from ..editing import check_delta_scale
     from ..jobs.invert import InvertOptions, invert_inputs
+    from ..jobs.outputs import check_domain_fits
     from ..model import ModelOptions, load_model
 
     opts = InvertOptions(out=out, align=not no_align, batch_size=batch_size, delta_scale=delta_scale,
@@ -67,6 +69,7 @@ def invert_command(
     else:
         model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                         weights_dir=weights_dir))
+        check_domain_fits(domain, model)
     _check_face_options(model.domain, no_align=no_align, face=face, paste_back=paste_back)
     results = invert_inputs(inputs, model, opts, ahead=ahead)
     if paste_back:

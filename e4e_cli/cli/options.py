@@ -8,15 +8,16 @@ is resolved (`weights.locate`), so the variable has one reader.
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 
 from ..compositing import MASK_KINDS
 from ..domains import NAMES as DOMAIN_NAMES
-from ..errors import USAGE, E4EError
+from ..errors import INTERRUPTED, USAGE, E4EError
 
 DOMAIN_HELP = "ffhq, cars, horse or church (default: what --checkpoint records, else ffhq; an explicit one wins)."
 PRECISION_HELP = ("auto (default): bf16 where the CPU (AVX512-BF16/AMX) or GPU computes it natively, else fp32; "
@@ -146,6 +147,27 @@ def check_preview_size(size: Optional[int]) -> Optional[int]:
         raise E4EError(f"--preview-size must be a power of two from 4 up to the checkpoint's size (e.g. 256), got {size}",
                        exit_code=USAGE)
     return size
+
+
+def interruptible(resume: Optional[Callable[[dict], str]] = None):
+    """A command whose Ctrl-C is one line and exit 130: typer turns a KeyboardInterrupt into a silent
+    exit 130 before the app can say anything. `resume(kwargs)` adds what the user can do next."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except KeyboardInterrupt:
+                more = resume(kwargs) if resume is not None else ""
+                raise E4EError("interrupted (Ctrl-C)" + (f": {more}" if more else ""), exit_code=INTERRUPTED) from None
+        return run
+    return wrap
+
+
+def summary_resume(out_key: str = "out"):
+    """`interruptible`'s note for a batch: where summary.json lists what was left, and that a rerun resumes."""
+    return lambda kwargs: (f"{kwargs.get(out_key)}/summary.json lists what was done and what was left; "
+                           "the same command resumes")
 
 
 def echo_error(message: str) -> None:

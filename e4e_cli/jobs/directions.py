@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +23,15 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..digests import content_sha256
-from ..errors import E4EError
+from ..digests import content_sha256, sha256_file
+from ..editing import SAVED_NAME
+from ..errors import USAGE, E4EError
 from ..fsutil import atomic_write, ensure_dir
 from ..images import IMAGE_SUFFIXES
 from .outputs import write_json
 
 LATENT_SUFFIXES = (".npy", ".pt")
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")
+NAME_RE = SAVED_NAME  # a NAME that `e4e edit -d NAME` finds again
 
 
 # --------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class CodeSource:
     device: str = "auto"
     precision: Optional[str] = "auto"
     weights_dir: Optional[Path] = None
-    invert_out: Path = Path("e4e-out")
+    invert_out: Path = Path("e4e-out/fit-inversions")  # apart from `e4e invert`'s e4e-out/summary.json
     align: bool = True
 
 
@@ -200,22 +200,17 @@ def _invert_photos(items: Sequence[Labelled], source: CodeSource, index: Sequenc
 
     model = load_model(ModelOptions(domain=source.domain, checkpoint=source.checkpoint, device=source.device,
                                     precision=source.precision, weights_dir=source.weights_dir))
+    # folders named by content: photos of the same name in other labelled folders (or runs) never
+    # meet, the same photo is inverted once, and `invert_inputs` checks each folder's record
     results = invert_inputs([it.path for it in items], model,
-                            InvertOptions(out=source.invert_out, align=source.align, delta_scale=1.0))
+                            InvertOptions(out=source.invert_out, align=source.align, delta_scale=1.0, content_names=True))
     by_input = {r.input: r for r in results}
     maker = f"{Path(str(getattr(model, 'path', None) or '?')).name} ({model.domain})"
     for i, it in zip(index, items):
         r = by_input.get(str(it.path))
         if r is None or r.status == "failed":
             raise E4EError(f"{it.where}: cannot invert {it.path}: {r.error if r else 'no result'}")
-        folder = Path(r.outdir)
-        try:
-            made_from = json.loads((folder / "meta.json").read_text()).get("source")
-        except (OSError, ValueError, AttributeError):
-            made_from = None
-        if made_from != str(it.path.resolve()):  # an older invert of another photo with the same name
-            raise E4EError(f"{folder} holds the inversion of {made_from}, not {it.path}: use another --invert-out")
-        yield i, load_code(folder / "latent.npy"), maker
+        yield i, load_code(Path(r.outdir) / "latent.npy"), maker
 
 
 def features(codes: np.ndarray, layers: Optional[str]) -> tuple[np.ndarray, Optional[list[int]]]:
@@ -301,7 +296,24 @@ def labelled_items(job: FitJob) -> list[Labelled]:
         return read_labels_csv(job.labels)
     if job.positive is None or job.negative is None:
         raise E4EError("nothing to fit: give a LABELS file (path,label) or both --positive DIR and --negative DIR")
-    return folder_items(job.positive, 1.0) + folder_items(job.negative, 0.0)
+    if Path(job.positive).resolve() == Path(job.negative).resolve():
+        raise E4EError(f"--positive and --negative are the same folder ({job.positive}): give one folder with the "
+                       "attribute and one without", exit_code=USAGE)
+    items = folder_items(job.positive, 1.0) + folder_items(job.negative, 0.0)
+    check_no_item_in_both(items)
+    return items
+
+
+def check_no_item_in_both(items: Sequence[Labelled]) -> None:
+    """The same file (by content) labelled both ways tells the fit nothing but noise: refused."""
+    seen: dict = {}
+    for it in items:
+        p = it.path / "latent.npy" if it.path.is_dir() else it.path
+        if not p.is_file():
+            continue
+        other = seen.setdefault(sha256_file(p), it)
+        if other.label != it.label:
+            raise E4EError(f"{other.path} and {it.path} are the same file but labelled {other.label:g} and {it.label:g}")
 
 
 def fit_direction(job: FitJob) -> FitResult:

@@ -30,7 +30,7 @@ from ..fsutil import atomic_save_image, ensure_dir, slug
 from .edit_sources import Source, choose_decoder, gather_sources, read_source
 from .invert import InvertOptions, invert_inputs
 from .outputs import (DEFAULT_OUT, ItemResult, checkpoint_identity, fmt_strength, item_error, read_meta, save_gif,
-                      save_strip, unique_names_of, write_json, write_npy, write_summary)
+                      save_strip, strength_label, unique_names_of, write_json, write_npy, write_summary)
 
 
 @dataclass
@@ -240,7 +240,7 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
         files[f"{base}.json"] = str(write_json(out / f"{base}.json", rec))  # last: marks the output done
     if job.sweep:
         base = f"{name}_{slug(direction.label)}_sweep"
-        files[f"{base}.png"] = str(save_strip(frames, out / f"{base}.png"))
+        files[f"{base}.png"] = str(save_strip(frames, out / f"{base}.png", labels=[strength_label(s) for s in strengths]))
         files[f"{base}.gif"] = str(save_gif(frames, out / f"{base}.gif"))
     if job.paste_back:
         from .pasteback import paste_back_edits

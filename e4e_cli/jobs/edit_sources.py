@@ -24,7 +24,7 @@ import numpy as np
 from .. import domains
 from ..errors import USAGE, E4EError, MissingWeightsError
 from ..images import IMAGE_SUFFIXES
-from .outputs import DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, expand_inputs, read_meta, refine_record
+from .outputs import DEFAULT_OUT, LATENT_SUFFIXES, ItemResult, check_domain_fits, expand_inputs, read_meta, refine_record
 
 REFINED_SUFFIX = ".npz"  # a refined latent in one file: code + offsets + record
 
@@ -175,6 +175,9 @@ def choose_decoder(job, sources: list[Source]) -> Decoder:
         if job.refine:
             hs = _refiner(job)
             return Decoder(hs.decoder, hs, refiner_sha256=hs.sha256())
+        if job.domain is not None and job.domain != refined.get("domain"):
+            raise E4EError(f"--domain {job.domain}: these latents were refined on {refined.get('domain')} images "
+                           "(their record decides; leave --domain out)", exit_code=USAGE)
         return Decoder(refiner_decoder(refined, job), None, refiner_sha256=refined.get("refiner_sha256"),
                        photo_refusal="a photo among HyperStyle-refined latents: pass --refine hyperstyle to refine it "
                                      "too, or edit it in its own run")
@@ -183,11 +186,13 @@ def choose_decoder(job, sources: list[Source]) -> Decoder:
     opts = dict(device=job.device, precision=job.precision, weights_dir=job.weights_dir)
     if job.checkpoint is not None:  # the user's choice decodes everything
         model = load_model(ModelOptions(domain=job.domain, checkpoint=job.checkpoint, **opts))
+        check_domain_fits(job.domain, model)
         return Decoder(model, model)
     rec = next((s.checkpoint_record for s in sources if s.checkpoint_record and s.checkpoint_record["path"]), None)
     path = recorded_checkpoint(rec, job.weights_dir) if rec else None
     if path is not None:
         model = load_model(ModelOptions(domain=job.domain, checkpoint=path, **opts))
+        check_domain_fits(job.domain, model)
         if job.domain is None and rec.get("domain") in domains.DOMAINS and rec["domain"] != model.domain:
             model = model.with_domain(rec["domain"])  # the invert's --domain (noted when it inverted)
         return Decoder(model, model, checkpoint_sha256=rec.get("sha256"))

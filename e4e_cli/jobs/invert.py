@@ -47,6 +47,8 @@ class InvertOptions:
     report: bool = False
     refine_steps: Optional[int] = None  # with a HyperStyle model: hypernetwork passes (None: 5)
     offsets_precision: str = "fp16"
+    content_names: bool = False  # folders named <stem>-<first 12 hex of the photo's SHA-256>: shared by runs over
+    # other folders whose photos have the same names (`e4e directions fit` inverts labelled folders so)
 
 
 def prepare_input(path: Path, model, opts: InvertOptions, *, ahead: Optional[AlignAhead] = None) -> dict:
@@ -76,7 +78,7 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: 
     batch_size = opts.batch_size or model.default_batch_size()
     out = ensure_dir(opts.out)
     paths = expand_inputs(inputs)
-    stems = unique_stems(paths)
+    stems = unique_stems(paths) if not opts.content_names else content_stems(paths)
     results: list[ItemResult] = []
     pending: list[tuple[Path, str, dict]] = []
     if ahead is not None and ahead.busy() and hasattr(model, "prepare_encoder"):
@@ -141,6 +143,16 @@ def invert_inputs(inputs: Sequence[Path], model, opts: InvertOptions, *, ahead: 
         done = {r.input for r in results}
         write_summary(out, results, model, opts, left=[str(p) for p in paths if str(p) not in done] if interrupted else None)
     return results
+
+
+def content_stems(paths) -> list[str]:
+    """Folder names by content: `<stem>-<12 hex of SHA-256>` (a missing file keeps its stem, and fails)."""
+    from ..fsutil import unique_names
+
+    names = []
+    for p, stem in zip(paths, unique_stems(paths)):
+        names.append(f"{stem}-{sha256_file(p)[:12]}" if Path(p).is_file() else stem)
+    return unique_names(names)
 
 
 def made_with(model, opts: InvertOptions) -> dict:

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from .. import settings
-from ..errors import E4EError
+from ..errors import USAGE, E4EError
 from ..fsutil import atomic_save_image, atomic_write, safe_name, unique_names
 from ..images import IMAGE_SUFFIXES
 
@@ -130,6 +130,19 @@ def write_summary(out: Path, results: Sequence[ItemResult], model, opts, *, left
     return write_json(Path(out) / "summary.json", data)
 
 
+def check_domain_fits(domain: Optional[str], model) -> None:
+    """An explicit --domain must describe the model's images: a 512 px domain (wild, cars) is not
+    put on a 256 px generator's output, where it would decide nothing but a wrong record (exit 2).
+    Faces are the exception: a face model of another size still wants its photos aligned."""
+    from .. import domains
+
+    d = domains.DOMAINS.get(domain) if domain else None
+    if d is not None and d.size != model.size and not d.aligned_faces:
+        raise E4EError(f"--domain {domain} is for {d.size} px generators, but {Path(str(model.path or 'the model')).name} "
+                       f"makes {model.size} px images: leave --domain out, or give a {domain} checkpoint",
+                       exit_code=USAGE)
+
+
 def checkpoint_identity(model) -> dict:
     """Which checkpoint made an output: its content's SHA-256 (with its file name, for people), so
     two files of the same name, size and mtime are never taken for one (`digests` hashes each file
@@ -142,11 +155,39 @@ def checkpoint_identity(model) -> dict:
     return {"domain": model.domain, "size": model.size}
 
 
-def save_strip(frames, path: Path, height: int = 256) -> Path:
-    """Frames side by side, each scaled to `height` pixels."""
+def strength_label(s: float) -> str:
+    """A strength as a strip shows it: +1.5, -3, +0."""
+    return f"{s:+.4g}"
+
+
+def label_corner(image, text: str):
+    """A copy of `image` with `text` in a dark box at its bottom-left corner (a strip's strengths)."""
+    from PIL import ImageDraw, ImageFont
+
+    size = max(10, image.height // 12)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    out = image.convert("RGB")
+    draw = ImageDraw.Draw(out)
+    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+    pad = max(2, size // 5)
+    w, h = x1 - x0 + 2 * pad, y1 - y0 + 2 * pad
+    top = out.height - h
+    draw.rectangle((0, top, w, out.height), fill=(0, 0, 0))
+    draw.text((pad - x0, top + pad - y0), text, fill=(255, 255, 255), font=font)
+    return out
+
+
+def save_strip(frames, path: Path, height: int = 256, labels: Optional[Sequence[str]] = None) -> Path:
+    """Frames side by side, each scaled to `height` pixels; `labels` (e.g. the strengths) drawn in
+    each frame's bottom-left corner."""
     from PIL import Image
 
     scaled = [f.resize((max(1, round(f.width * height / f.height)), height), Image.LANCZOS) for f in frames]
+    if labels is not None:
+        scaled = [label_corner(f, t) for f, t in zip(scaled, labels)]
     strip = Image.new("RGB", (sum(f.width for f in scaled), height))
     x = 0
     for f in scaled:
