@@ -91,7 +91,7 @@ def test_a_failed_input_is_named_once(church, tmp_path):
     ("edit", "-d", "sefa:0", "--paste-back", "--paste-mask", "square"),
     ("evaluate", "p.png", "--domain", "dogs"),
     ("directions", "show", "sefa:0", "--precision", "fp64"),
-    ("invert-dataset", ".", "--batch-size", "0"),
+    ("invert-dataset", ".", "--out", "o", "--batch-size", "0"),
 ])
 def test_bad_option_values_exit_2(args, tmp_path):
     proc = run_e4e(*args, cwd=tmp_path)
