@@ -205,3 +205,19 @@ def test_help_says_what_overwrite_does_and_that_folders_are_not_searched_recursi
             assert said, f"{' '.join(command)} --overwrite has no help text"
     if command[0] in ("invert", "edit", "align", "evaluate"):
         assert "not searched recursively" in " ".join(proc.stdout.split())
+
+
+def test_a_ctrl_c_no_command_catches_is_one_line(capsys):
+    """A KeyboardInterrupt that leaves any command (typer makes it a silent exit 130) still ends
+    with one `e4e: error:` line and exit 130."""
+    from e4e_cli.cli import app as cli_app
+
+    cli_app._register()
+    if not any(c.name == "interrupt-probe" for c in cli_app.app.registered_commands):
+        @cli_app.app.command("interrupt-probe", hidden=True)
+        def probe():
+            raise KeyboardInterrupt
+
+    assert cli_app.main(["interrupt-probe"]) == 130
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["e4e: error: interrupted (Ctrl-C)"], err

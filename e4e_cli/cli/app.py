@@ -167,6 +167,8 @@ def _run(argv: list[str] | None) -> int:
             raise
         return _fail(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} (set E4E_DEBUG=1 for the traceback)",
                      FAILURE)
+    if rv == INTERRUPTED:  # typer turns a KeyboardInterrupt that left a command into a silent exit 130
+        return _fail("interrupted (Ctrl-C)", INTERRUPTED)
     return rv if isinstance(rv, int) else 0
 
 
