@@ -161,7 +161,7 @@ def load_pca(path: str | Path) -> PCA:
 def check_strength(strength: float) -> float:
     s = float(strength)
     if not math.isfinite(s):
-        raise E4EError(f"strength must be a finite number, got {strength!r}")
+        raise E4EError(f"strength must be a finite number, got {strength!r}", exit_code=USAGE)
     return s
 
 
@@ -402,5 +402,5 @@ def parse_sweep(text: str) -> list[float]:
 def check_delta_scale(a: float) -> float:
     a = float(a)
     if not math.isfinite(a) or a < 0:
-        raise E4EError(f"--delta-scale must be a finite number >= 0, got {a!r}")
+        raise E4EError(f"--delta-scale must be a finite number >= 0, got {a!r}", exit_code=USAGE)
     return a

@@ -35,7 +35,7 @@ from . import domains, npzfiles
 from .checkpoint import CheckpointInfo
 from .devices import resolve_device, resolve_precision
 from .digests import content_sha256
-from .errors import E4EError
+from .errors import USAGE, E4EError
 from .fsutil import atomic_write
 from .hyperstyle_ckpt import HyperStyleParts, read_hyperstyle, read_w_encoder
 from .model import E4E, preprocess_images
@@ -202,7 +202,8 @@ def find_refiner(domain: str, *, refiner: Optional[Path] = None, w_encoder: Opti
 def check_offsets_precision(precision: str) -> str:
     """fp16 or fp32, else one E4EError line (the CLI asks before any work, `save_offsets` again)."""
     if precision not in OFFSET_PRECISIONS:
-        raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {precision!r}")
+        raise E4EError(f"--offsets-precision must be one of {', '.join(OFFSET_PRECISIONS)}, got {precision!r}",
+                       exit_code=USAGE)
     return precision
 
 

@@ -92,6 +92,11 @@ def test_a_failed_input_is_named_once(church, tmp_path):
     ("evaluate", "p.png", "--domain", "dogs"),
     ("directions", "show", "sefa:0", "--precision", "fp64"),
     ("invert-dataset", ".", "--out", "o", "--batch-size", "0"),
+    ("invert", "p.png", "--refine", "pti"),
+    ("invert", "p.png", "--refine-steps", "3"),
+    ("invert", "p.png", "--refine", "hyperstyle", "--refine-steps", "99"),
+    ("invert", "p.png", "--refine", "hyperstyle", "--offsets-precision", "int8"),
+    ("invert", "p.png", "--delta-scale", "nan"),
 ])
 def test_bad_option_values_exit_2(args, tmp_path):
     proc = run_e4e(*args, cwd=tmp_path)

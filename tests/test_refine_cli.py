@@ -110,7 +110,7 @@ def test_refine_bad_input_is_one_line(refined, tmp_path):
                          (("--refine", "hyperstyle", "--delta-scale", "0.5"), "--delta-scale"),
                          (("--refine", "hyperstyle", "--offsets-precision", "int8"), "--offsets-precision")):
         proc = run_e4e("invert", PHOTO, *args, "--out", tmp_path / "o")
-        assert proc.returncode == 1, args
+        assert proc.returncode == 2, args  # usage errors
         assert_one_line_error(proc, needle)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("latent.npy"))
 

@@ -106,7 +106,8 @@ def _refiner(refiner, w_encoder, offsets_precision, *, domain, checkpoint, delta
     if checkpoint is not None:
         raise E4EError("--checkpoint is an e4e checkpoint; HyperStyle uses its own files: --refiner and --w-encoder")
     if delta_scale != 1.0 or report:
-        raise E4EError("--delta-scale and --report are about e4e's per-layer deltas; a HyperStyle code has none")
+        raise E4EError("--delta-scale and --report are about e4e's per-layer deltas; a HyperStyle code has none",
+                       exit_code=USAGE)
     refiner, w_encoder = refiner_files(domain, refiner, w_encoder, weights_dir)
     return load_refiner(domain=domain, refiner=refiner, w_encoder=w_encoder, device=device, precision=precision,
                         weights_dir=weights_dir)

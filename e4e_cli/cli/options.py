@@ -105,9 +105,9 @@ def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[
         return False
     if refine != "hyperstyle":
         raise E4EError("--refine-steps, --refiner and --w-encoder need --refine hyperstyle" if refine is None
-                       else f"unknown --refine {refine!r}: the one refinement is hyperstyle")
+                       else f"unknown --refine {refine!r}: the one refinement is hyperstyle", exit_code=USAGE)
     if steps is not None and not 0 <= steps <= 50:
-        raise E4EError(f"--refine-steps must be from 0 to 50, got {steps}")
+        raise E4EError(f"--refine-steps must be from 0 to 50, got {steps}", exit_code=USAGE)
     return True
 
 
