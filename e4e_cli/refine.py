@@ -124,6 +124,15 @@ class HyperStyle:
         """The refiner file's content digest (cached per file): names the offsets' generator."""
         return content_sha256(self.path)
 
+    def record(self, *, steps: Optional[int] = None) -> dict:
+        """What a refinement by this model is recorded as (meta.json's "refine", the offsets
+        file's record): the refiner and W-encoder files with the refiner's SHA-256, which names
+        the generator the offsets fit, the steps, layers, size and domain."""
+        return {"method": "hyperstyle", "refiner": str(Path(self.path).resolve()), "refiner_sha256": self.sha256(),
+                "w_encoder": str(Path(self.w_encoder_path).resolve()) if self.w_encoder_path else None,
+                "steps": DEFAULT_STEPS if steps is None else steps, "layers": list(self.layers), "size": self.size,
+                "domain": self.domain}
+
     def default_batch_size(self) -> int:
         return 1  # offsets are per image: the decodes run image by image anyway
 

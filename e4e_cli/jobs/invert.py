@@ -222,12 +222,9 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
     files = {}
     refine_meta = None
     if offsets is not None:
-        from ..refine import DEFAULT_STEPS, save_offsets
+        from ..refine import save_offsets
 
-        refine_meta = {"method": "hyperstyle", "refiner": str(Path(model.path).resolve()), "refiner_sha256": model.sha256(),
-                       "w_encoder": str(Path(model.w_encoder_path).resolve()) if model.w_encoder_path else None,
-                       "steps": DEFAULT_STEPS if opts.refine_steps is None else opts.refine_steps,
-                       "layers": list(model.layers), "size": model.size, "domain": model.domain}
+        refine_meta = model.record(steps=opts.refine_steps)
         path = save_offsets(d / "weight_offsets.npz", offsets, meta=refine_meta, precision=opts.offsets_precision)
         files["weight_offsets"] = str(path)
         refine_meta = dict(refine_meta, offsets_precision=opts.offsets_precision, offsets_bytes=path.stat().st_size)

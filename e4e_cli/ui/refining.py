@@ -40,13 +40,7 @@ class PageRefiner:
 
     def record(self, *, steps: Optional[int]) -> dict:
         """What a refinement on this page is recorded as (the fields `e4e invert --refine` writes)."""
-        from ..refine import DEFAULT_STEPS
-
-        hs = self.get()
-        return {"method": "hyperstyle", "refiner": str(Path(hs.path).resolve()), "refiner_sha256": hs.sha256(),
-                "w_encoder": str(Path(hs.w_encoder_path).resolve()) if hs.w_encoder_path else None,
-                "steps": DEFAULT_STEPS if steps is None else steps, "layers": list(hs.layers), "size": hs.size,
-                "domain": hs.domain}
+        return self.get().record(steps=steps)
 
     def refine(self, image, *, steps: Optional[int]):
         """(codes, offsets, last decode) of one aligned image. The offsets are kept at float16
