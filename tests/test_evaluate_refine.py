@@ -121,7 +121,7 @@ def test_bad_refine_options_are_one_line(case_checkpoint, tmp_path):
     from e4e_cli.jobs.evaluate import check_refiner_pair
 
     proc = run_e4e("evaluate", PHOTO, "--refine-steps", "2", "--out", tmp_path / "o")
-    assert_one_line_error(proc, "need --refine hyperstyle", code=1)
+    assert_one_line_error(proc, "need --refine hyperstyle", code=2)
     empty = tmp_path / "weights"
     empty.mkdir()
     proc = run_e4e("evaluate", PHOTO, "--checkpoint", case_checkpoint(CASE), "--refine", "hyperstyle",
