@@ -41,11 +41,19 @@ def photo_refusals(*, face: Optional[str], side_by_side: bool, smooth_center: Op
 def edit_video(video: Path, *, direction: str, strengths: list, sweep: Optional[list], out: Path, face: Optional[str],
                side_by_side: bool, smooth_center: Optional[float], smooth_axes: Optional[float], **common) -> None:
     """Run the video job and say what it made."""
+    from ..alignment import parse_face_choice
     from ..facetrack import DEFAULT_AXES_SIGMA, DEFAULT_CENTER_SIGMA
     from ..jobs.video import VideoEditJob, check_smoothing, run_video_edit
 
+    try:
+        choice = parse_face_choice(face or "largest")
+    except E4EError as exc:
+        raise E4EError(str(exc), exit_code=USAGE) from None
+    if choice == "all":
+        raise E4EError("--face all is for photos: a video edit follows one face (largest or N)", exit_code=USAGE)
+
     job = VideoEditJob(
-        video=video, direction=direction, strengths=strengths, sweep=sweep, out=out, face=face or "largest",
+        video=video, direction=direction, strengths=strengths, sweep=sweep, out=out, face=choice,
         side_by_side=side_by_side,
         smooth_center=check_smoothing(DEFAULT_CENTER_SIGMA if smooth_center is None else smooth_center, "--smooth-center"),
         smooth_axes=check_smoothing(DEFAULT_AXES_SIGMA if smooth_axes is None else smooth_axes, "--smooth-axes"),
