@@ -8,6 +8,10 @@ name and renames it only when the whole video is written; it keeps each frame's 
 source's audio packets while it goes (interleaved by time, never buffered whole). Audio the
 MP4 container cannot hold is re-encoded to AAC.
 
+Rotation (a phone clip's display matrix): frames are handed out upright, and the writer turns
+them back to the stored orientation and writes the same display matrix, so the output is
+stored and shown as the source was.
+
 Odd sizes: 4:2:0 chroma (yuv420p) needs even sides, so an odd-sized clip is encoded as yuv444p
 (full-resolution chroma, H.264 High 4:4:4): the size is kept exactly; some players (browsers,
 QuickTime) do not play 4:4:4.
@@ -157,7 +161,10 @@ class VideoWriter:
     without `commit()` (an error, Ctrl-C) removes the temporary file."""
 
     def __init__(self, dest: Path, *, source: Path, width: int, height: int, time_base: Fraction,
-                 rate: Optional[Fraction], crf: int = DEFAULT_CRF, preset: str = "medium", audio: bool = True):
+                 rate: Optional[Fraction], crf: int = DEFAULT_CRF, preset: str = "medium", audio: bool = True,
+                 rotation: int = 0):
+        """width, height: the upright frames given to `write`; rotation: the source's display
+        rotation (degrees counter-clockwise), written back with the pixels stored as the source's."""
         import av
 
         self.dest = Path(dest)
@@ -165,9 +172,14 @@ class VideoWriter:
         os.close(fd)
         self.tmp = Path(tmp)
         self.out = av.open(tmp, "w", format="mp4")
+        self.turns = int(round(rotation / 90.0)) % 4
+        if self.turns % 2:
+            width, height = height, width  # stored sides
         self.odd = width % 2 or height % 2
         vs = self.out.add_stream("libx264", rate=rate or Fraction(25))
         vs.width, vs.height = int(width), int(height)
+        if self.turns:
+            vs.set_display_rotation(self.turns * 90)
         vs.pix_fmt = "yuv444p" if self.odd else "yuv420p"
         vs.time_base = time_base
         vs.codec_context.time_base = time_base
@@ -235,6 +247,8 @@ class VideoWriter:
         """One frame [H,W,3] uint8 at `pts` (source time base)."""
         import av
 
+        if self.turns:
+            rgb = np.rot90(rgb, k=-self.turns)  # back to the stored orientation
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
         frame.pts = int(pts)
         frame.time_base = self.time_base

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -37,9 +39,12 @@ def background(w: int, h: int, seed: int = 0) -> np.ndarray:
 
 
 def make_clip(path: Path, parity_dir: Path, *, n: int, size=(224, 176), positions=None, face_in=None,
-              audio: str | None = "aac", fmt: str | None = None, lossless: bool = True) -> list:
+              audio: str | None = "aac", fmt: str | None = None, lossless: bool = True, rotation: int = 0,
+              pts_ms: list | None = None) -> list:
     """Write a clip; returns each frame's face box (x, y, side) or None. The face moves 3 px right
-    and 1 px down a frame unless `positions` says otherwise; `face_in(i)` False leaves it out."""
+    and 1 px down a frame unless `positions` says otherwise; `face_in(i)` False leaves it out.
+    `rotation`: stored turned, with a display matrix that shows it upright (a phone clip);
+    `pts_ms`: each frame's time in ms (a variable frame rate)."""
     from PIL import Image
 
     w, h = size
@@ -48,7 +53,11 @@ def make_clip(path: Path, parity_dir: Path, *, n: int, size=(224, 176), position
     bg = background(w, h)
     out = av.open(str(path), "w", format=fmt)
     vs = out.add_stream("libx264", rate=FPS)
-    vs.width, vs.height = w, h
+    vs.width, vs.height = (h, w) if rotation % 180 else (w, h)
+    if rotation:
+        vs.set_display_rotation(rotation)
+    if pts_ms:
+        vs.time_base = vs.codec_context.time_base = Fraction(1, 1000)
     vs.pix_fmt = "yuv444p"  # lossless RGB round trip is not possible in 4:2:0; 4:4:4 at qp 0 is near it
     vs.options = {"qp": "0"} if lossless else {"crf": "23"}
     boxes = []
@@ -59,8 +68,9 @@ def make_clip(path: Path, parity_dir: Path, *, n: int, size=(224, 176), position
         if present:
             img.paste(face, (int(x), int(y)))
         boxes.append((x, y, side) if present else None)
-        frame = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
-        frame.pts = i
+        stored = np.rot90(np.asarray(img), k=-(rotation // 90))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(stored), format="rgb24")
+        frame.pts = pts_ms[i] if pts_ms else i
         out.mux(vs.encode(frame))
     out.mux(vs.encode(None))
     out.close()
@@ -322,6 +332,7 @@ def test_odd_size_truncated_clip_with_pcm_audio(parity_dir, church, tmp_path):
     codec, secs = audio_seconds(out)
     assert codec == "aac" and secs > 0
     assert "e4e: note:" in proc.stderr and "re-encoded to AAC" in proc.stderr
+    assert f"the {n_ok} frames that decode are edited" in proc.stderr
 
 
 def decode_all_tolerant(path: Path) -> list:
@@ -387,3 +398,21 @@ def test_video_options_are_refused_for_photos(parity_dir, tmp_path):
     np.save(lat, np.zeros((18, 512), np.float32))
     proc = run_e4e("edit", lat, "--direction", "sefa:0", "--strength", "1", "--side-by-side", "--out", tmp_path / "o")
     assert_one_line_error(proc, "--side-by-side", "videos", code=2)
+
+
+def test_rotated_variable_rate_clip(parity_dir, church, tmp_path):
+    """A phone clip stored turned (display matrix 90) with irregular frame times: the output is
+    stored and shown the same way, every frame at its own time."""
+    clip = tmp_path / "phone.mp4"
+    pts = [0, 40, 70, 150, 190]
+    make_clip(clip, parity_dir, n=5, audio=None, rotation=90, pts_ms=pts)
+    proc = edit(clip, tmp_path / "o", church)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "o" / "phone" / "phone_sefa-0_+3.mp4"
+    with av.open(str(out)) as c, av.open(str(clip)) as s:
+        got = [(f.rotation, f.width, f.height, round(float(f.pts * f.time_base), 3)) for f in c.decode(video=0)]
+        want = [(f.rotation, f.width, f.height, round(float(f.pts * f.time_base), 3)) for f in s.decode(video=0)]
+    assert got == want and got[0][:3] == (90, 176, 224) and [g[3] for g in got] == [p / 1000 for p in pts]
+    rec = json.loads((tmp_path / "o" / "phone" / "video.json").read_text())
+    assert rec["rotation"] == 90 and rec["size"] == [224, 176]
+    assert [f["status"] for f in rec["frames"]] == ["edited"] * 5  # found upright: the face was turned back

@@ -241,7 +241,7 @@ def _write_edit(job: VideoEditJob, dest: Path, model, direction, strength: float
         pending.clear()
 
     with VideoWriter(dest, source=job.video, width=width, height=info.height, time_base=info.time_base,
-                     rate=info.rate, crf=job.crf) as writer, \
+                     rate=info.rate, crf=job.crf, rotation=info.rotation) as writer, \
             progress.bar(total=n_frames, desc=f"edit {fmt_strength(strength)}", unit="frame") as bar:
         for fr in read_frames(job.video):
             if fr.index >= n_frames:
@@ -283,7 +283,8 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
                   "precision": precision, "input_size": list(model.input_size)}
 
     t0 = time.perf_counter()
-    track = _track(job, folder, track_key, info.frames)
+    n_hint = info.frames or (int(round(info.duration * info.rate)) if info.duration and info.rate else 0)
+    track = _track(job, folder, track_key, n_hint)
     result.seconds["align"] = time.perf_counter() - t0
     frames = track["frames"]
     raw = [None if f["raw"] is None else np.asarray(f["raw"]) for f in frames]
@@ -292,6 +293,10 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     if read.get("broke_at") is not None:
         result.notes.append(f"{video.name} stops decoding at frame {read['broke_at']} ({read['reason']}): "
                             f"the {len(frames)} frames before it are edited")
+    elif info.duration and info.rate and frames[-1]["time"] + 2 / float(info.rate) < info.duration:
+        result.notes.append(f"{video.name} stops decoding at {frames[-1]['time'] + 1 / float(info.rate):.2f} s of the "
+                            f"{info.duration:.2f} s its header gives (cut short?): the {len(frames)} frames that decode "
+                            "are edited")
     t0 = time.perf_counter()
     codes = _latents(job, folder, latent_key, model, quads)
     result.seconds["invert"] = time.perf_counter() - t0
@@ -326,7 +331,7 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
         "source": {**source, "path": str(video)}, "checkpoint": ck, "direction": direction.identity or
         {"spec": direction.label}, "strength": strengths[0] if len(strengths) == 1 else None, "strengths": strengths,
         "smoothing": smoothing, "face": str(job.face), "precision": precision, "crf": job.crf,
-        "size": [info.width, info.height], "rotation_applied": info.rotation, "time_base": str(info.time_base),
+        "size": [info.width, info.height], "rotation": info.rotation, "time_base": str(info.time_base),
         "outputs": [p.name for p in result.videos + result.skipped], "read": read, "notes": result.notes,
         "latents": "latents.npy", "frames": statuses})
     return result
