@@ -416,3 +416,32 @@ def test_rotated_variable_rate_clip(parity_dir, church, tmp_path):
     rec = json.loads((tmp_path / "o" / "phone" / "video.json").read_text())
     assert rec["rotation"] == 90 and rec["size"] == [224, 176]
     assert [f["status"] for f in rec["frames"]] == ["edited"] * 5  # found upright: the face was turned back
+
+
+def test_evaluate_reports_temporal_identity_and_flicker(edited, lossnet_weights, tmp_path):
+    clip, _, folder, _ = edited
+    out_video = folder / "talk_sefa-0_+3.mp4"
+    same = run_e4e("evaluate", clip, clip, "--weights-dir", lossnet_weights, "--out", tmp_path / "e1")
+    assert same.returncode == 0, same.stderr
+    rec = json.loads((tmp_path / "e1" / "talk_temporal.json").read_text())
+    assert rec["frames"] == 10 and rec["with_face"] == 8
+    assert rec["tl_id"] == pytest.approx(1.0, abs=1e-6) and rec["tg_id"] == pytest.approx(1.0, abs=1e-6)
+    assert rec["flicker_ratio"] == pytest.approx(1.0, abs=1e-9)
+    proc = run_e4e("evaluate", clip, out_video, "--weights-dir", lossnet_weights, "--out", tmp_path / "e2")
+    assert proc.returncode == 0, proc.stderr
+    assert "TL-ID" in proc.stdout and "TG-ID" in proc.stdout
+    rec = json.loads((tmp_path / "e2" / "talk_sefa-0_+3_temporal.json").read_text())
+    assert 0 < rec["tl_id"] < 2 and 0 < rec["tg_id"] < 2 and rec["flicker_edited"] > 0
+    assert rec["tl_id"] != pytest.approx(1.0, abs=1e-6), "the edit was measured as the source"
+    one = run_e4e("evaluate", clip, "--weights-dir", lossnet_weights, "--out", tmp_path / "e3")
+    assert_one_line_error(one, "SOURCE_VIDEO EDITED_VIDEO", code=2)
+
+
+def test_temporal_identity_definitions():
+    from e4e_cli.jobs.video_eval import _local_global
+
+    f = np.eye(4, dtype=np.float32)[[0, 0, 1, 1]]  # frames 0,1 alike, 2,3 alike, the two pairs orthogonal
+    local, glob = _local_global(f, np.array([True] * 4))
+    assert local == pytest.approx(2 / 3) and glob == pytest.approx(2 / 6)
+    local, glob = _local_global(f, np.array([True, True, False, True]))  # pairs across the gap do not count
+    assert local == pytest.approx(1.0) and glob == pytest.approx(1 / 3)
