@@ -69,7 +69,8 @@ class VideoResult:
     notes: list = field(default_factory=list)
     frames: int = 0
     edited: int = 0
-    seconds: dict = field(default_factory=dict)  # stage -> wall seconds
+    seconds: dict = field(default_factory=dict)  # stage -> wall seconds: align, invert, edit
+    parts: dict = field(default_factory=dict)  # edit's parts: generate, paste, encode (with reading frames: the rest)
 
 
 def check_smoothing(value: float, name: str) -> float:
@@ -211,7 +212,8 @@ def _latents(job: VideoEditJob, folder: Path, key: dict, model, quads: list) -> 
 # ---- pass 3: edit, paste back, encode -----------------------------------------------------------
 
 def _write_edit(job: VideoEditJob, dest: Path, model, direction, strength: float, codes: np.ndarray, quads: list,
-                info, n_frames: int) -> Optional[str]:
+                info, n_frames: int, seconds: dict) -> Optional[str]:
+    """Encode one edited video; `seconds` gathers the time spent generating, pasting and encoding."""
     import torch
     from PIL import Image
 
@@ -224,19 +226,26 @@ def _write_edit(job: VideoEditJob, dest: Path, model, direction, strength: float
     def flush():
         idx = [f.index for f in pending if quads[f.index] is not None]
         faces = {}
+        t0 = time.perf_counter()
         if idx:
             c = torch.from_numpy(np.ascontiguousarray(codes[idx])).to(model.device)
             with torch.inference_mode():
                 edited = direction.apply(c, strength)
                 imgs = model.to_pil(model.decode(edited, crop=False))
             faces = dict(zip(idx, imgs))
+        t1 = time.perf_counter()
+        seconds["generate"] = seconds.get("generate", 0.0) + t1 - t0
         for f in pending:
+            t0 = time.perf_counter()
             out = f.rgb
             if f.index in faces:
                 out = np.asarray(paste_face(Image.fromarray(f.rgb), faces[f.index], quads[f.index], mask="ellipse"))
             if job.side_by_side:
                 out = np.concatenate([f.rgb, out], axis=1)
+            t1 = time.perf_counter()
             writer.write(out, pts=f.pts)
+            seconds["paste"] = seconds.get("paste", 0.0) + t1 - t0
+            seconds["encode"] = seconds.get("encode", 0.0) + time.perf_counter() - t1
             bar.update(1)
         pending.clear()
 
@@ -303,6 +312,7 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     result.frames, result.edited = len(frames), sum(q is not None for q in quads)
 
     label = slug(direction.label)
+    parts: dict = {}
     t0 = time.perf_counter()
     for s in strengths:
         base = f"{stem}_{label}_{fmt_strength(s)}" + ("_side-by-side" if job.side_by_side else "")
@@ -317,12 +327,13 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
                 continue
             raise E4EError(f"{dest} exists and was made another way: pass --overwrite to replace it, or --out DIR")
         rec_path.unlink(missing_ok=True)
-        note = _write_edit(job, dest, model, direction, s, codes, quads, info, len(frames))
+        note = _write_edit(job, dest, model, direction, s, codes, quads, info, len(frames), parts)
         if note and note not in result.notes:
             result.notes.append(note)
         write_json(rec_path, rec)  # last: marks the video done
         result.videos.append(dest)
     result.seconds["edit"] = time.perf_counter() - t0
+    result.parts = parts
 
     statuses = [{"index": f["index"], "time": round(f["time"], 6), "status": "edited" if q is not None else "no_face",
                  "reason": f["reason"], "quad": None if q is None else np.round(q, 3).tolist()}
