@@ -9,6 +9,7 @@ frames again). Peak RSS for two clip lengths shows whether memory grows with the
 be flat). Results go to bench/results_video.json.
 
     python bench/bench_video.py [--cases church_256_s3,ffhq_1024_s1] [--frames 12,48] [--precisions fp32,auto]
+    python bench/bench_video.py --cases church_256_s3 --precisions auto --frames 60,180 --face-frames 12  # memory
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ if str(ROOT) not in sys.path:
 CASES = {"ffhq_1024_s1": (1024, 1, "ffhq"), "cars_512_s2": (512, 2, "cars"), "church_256_s3": (256, 3, "church")}
 
 
-def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30) -> None:
-    """The face photo (60% of the height) drifting right across a smooth background, with a tone."""
+def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30, face_frames: int = 0) -> None:
+    """The face photo (60% of the height) drifting right across a smooth background, with a tone;
+    `face_frames` > 0: the face is in the first that many frames only (long clips for memory)."""
     import av
     import numpy as np
     from PIL import Image
@@ -49,7 +51,8 @@ def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30) -> None:
     a.layout = "mono"
     for i in range(frames):
         img = Image.fromarray(bg)
-        img.paste(face, (100 + 4 * i, (h - side) // 2))
+        if not face_frames or i < face_frames:
+            img.paste(face, (100 + 4 * i, (h - side) // 2))
         f = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
         f.pts = i
         out.mux(vs.encode(f))
@@ -65,7 +68,7 @@ def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30) -> None:
     out.close()
 
 
-def one(case: str, precision: str, frames: int) -> dict:
+def one(case: str, precision: str, frames: int, face_frames: int = 0) -> dict:
     """One edit in this process (run by `main` in a child): stage seconds and peak RSS."""
     from e4e_cli import synthetic
     from e4e_cli.jobs.video import VideoEditJob, run_video_edit
@@ -73,7 +76,7 @@ def one(case: str, precision: str, frames: int) -> dict:
     ckpt = synthetic.synthetic_checkpoint(*CASES[case])
     with tempfile.TemporaryDirectory() as d:
         clip = Path(d) / "clip.mp4"
-        make_clip(clip, frames)
+        make_clip(clip, frames, face_frames=face_frames)
         t0 = time.perf_counter()
         r = run_video_edit(VideoEditJob(video=clip, direction="sefa:0", strengths=[2.0], out=Path(d) / "out",
                                         checkpoint=ckpt, precision=precision, device="cpu"))
@@ -83,7 +86,7 @@ def one(case: str, precision: str, frames: int) -> dict:
     return {"case": case, "precision": precision, "frames": r.frames, "with_face": r.edited,
             "seconds": {k: round(v, 2) for k, v in {**r.seconds, **r.parts, "edit_rest": rest, "total": total}.items()},
             "frames_per_s": {k: fps(v) for k, v in {**r.seconds, **r.parts, "total": total}.items()},
-            "align_share": round(r.seconds["align"] / total, 3),
+            "face_frames": face_frames, "align_share": round(r.seconds["align"] / total, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -92,17 +95,18 @@ def main() -> None:
     ap.add_argument("--cases", default="church_256_s3,ffhq_1024_s1")
     ap.add_argument("--frames", default="12")
     ap.add_argument("--precisions", default="fp32,auto")
-    ap.add_argument("--one", nargs=3, metavar=("CASE", "PRECISION", "FRAMES"), help=argparse.SUPPRESS)
+    ap.add_argument("--face-frames", type=int, default=0, help="the face in the first N frames only (memory rows)")
+    ap.add_argument("--one", nargs=4, metavar=("CASE", "PRECISION", "FRAMES", "FACE_FRAMES"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results_video.json")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]))))
+        print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]), int(args.one[3]))))
         return
     rows = []
     for case in args.cases.split(","):
         for precision in args.precisions.split(","):
             for n in map(int, args.frames.split(",")):
-                proc = subprocess.run([sys.executable, __file__, "--one", case, precision, str(n)],
+                proc = subprocess.run([sys.executable, __file__, "--one", case, precision, str(n), str(args.face_frames)],
                                       capture_output=True, text=True, env={**__import__("os").environ,
                                                                            "E4E_NO_PROGRESS": "1"})
                 if proc.returncode:

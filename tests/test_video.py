@@ -132,8 +132,8 @@ def church(case_checkpoint):
     return case_checkpoint("church_256_s3")
 
 
-def edit(clip: Path, out: Path, church: Path, *extra, hooks=None):
-    return run_e4e("edit", clip, "--direction", "sefa:0", "--strength", "3", "--checkpoint", church, "--out", out,
+def edit(clip: Path, out: Path, church: Path, *extra, hooks=None, strength: str = "3"):
+    return run_e4e("edit", clip, "--direction", "sefa:0", "--strength", strength, "--checkpoint", church, "--out", out,
                    *extra, hooks=hooks)
 
 
@@ -445,3 +445,21 @@ def test_temporal_identity_definitions():
     assert local == pytest.approx(2 / 3) and glob == pytest.approx(2 / 6)
     local, glob = _local_global(f, np.array([True, True, False, True]))  # pairs across the gap do not count
     assert local == pytest.approx(1.0) and glob == pytest.approx(1 / 3)
+
+
+def test_a_run_killed_while_encoding_leaves_no_video_and_reruns(edited, church, tmp_path):
+    clip, _, folder, _ = edited
+    import shutil
+
+    out = tmp_path / "o"
+    shutil.copytree(folder, out / "talk")  # the codes are there: the rerun goes straight to encoding
+    for p in (out / "talk").glob("*.mp4"):
+        p.unlink()
+    killed = edit(clip, out, church, strength="1", hooks=["--kill-after-video-frames", "4"])
+    assert killed.returncode == 3, killed.stderr
+    assert not (out / "talk" / "talk_sefa-0_+1.mp4").exists() and not (out / "talk" / "talk_sefa-0_+1.json").exists()
+    assert len(list((out / "talk").glob(".talk_sefa-0_+1.mp4.*.part"))) == 1
+    proc = edit(clip, out, church, strength="1")
+    assert proc.returncode == 0, proc.stderr
+    assert len(decode_all(out / "talk" / "talk_sefa-0_+1.mp4")[0]) == 10
+    assert not list((out / "talk").glob(".*.part")), "the killed run's temporary file was not cleaned up"
