@@ -9,9 +9,10 @@ consecutive frames that have the face, never across a gap (a face that leaves an
 elsewhere is not dragged there); the ends of a run are padded with their nearest value.
 
 Tracking: the first frame with faces picks one (the largest, or face N counted left to right);
-later frames are searched near the previous crop first (a small region, reduced so the face is
-about 100 px: detection stays cheap) and the whole frame only when that finds nothing; the
-detection nearest the previous crop is kept when it is close enough, else the frame has no face.
+later frames are searched near the previous crop first and the whole frame only when that
+finds nothing, both on copies reduced so that a face of the previous crop's size is about 100 px
+wide (detection stays cheap, also through long stretches without the face); the detection
+nearest the previous crop is kept when it is close enough, else the frame has no face.
 """
 from __future__ import annotations
 
@@ -107,19 +108,16 @@ class FaceTracker:
         self.last: Optional[np.ndarray] = None  # last raw quad seen
         self.asked_face_missing = False
 
-    def _near(self, rgb: np.ndarray) -> list:
-        """Detector rectangles (frame pixels) in a reduced region around the previous crop."""
+    def _reduced(self, rgb: np.ndarray, box: tuple) -> list:
+        """Detector rectangles (frame pixels) in `box` (x0, y0, x1, y1) of the frame, on a copy
+        reduced so that a face of the previous crop's size is about DETECT_FACE_PX wide."""
         from PIL import Image
 
-        h, w = rgb.shape[:2]
-        cxy = quad_to_cxy(self.last)
-        half = 1.6 * max(np.hypot(*cxy[1]), np.hypot(*cxy[2]))
-        x0, y0 = max(0, int(cxy[0][0] - half)), max(0, int(cxy[0][1] - half))
-        x1, y1 = min(w, int(cxy[0][0] + half) + 1), min(h, int(cxy[0][1] + half) + 1)
+        x0, y0, x1, y1 = box
         if x1 - x0 < 16 or y1 - y0 < 16:
             return []
         region = rgb[y0:y1, x0:x1]
-        face_px = np.hypot(*cxy[1]) * 2 / 2.2  # the detector's box is about the quad's side / 2.2
+        face_px = np.hypot(*quad_to_cxy(self.last)[1]) * 2 / 2.2  # the detector's box: about the quad's side / 2.2
         scale = min(1.0, DETECT_FACE_PX / max(face_px, 1.0))
         if scale < 0.95:
             size = (max(16, int(round((x1 - x0) * scale))), max(16, int(round((y1 - y0) * scale))))
@@ -131,11 +129,18 @@ class FaceTracker:
         return [(int(round(l * sx)) + x0, int(round(t * sy)) + y0, int(round(r * sx)) + x0, int(round(b * sy)) + y0)
                 for l, t, r, b in rects]
 
+    def _near(self, rgb: np.ndarray) -> list:
+        """Rectangles near the previous crop, else anywhere in the frame (both on reduced copies)."""
+        h, w = rgb.shape[:2]
+        cxy = quad_to_cxy(self.last)
+        half = 1.6 * max(np.hypot(*cxy[1]), np.hypot(*cxy[2]))
+        near = (max(0, int(cxy[0][0] - half)), max(0, int(cxy[0][1] - half)),
+                min(w, int(cxy[0][0] + half) + 1), min(h, int(cxy[0][1] + half) + 1))
+        return self._reduced(rgb, near) or self._reduced(rgb, (0, 0, w, h))
+
     def see(self, rgb: np.ndarray) -> Sighting:
         """Find the tracked face in one upright RGB frame [H,W,3] uint8."""
-        rects = self._near(rgb) if self.last is not None else []
-        if not rects:
-            rects = self.aligner.detect(rgb)
+        rects = self._near(rgb) if self.last is not None else self.aligner.detect(rgb)
         if not rects:
             return Sighting(None, "no face detected")
         if self.last is None:

@@ -168,6 +168,8 @@ class VideoWriter:
         import av
 
         self.dest = Path(dest)
+        for stale in self.dest.parent.glob(f".{self.dest.name}.*.part"):  # left by a killed run
+            stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.dest.name}.", suffix=".part", dir=self.dest.parent)
         os.close(fd)
         self.tmp = Path(tmp)

@@ -256,7 +256,8 @@ def _write_edit(job: VideoEditJob, dest: Path, model, direction, strength: float
             if fr.index >= n_frames:
                 break
             pending.append(fr)
-            if sum(quads[f.index] is not None for f in pending) >= step:
+            # a batch of faces, or a bounded run of frames (a long stretch without the face is not held)
+            if sum(quads[f.index] is not None for f in pending) >= step or len(pending) >= 4 * step:
                 flush()
         flush()
         writer.commit()
