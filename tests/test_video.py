@@ -463,3 +463,17 @@ def test_a_run_killed_while_encoding_leaves_no_video_and_reruns(edited, church, 
     assert proc.returncode == 0, proc.stderr
     assert len(decode_all(out / "talk" / "talk_sefa-0_+1.mp4")[0]) == 10
     assert not list((out / "talk").glob(".*.part")), "the killed run's temporary file was not cleaned up"
+
+
+def test_sweep_writes_one_video_per_strength(parity_dir, church, tmp_path):
+    clip = tmp_path / "one.mp4"
+    make_clip(clip, parity_dir, n=2, audio=None)
+    proc = run_e4e("edit", clip, "--direction", "sefa:0", "--sweep", "-2:2:2", "--checkpoint", church, "--out",
+                   tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "o" / "one"
+    assert sorted(p.name for p in folder.glob("*.mp4")) == ["one_sefa-0_+2.mp4", "one_sefa-0_-2.mp4"]
+    rec = json.loads((folder / "video.json").read_text())
+    assert rec["strengths"] == [-2.0, 2.0] and rec["strength"] is None
+    a, b = (decode_all(folder / f"one_sefa-0_{s}.mp4")[0][0] for s in ("-2", "+2"))
+    assert np.abs(a.astype(np.int16) - b).mean() > 1.0, "both strengths made the same video"
