@@ -477,3 +477,33 @@ def test_sweep_writes_one_video_per_strength(parity_dir, church, tmp_path):
     assert rec["strengths"] == [-2.0, 2.0] and rec["strength"] is None
     a, b = (decode_all(folder / f"one_sefa-0_{s}.mp4")[0][0] for s in ("-2", "+2"))
     assert np.abs(a.astype(np.int16) - b).mean() > 1.0, "both strengths made the same video"
+
+
+def test_tracker_follows_the_chosen_face(parity_dir):
+    """Two faces: `largest` and `--face N` (left to right) pick one in the first frame; later
+    frames keep the detection nearest it, though the other face is larger."""
+    from PIL import Image
+
+    from e4e_cli.alignment import default_aligner
+    from e4e_cli.facetrack import FaceTracker, quad_to_cxy
+
+    bg = background(400, 200)
+
+    def frame(shift: int, big: int = 150, small: int = 120) -> np.ndarray:
+        img = Image.fromarray(bg)
+        img.paste(face_photo(parity_dir, small), (10 + shift, 40))  # left, smaller
+        img.paste(face_photo(parity_dir, big), (220 + shift, 25))  # right, larger
+        return np.asarray(img)
+
+    centre_x = lambda s: quad_to_cxy(s.quad)[0][0]  # noqa: E731
+    aligner = default_aligner()
+    largest = FaceTracker(aligner, face="largest")
+    assert centre_x(largest.see(frame(0))) > 200
+    left = FaceTracker(aligner, face=0)
+    xs = [centre_x(left.see(frame(4 * i))) for i in range(4)]
+    assert all(x < 200 for x in xs) and np.allclose(np.diff(xs), 4, atol=1.5), xs
+    right = FaceTracker(aligner, face=1)
+    assert centre_x(right.see(frame(0))) > 200
+    missing = FaceTracker(aligner, face=2)
+    seen = missing.see(frame(0))
+    assert seen.quad is None and "face 2" in seen.reason and missing.asked_face_missing
