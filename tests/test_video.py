@@ -487,23 +487,23 @@ def test_tracker_follows_the_chosen_face(parity_dir):
     from e4e_cli.alignment import default_aligner
     from e4e_cli.facetrack import FaceTracker, quad_to_cxy
 
-    bg = background(400, 200)
+    bg = background(300, 200)
 
     def frame(shift: int, big: int = 150, small: int = 120) -> np.ndarray:
         img = Image.fromarray(bg)
         img.paste(face_photo(parity_dir, small), (10 + shift, 40))  # left, smaller
-        img.paste(face_photo(parity_dir, big), (220 + shift, 25))  # right, larger
+        img.paste(face_photo(parity_dir, big), (132 + shift, 25))  # right, larger, close by
         return np.asarray(img)
 
     centre_x = lambda s: quad_to_cxy(s.quad)[0][0]  # noqa: E731
     aligner = default_aligner()
     largest = FaceTracker(aligner, face="largest")
-    assert centre_x(largest.see(frame(0))) > 200
+    assert centre_x(largest.see(frame(0))) > 170
     left = FaceTracker(aligner, face=0)
     xs = [centre_x(left.see(frame(4 * i))) for i in range(4)]
-    assert all(x < 200 for x in xs) and np.allclose(np.diff(xs), 4, atol=1.5), xs
+    assert all(x < 110 for x in xs) and np.allclose(np.diff(xs), 4, atol=1.5), xs
     right = FaceTracker(aligner, face=1)
-    assert centre_x(right.see(frame(0))) > 200
+    assert centre_x(right.see(frame(0))) > 170
     missing = FaceTracker(aligner, face=2)
     seen = missing.see(frame(0))
     assert seen.quad is None and "face 2" in seen.reason and missing.asked_face_missing
