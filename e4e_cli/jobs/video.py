@@ -289,8 +289,9 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     precision = str(getattr(model, "precision", "")).replace("torch.", "")
     smoothing = {"center_sigma": job.smooth_center, "axes_sigma": job.smooth_axes}
     track_key = {"version": TRACK_VERSION, "video_sha256": source["sha256"], "face": str(job.face)}
-    latent_key = {**track_key, **smoothing, "checkpoint_sha256": ck.get("sha256"), "checkpoint": ck,
-                  "precision": precision, "input_size": list(model.input_size)}
+    # by content: a checkpoint renamed or copied elsewhere is the same one, another file of the same name is not
+    latent_key = {**track_key, **smoothing, "checkpoint_sha256": ck.get("sha256"), "domain": model.domain,
+                  "size": model.size, "precision": precision, "input_size": list(model.input_size)}
 
     t0 = time.perf_counter()
     n_hint = info.frames or (int(round(info.duration * info.rate)) if info.duration and info.rate else 0)
