@@ -10,7 +10,14 @@ from ..errors import USAGE, E4EError
 from . import options
 
 
-@options.interruptible(options.summary_resume())
+def _resume_note(kwargs: dict) -> str:
+    """What Ctrl-C leaves: a video's codes done so far (the same command resumes), or summary.json."""
+    from .edit_video import video_resume_note
+
+    return video_resume_note(kwargs) or options.summary_resume()(kwargs)
+
+
+@options.interruptible(_resume_note)
 def edit_command(
     sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), refined "
                                                    "latent files (.npz), invert result folders, folders of these (not "

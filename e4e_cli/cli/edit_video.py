@@ -28,6 +28,19 @@ def video_sources(sources, *, unsupported: dict) -> list:
     return videos
 
 
+def video_resume_note(kwargs: dict) -> str:
+    """Ctrl-C's note for a video edit ('' when the sources are no video)."""
+    from ..fsutil import safe_name
+    from ..video import is_video
+
+    videos = [Path(s) for s in kwargs.get("sources") or [] if is_video(Path(s))]
+    if not videos:
+        return ""
+    folder = Path(kwargs.get("out") or ".") / safe_name(videos[0].stem, "video")
+    return (f"no video was left half-written; the frames' codes done so far are kept in {folder}/ and the same "
+            "command resumes")
+
+
 def photo_refusals(*, face: Optional[str], side_by_side: bool, smooth_center: Optional[float],
                    smooth_axes: Optional[float]) -> None:
     """The video options mean nothing to photos and latents: refused there rather than ignored."""
