@@ -22,7 +22,7 @@ def edit_command(
     sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), refined "
                                                    "latent files (.npz), invert result folders, folders of these (not "
                                                    "searched recursively), or nothing: the last invert's latents."),
-    direction: str = typer.Option(..., "--direction", "-d", help="Preset (see `e4e directions`), a direction file, ganspace:COMP:START:END or sefa:K[:LAYERS]."),
+    direction: str = typer.Option(..., "--direction", "-d", help="Preset (see `e4e directions`), a direction file, NAME of one saved by `e4e directions fit`, ganspace:COMP:START:END or sefa:K[:LAYERS]."),
     strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="Edit strength; may repeat (default: the preset's)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="START:STOP:N: N strengths in one strip image and an animated GIF."),
     out: Path = typer.Option(Path("e4e-out/edits"), "--out", help="Output folder."),

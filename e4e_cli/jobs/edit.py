@@ -4,9 +4,12 @@ photos first), apply it at every strength, decode and write images, latents and 
 Each output `<name>_<direction>_<strength>.png/.npy` has a `.json` record of what made it; a
 rerun skips outputs whose record matches and refuses to overwrite one made by another edit.
 
-A latent refined by HyperStyle (`e4e invert --refine hyperstyle`: weight_offsets.npz beside it)
-is decoded by that refiner's generator with its offsets: the edit moves the code, the offsets
-stay, as the reference's editing scripts do. `--generator FILE` decodes with another generator
+What is edited and which model decodes it is `jobs.edit_sources`: a latent is decoded by what
+made it (the checkpoint its meta.json records, by SHA-256). A latent refined by HyperStyle
+(`e4e invert --refine hyperstyle`: weight_offsets.npz beside it, or one `.npz` holding code,
+offsets and record; photos given with `--refine hyperstyle`) is decoded by that refiner's
+generator with its offsets: the edit moves the code, the offsets stay, as the reference's
+editing scripts do. `--generator FILE` decodes with another generator
 of the same architecture instead (a fine-tuned one: domain adaptation keeps the person).
 
 With `preview_size` N (`--preview-size`) the generator stops after its N block (E4E.decode's

@@ -9,8 +9,12 @@ Output layout of an invert into OUT:
     OUT/<stem>/inversion.png    full-resolution reconstruction, 8 bit
     OUT/<stem>/latent.npy       float32 [n_styles,512]
     OUT/<stem>/latent.pt        float32 [1,n_styles,512] (what PTI/StyleCLIP-style tools load)
-    OUT/<stem>/meta.json        source, checkpoint, domain, delta scale, ...
-    OUT/summary.json            every input with its status
+    OUT/<stem>/meta.json        source, checkpoint, domain, delta scale, made_with, ...
+    OUT/summary.json            every input with its status (and, after Ctrl-C, what was left)
+<stem> is the photo's stem made safe (`..`, `.`, hidden or blank names stay inside OUT). A rerun
+skips a finished folder only when `made_with` matches (the photo's and the checkpoint's SHA-256,
+precision, alignment, face, delta scale, refinement); one made another way is a failed item
+(never silently kept or replaced) until --overwrite.
 With `--refine hyperstyle` (model: a refine.HyperStyle), also:
     OUT/<stem>/weight_offsets.npz   the generator's per-layer weight offsets (refine.save_offsets)
 and inversion.png is the refined reconstruction, latent.npy the W code the edits apply to.
