@@ -8,6 +8,9 @@
   (R: torchrun's RANK, 0 without it), so a test sees which process wrote which shard.
 --dump-params DIR: `e4e train` saves every rank's encoder parameters before and after the run
   as DIR/rank{R}_start.pt and DIR/rank{R}.pt (the hook `train.coach.run(on_params=...)`).
+--kill-after-video-frames N: `e4e edit CLIP.mp4` dies at once after writing the N-th output frame.
+--kill-after-latent-batches N: `e4e edit CLIP.mp4` dies at once (os._exit(3)) after the N-th batch
+  of frame codes is recorded in latents.part.json, as a killed run would.
 Runs under torchrun as well (`torchrun ... tests/run_with_hooks.py ...`).
 """
 from __future__ import annotations
@@ -26,6 +29,8 @@ def main() -> int:
     parser.add_argument("--kill-after-shards", type=int, default=0)
     parser.add_argument("--log-shards", type=Path, default=None)
     parser.add_argument("--dump-params", type=Path, default=None)
+    parser.add_argument("--kill-after-latent-batches", type=int, default=0)
+    parser.add_argument("--kill-after-video-frames", type=int, default=0)
     hooks = parser.parse_args(argv[:cut])
     e4e_args = argv[cut + 1:]
 
@@ -61,6 +66,34 @@ def main() -> int:
             torch.save(params, hooks.dump_params / f"rank{rank}{tag}.pt")
 
         coach.run = functools.partial(coach.run, on_params=dump)
+
+    if hooks.kill_after_latent_batches:
+        from e4e_cli.jobs import video
+
+        real_json, batches = video.write_json, [0]
+
+        def write_json_then_maybe_die(path, data):
+            out = real_json(path, data)
+            if Path(path).name == "latents.part.json":
+                batches[0] += 1
+                if batches[0] >= hooks.kill_after_latent_batches:
+                    os._exit(3)
+            return out
+
+        video.write_json = write_json_then_maybe_die
+
+    if hooks.kill_after_video_frames:
+        from e4e_cli import video as video_io
+
+        real_write, frames = video_io.VideoWriter.write, [0]
+
+        def write_then_maybe_die(self, *args, **kwargs):
+            real_write(self, *args, **kwargs)
+            frames[0] += 1
+            if frames[0] >= hooks.kill_after_video_frames:
+                os._exit(3)
+
+        video_io.VideoWriter.write = write_then_maybe_die
 
     from e4e_cli.cli.app import main as e4e_main
 

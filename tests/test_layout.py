@@ -31,7 +31,7 @@ LAYERS = [
      ["jobs", "jobs.*", "train", "train.*"]),
     ("library", "the model and what is done with codes and images",
      ["model", "devices", "editing", "boundaries", "analysis", "charts", "compositing", "alignment", "metrics", "synthetic",
-      "refine"]),
+      "refine", "video", "facetrack"]),
     ("networks and weights", "reference modules, fast paths, checkpoints, the weights folder",
      ["nn", "nn.*", "checkpoint", "hyperstyle_ckpt", "weights", "weights.*"]),
     ("foundations", "facts and plumbing every layer uses",

@@ -10,7 +10,14 @@ from ..errors import USAGE, E4EError
 from . import options
 
 
-@options.interruptible(options.summary_resume())
+def _resume_note(kwargs: dict) -> str:
+    """What Ctrl-C leaves: a video's codes done so far (the same command resumes), or summary.json."""
+    from .edit_video import video_resume_note
+
+    return video_resume_note(kwargs) or options.summary_resume()(kwargs)
+
+
+@options.interruptible(_resume_note)
 def edit_command(
     sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), refined "
                                                    "latent files (.npz), invert result folders, folders of these (not "
@@ -48,10 +55,19 @@ def edit_command(
     refiner: Optional[Path] = options.refiner_option(),
     w_encoder: Optional[Path] = options.w_encoder_option(),
     offsets_precision: str = options.offsets_precision_option(),
+    face: Optional[str] = typer.Option(None, "--face", help="Videos: the face to follow, largest (default) or N (0 = "
+                                       "leftmost in the first frame that has faces)."),
+    side_by_side: bool = typer.Option(False, "--side-by-side", help="Videos: source | edit in one video."),
+    smooth_center: Optional[float] = typer.Option(None, "--smooth-center", metavar="SIGMA", help="Videos: Gaussian "
+                                                  "sigma (frames) smoothing the crop's centre over time (1.0; 0 = off)."),
+    smooth_axes: Optional[float] = typer.Option(None, "--smooth-axes", metavar="SIGMA", help="Videos: Gaussian sigma "
+                                                "(frames) smoothing the crop's size and angle (3.0; 0 = off)."),
 ):
-    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions."""
+    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions; or the face in a video
+    (.mp4 .mov .m4v .mkv .webm .avi: OUT/<stem>/<stem>_<direction>_<strength>.mp4)."""
     from ..editing import check_delta_scale, check_strength, parse_sweep
     from ..jobs.edit import EditJob, run_edit
+    from .edit_video import edit_video, photo_refusals, video_sources
 
     options.check_domain(domain)
     options.check_paste_options(paste_back, color_match=color_match, paste_mask=paste_mask)
@@ -64,6 +80,15 @@ def edit_command(
         check_delta_scale(delta_scale)
     options.check_batch_size(batch_size)
     options.check_preview_size(preview_size)
+    videos = video_sources(sources, unsupported={"--refine": refine, "--paste-back": paste_back or None,
+                                                 "--preview-size": preview_size, "--generator": generator,
+                                                 "--delta-scale": delta_scale})
+    if videos:  # a clip: the video job (jobs/video.py)
+        return edit_video(videos[0], direction=direction, strengths=strengths, sweep=sweep_values, out=out, face=face,
+                          side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
+                          domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision,
+                          batch_size=batch_size, weights_dir=weights_dir, overwrite=overwrite)
+    photo_refusals(face=face, side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes)
     job = EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,

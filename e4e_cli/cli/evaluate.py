@@ -15,7 +15,7 @@ MAX_PICTURE_ROWS = 32  # side_by_side.png: one row per image, the first 32
 
 @options.interruptible()
 def evaluate_command(
-    images: List[Path] = typer.Argument(..., help="Photos or folders of photos (not searched recursively)."),
+    images: List[Path] = typer.Argument(..., help="Photos or folders of photos (not searched recursively); or SOURCE_VIDEO EDITED_VIDEO."),
     direction: Optional[str] = typer.Option(None, "--direction", "-d", help="Also measure the Latent Editing Consistency of this edit (preset, file, ganspace:..., sefa:K[:LAYERS])."),
     strength: float = typer.Option(3.0, "--strength", "-s", help="Edit strength S for the LEC (+S, then -S)."),
     delta_scales: str = typer.Option("0,0.25,0.5,1", "--delta-scales", help="Comma-separated delta scales to evaluate (0 = pure W, 1 = e4e)."),
@@ -34,7 +34,14 @@ def evaluate_command(
     w_encoder: Optional[Path] = options.w_encoder_option(),
 ):
     """Distortion (MSE/PSNR/SSIM/LPIPS) and editability (LEC) of inversions across delta scales;
-    with --refine hyperstyle, e4e and HyperStyle side by side."""
+    with --refine hyperstyle, e4e and HyperStyle side by side. SOURCE.mp4 EDITED.mp4: temporal
+    identity (TL-ID, TG-ID) and flicker of an edited clip."""
+    from ..video import is_video
+
+    if any(is_video(p) for p in images):
+        from .evaluate_video import evaluate_videos_command
+
+        return evaluate_videos_command(images, out=out, weights_dir=weights_dir)
     from rich.console import Console
     from rich.table import Table
 
