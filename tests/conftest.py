@@ -8,6 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from e4e_cli import synthetic
@@ -123,6 +124,36 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def interrupt_e4e(*args, when: Path, wait_s: float = 120) -> subprocess.CompletedProcess:
+    """Run `e4e ARGS...`, send it Ctrl-C (SIGINT) as soon as the file `when` exists (or after
+    `wait_s`), and return the completed process (text mode; never left running)."""
+    import signal
+    import time
+
+    env = dict(os.environ, E4E_NO_PROGRESS="1")
+    env.pop("E4E_DEBUG", None)
+    proc = subprocess.Popen([e4e_executable(), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=sigint_default)
+    deadline = time.time() + wait_s
+    while time.time() < deadline and not Path(when).exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # never leave the process behind when the test fails
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def noise_photo(path: Path, seed: int = 0, side: int = 64) -> Path:
+    """A photo of uniform noise (no face anywhere), written to `path`."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.random.RandomState(seed).rand(side, side, 3) * 255).astype("uint8")).save(path)
+    return path
+
+
 def run_e4e(*args, cwd=None, env=None, timeout=600, input=None, hooks=None) -> subprocess.CompletedProcess:
     """Run `e4e ARGS...` and return the completed process (text mode, never raises). `hooks`
     (e.g. ["--kill-after-shards", "2"]) runs it through tests/run_with_hooks.py instead."""
@@ -176,6 +207,12 @@ CASES = {"ffhq_1024_s1": (1024, 1, "ffhq"), "cars_512_s2": (512, 2, "cars"), "ch
 def case_checkpoint():
     """case name -> path of its synthetic checkpoint."""
     return lambda name: synthetic_checkpoint(*CASES[name])
+
+
+@pytest.fixture(scope="session")
+def church(case_checkpoint):
+    """The synthetic church 256 checkpoint: the quickest full-size model."""
+    return case_checkpoint("church_256_s3")
 
 
 #: HyperStyle parity cases (parity/hyperstyle/cases): size, seed, domain, layers_to_tune of the synthetic pair

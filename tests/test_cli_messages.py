@@ -9,20 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import PARITY, assert_one_line_error, hyperstyle_checkpoints, run_e4e
+from conftest import PARITY, assert_one_line_error, hyperstyle_checkpoints, noise_photo, run_e4e
 
 FP32 = ("--device", "cpu", "--precision", "fp32")
-
-
-def noise_photo(path, seed=0, side=64):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.random.RandomState(seed).rand(side, side, 3) * 255).astype("uint8")).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def church(case_checkpoint):
-    return case_checkpoint("church_256_s3")
 
 
 @pytest.fixture(scope="module")

@@ -7,31 +7,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from conftest import ROOT, assert_one_line_error, e4e_executable, run_e4e, sigint_default
+from conftest import ROOT, assert_one_line_error, interrupt_e4e, noise_photo, run_e4e
 from e4e_cli.digests import content_sha256
 
 FP32 = ("--device", "cpu", "--precision", "fp32")
-
-
-def noise_photo(path: Path, seed: int = 0, side: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray((np.random.RandomState(seed).rand(side, side, 3) * 255).astype("uint8")).save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def church(case_checkpoint):
-    return case_checkpoint("church_256_s3")
 
 
 @pytest.fixture(scope="module")
@@ -135,21 +119,9 @@ def test_ctrl_c_says_so_and_summary_lists_what_was_left(church, tmp_path):
     for i in range(6):
         noise_photo(src / f"p{i}.png", seed=i)
     out = tmp_path / "out"
-    env = dict(os.environ, E4E_NO_PROGRESS="1")
-    env.pop("E4E_DEBUG", None)
-    proc = subprocess.Popen([e4e_executable(), "invert", str(src), "--checkpoint", str(church), "--out", str(out),
-                             "--batch-size", "1", *FP32], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, preexec_fn=sigint_default)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "p1" / "meta.json").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
-    assert_one_line_error(subprocess.CompletedProcess([], 130, "", err), "interrupted", "summary.json", code=130)
+    proc = interrupt_e4e("invert", src, "--checkpoint", church, "--out", out, "--batch-size", "1", *FP32,
+                         when=out / "p1" / "meta.json")
+    assert_one_line_error(proc, "interrupted", "summary.json", code=130)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] is True and summary["left"]
     listed = [i["input"] for i in summary["items"]] + summary["left"]

@@ -5,11 +5,7 @@ All through the installed CLI. Uses the synthetic church checkpoint (256, fast) 
 from __future__ import annotations
 
 import io
-import os
-import signal
 import struct
-import subprocess
-import time
 import zlib
 from pathlib import Path
 
@@ -18,14 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import RunsCode, assert_one_line_error, e4e_executable, run_e4e, sigint_default
+from conftest import RunsCode, assert_one_line_error, interrupt_e4e, run_e4e
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def church(case_checkpoint):
-    return case_checkpoint("church_256_s3")
 
 
 @pytest.fixture(scope="module")
@@ -178,18 +169,9 @@ def test_interrupted_batch_leaves_only_complete_files_and_resumes(tmp_path, phot
     for i in range(8):
         photo.rotate(i * 5).save(src / f"p{i}.png")
     out = tmp_path / "out"
-    env = dict(os.environ, E4E_NO_PROGRESS="1")
-    proc = subprocess.Popen([e4e_executable(), "invert", str(src), "--domain", "church", "--checkpoint", str(church),
-                             "--out", str(out), "--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=sigint_default)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "p1" / "meta.json").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()  # never leave the process behind when the test fails
+    proc = interrupt_e4e("invert", src, "--domain", "church", "--checkpoint", church, "--out", out, "--batch-size", "1",
+                         when=out / "p1" / "meta.json")
+    err = proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert not list(out.rglob("*.part")), "temporary files left behind"

@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_e4e
+from conftest import assert_one_line_error, interrupt_e4e, run_e4e
 
 av = pytest.importorskip("av")
 
@@ -125,11 +125,6 @@ def audio_seconds(path: Path) -> tuple[str, float]:
         s = c.streams.audio[0]
         n = sum(f.samples for f in c.decode(audio=0))
         return s.codec_context.name, n / s.codec_context.sample_rate
-
-
-@pytest.fixture(scope="module")
-def church(case_checkpoint):
-    return case_checkpoint("church_256_s3")
 
 
 def edit(clip: Path, out: Path, church: Path, *extra, hooks=None, strength: str = "3"):
@@ -510,33 +505,13 @@ def test_tracker_follows_the_chosen_face(parity_dir):
 
 
 def test_ctrl_c_is_one_line_and_the_same_command_resumes(parity_dir, church, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import time
-
-    from conftest import e4e_executable, sigint_default
-
     clip = tmp_path / "long.mp4"
     make_clip(clip, parity_dir, n=6, audio=None)
     out = tmp_path / "o"
-    args = [e4e_executable(), "edit", str(clip), "-d", "sefa:0", "-s", "1", "--checkpoint", str(church), "--out",
-            str(out), "--batch-size", "1"]
-    env = dict(os.environ, E4E_NO_PROGRESS="1")
-    env.pop("E4E_DEBUG", None)
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            preexec_fn=sigint_default)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "long" / "latents.part.json").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert_one_line_error(subprocess.CompletedProcess([], proc.returncode, "", err), "interrupted", "resumes",
-                          code=130)
+    args = ["edit", clip, "-d", "sefa:0", "-s", "1", "--checkpoint", church, "--out", out, "--batch-size", "1"]
+    proc = interrupt_e4e(*args, when=out / "long" / "latents.part.json")
+    assert_one_line_error(proc, "interrupted", "resumes", code=130)
     assert not list((out / "long").glob("*.mp4"))
-    again = run_e4e(*args[1:])
+    again = run_e4e(*args)
     assert again.returncode == 0, again.stderr
     assert len(decode_all(out / "long" / "long_sefa-0_+1.mp4")[0]) == 6
