@@ -9,12 +9,11 @@ from pathlib import Path
 
 from fractions import Fraction
 
+import av  # a dependency of the package (setup.cfg): missing, the tests fail here instead of skipping
 import numpy as np
 import pytest
 
 from conftest import assert_one_line_error, interrupt_e4e, run_e4e
-
-av = pytest.importorskip("av")
 
 FPS = 24
 SR = 48000
