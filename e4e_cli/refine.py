@@ -250,29 +250,39 @@ def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict
     """`save_offsets`'s file -> ({layer: float32 [O,I,k,k] or [O,I,1,1]}, meta). One E4EError
     line for a file that is missing, truncated, not ours, holds something unexpected, or (with
     `generator`) does not fit the generator it is about to be applied to."""
-    p = Path(path)
+    out, meta, _ = _read_offsets_file(Path(path), generator=generator, offsets=True)
+    return out, meta
+
+
+def _read_offsets_file(p: Path, *, generator, offsets: bool) -> tuple[dict, dict, Optional[np.ndarray]]:
+    """(offsets {layer: tensor} (empty unless `offsets`), record, code or None) of one offsets
+    file, in one opening. Every member's declared size is checked first; the layers stored must
+    be the record's (from the headers alone when the offsets are not wanted)."""
     try:
         members = npzfiles.layout(p)  # declared sizes first: nothing is inflated that does not fit
         if "meta" not in members:
             raise E4EError(f"{p} is not a weight offsets file written by e4e (no record)")
         _check_offset_members(p, members, generator)
         with np.load(p, allow_pickle=False) as z:
-            names = list(z.files)
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != OFFSETS_FORMAT:
                 raise E4EError(f"{p}: unknown offsets format {meta.get('format')!r} (want {OFFSETS_FORMAT})")
-            out = {}
-            for name in names:
+            out, stored = {}, []
+            for name in z.files:
                 if name == "meta" or (name == "latent" and "latent" in meta):
                     continue
                 if not name.startswith("layer_") or not name[6:].isdigit():
                     raise E4EError(f"{p}: unexpected array {name!r}")
+                stored.append(int(name[6:]))
+                if not offsets:
+                    continue
                 a = torch.from_numpy(np.asarray(z[name], dtype=np.float32))
                 if a.ndim == 2:
                     a = a[:, :, None, None]
                 if a.ndim != 4 or not torch.isfinite(a).all():
                     raise E4EError(f"{p}: offsets of layer {int(name[6:])} are malformed")
                 out[int(name[6:])] = a
+            code = np.asarray(z["latent"], dtype=np.float32) if "latent" in meta and not offsets else None
     except E4EError:
         raise
     except FileNotFoundError:
@@ -280,14 +290,14 @@ def load_offsets(path: str | os.PathLike, *, generator=None) -> tuple[dict, dict
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, json.JSONDecodeError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise E4EError(f"weight offsets file {p} is truncated or corrupt ({first}): invert again") from None
-    if sorted(out) != sorted(meta.get("layers", [])):
+    if sorted(stored) != sorted(meta.get("layers", [])):
         raise E4EError(f"{p}: the layers stored differ from its record (truncated or edited?)")
     if generator is not None:
         try:
             generator.check_offsets(out)
         except ValueError as exc:
             raise E4EError(f"{p} does not fit this generator ({exc}): it was made for another checkpoint") from None
-    return out, meta
+    return out, meta, code
 
 
 def _check_offset_members(p: Path, members: dict, generator) -> None:
@@ -320,18 +330,13 @@ def _check_offset_members(p: Path, members: dict, generator) -> None:
 
 def load_refined_latent(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     """A refined latent in one file (`save_offsets(latent=)`) -> (code [n_styles,512] float32,
-    its record). The offsets themselves are read by `load_offsets` on the same file. One E4EError
-    line for a file without a code or a malformed one."""
+    its record). The offsets themselves are read by `load_offsets` on the same file (here only
+    their declared shapes and names are checked, nothing of them is inflated). One E4EError line
+    for a file without a code or a malformed one."""
     p = Path(path)
-    _, meta = load_offsets(p)
-    if "latent" not in meta:
+    _, meta, code = _read_offsets_file(p, generator=None, offsets=False)
+    if code is None:
         raise E4EError(f"{p} holds weight offsets but no latent code (a refined latent file has both)")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            code = np.asarray(z["latent"], dtype=np.float32)
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise E4EError(f"refined latent file {p} is truncated or corrupt ({first})") from None
     if list(code.shape) != list(meta["latent"]) or code.ndim != 2 or code.shape[1] != 512 or not np.isfinite(code).all():
         raise E4EError(f"{p}: its latent code is malformed")
     return code, meta
