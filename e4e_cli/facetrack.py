@@ -68,6 +68,25 @@ def _smooth_run(values: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
+def smooth_rows(values: np.ndarray, rows: Sequence[int], run: tuple[int, int], sigma: float) -> np.ndarray:
+    """Rows `rows` of `values` [T,...] smoothed over time within `run` [a, b) exactly as
+    `_smooth_run(values[a:b])` would give them, reading only the rows within 4 sigma of each
+    (`values` may be a memory-mapped file: a long clip is never loaded whole). [len(rows),...]"""
+    a, b = run
+    rows = np.asarray(rows, dtype=np.int64)
+    if sigma <= 0 or b - a < 2:
+        return np.asarray(values[rows], dtype=np.float64)
+    radius = int(4.0 * sigma + 0.5)
+    k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    k /= k.sum()
+    lo, hi = max(a, int(rows.min()) - radius), min(b, int(rows.max()) + radius + 1)
+    window = np.asarray(values[lo:hi], dtype=np.float64)
+    out = np.zeros((len(rows),) + window.shape[1:])
+    for j, w in enumerate(k):  # nearest-value padding at the run's ends: indices clipped into the run
+        out += w * window[np.clip(rows + j - radius, a, b - 1) - lo]
+    return out
+
+
 def runs(present: Sequence[bool]) -> list[tuple[int, int]]:
     """[start, stop) of each run of consecutive True."""
     out, start = [], None

@@ -8,9 +8,11 @@
   (R: torchrun's RANK, 0 without it), so a test sees which process wrote which shard.
 --dump-params DIR: `e4e train` saves every rank's encoder parameters before and after the run
   as DIR/rank{R}_start.pt and DIR/rank{R}.pt (the hook `train.coach.run(on_params=...)`).
+--log-video-crops DIR: `e4e edit CLIP.mp4` appends the size of every batch of crops it inverts to
+  DIR/rank<R>.txt.
 --kill-after-video-frames N: `e4e edit CLIP.mp4` dies at once after writing the N-th output frame.
 --kill-after-latent-batches N: `e4e edit CLIP.mp4` dies at once (os._exit(3)) after the N-th batch
-  of frame codes is recorded in latents.part.json, as a killed run would.
+  of frame codes is marked done in latents.done.npy, as a killed run would.
 Runs under torchrun as well (`torchrun ... tests/run_with_hooks.py ...`).
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main() -> int:
     parser.add_argument("--dump-params", type=Path, default=None)
     parser.add_argument("--kill-after-latent-batches", type=int, default=0)
     parser.add_argument("--kill-after-video-frames", type=int, default=0)
+    parser.add_argument("--log-video-crops", type=Path, default=None)
     hooks = parser.parse_args(argv[:cut])
     e4e_args = argv[cut + 1:]
 
@@ -70,17 +73,15 @@ def main() -> int:
     if hooks.kill_after_latent_batches:
         from e4e_cli.jobs import video
 
-        real_json, batches = video.write_json, [0]
+        real_mark, batches = video.mark_done, [0]
 
-        def write_json_then_maybe_die(path, data):
-            out = real_json(path, data)
-            if Path(path).name == "latents.part.json":
-                batches[0] += 1
-                if batches[0] >= hooks.kill_after_latent_batches:
-                    os._exit(3)
-            return out
+        def mark_then_maybe_die(*args, **kwargs):
+            real_mark(*args, **kwargs)
+            batches[0] += 1
+            if batches[0] >= hooks.kill_after_latent_batches:
+                os._exit(3)
 
-        video.write_json = write_json_then_maybe_die
+        video.mark_done = mark_then_maybe_die
 
     if hooks.kill_after_video_frames:
         from e4e_cli import video as video_io
@@ -94,6 +95,18 @@ def main() -> int:
                 os._exit(3)
 
         video_io.VideoWriter.write = write_then_maybe_die
+
+    if hooks.log_video_crops is not None:
+        from e4e_cli.jobs import video
+
+        encode, log = video._encode_crops, hooks.log_video_crops / f"rank{os.environ.get('RANK', '0')}.txt"
+
+        def encode_and_log(model, imgs):
+            with open(log, "a") as fh:
+                fh.write(f"{len(imgs)}\n")
+            return encode(model, imgs)
+
+        video._encode_crops = encode_and_log
 
     from e4e_cli.cli.app import main as e4e_main
 

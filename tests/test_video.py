@@ -126,9 +126,9 @@ def audio_seconds(path: Path) -> tuple[str, float]:
         return s.codec_context.name, n / s.codec_context.sample_rate
 
 
-def edit(clip: Path, out: Path, church: Path, *extra, hooks=None, strength: str = "3"):
+def edit(clip: Path, out: Path, church: Path, *extra, hooks=None, strength: str = "3", env=None):
     return run_e4e("edit", clip, "--direction", "sefa:0", "--strength", strength, "--checkpoint", church, "--out", out,
-                   *extra, hooks=hooks)
+                   *extra, hooks=hooks, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_video_json_marks_each_frame(edited):
 
     assert rec["source"]["sha256"] == hashlib.sha256(clip.read_bytes()).hexdigest()
     assert rec["checkpoint"]["sha256"] and rec["direction"] == {"spec": "sefa:0"} and rec["strength"] == 3.0
-    assert rec["smoothing"] == {"center_sigma": 1.0, "axes_sigma": 3.0} and rec["precision"]
+    assert rec["smoothing"] == {"center_sigma": 1.0, "axes_sigma": 3.0, "codes_sigma": 0.0} and rec["precision"]
     frames = rec["frames"]
     assert [f["index"] for f in frames] == list(range(10))
     assert [f["status"] for f in frames] == ["no_face" if i in (6, 7) else "edited" for i in range(10)]
@@ -249,8 +249,8 @@ def test_interrupted_inversion_resumes(parity_dir, church, tmp_path):
     folder = out / "short"
     assert not (folder / "latents.npy").exists() and not list(folder.glob("*.mp4"))
     part = np.lib.format.open_memmap(folder / "latents.npy.part", mode="r+")
-    done = json.loads((folder / "latents.part.json").read_text())["done"]
-    assert done == 2 and np.isfinite(part[:2]).all() and np.isnan(part[2:]).all()
+    done = np.load(folder / "latents.done.npy")
+    assert done.tolist() == [1, 1, 0, 0, 0, 0] and np.isfinite(part[:2]).all() and np.isnan(part[2:]).all()
     part[0] += 1.0  # a marker: a resumed run keeps the rows done before the kill
     part.flush()
     del part
@@ -259,6 +259,7 @@ def test_interrupted_inversion_resumes(parity_dir, church, tmp_path):
     codes = np.load(folder / "latents.npy")
     assert np.isfinite(codes).all()
     assert not (folder / "latents.npy.part").exists() and not (folder / "latents.part.json").exists()
+    assert not (folder / "latents.done.npy").exists()
     again = np.load(folder / "latents.npy")
     assert np.array_equal(codes, again)
     one = json.loads((folder / "latents.json").read_text())
@@ -376,7 +377,7 @@ def test_bad_videos_are_one_line(parity_dir, church, tmp_path):
     (["--face", "all"], "--face all"),
     (["--smooth-center", "-1"], "--smooth-center"),
     (["--smooth-axes", "nan"], "--smooth-axes"),
-    (["--refine", "hyperstyle"], "--refine"),
+    (["--smooth-codes", "-0.5"], "--smooth-codes"),
     (["--paste-back"], "--paste-back"),
 ])
 def test_refused_video_options(parity_dir, church, tmp_path, extra, needle):
@@ -514,3 +515,116 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(parity_dir, church, tmp
     again = run_e4e(*args)
     assert again.returncode == 0, again.stderr
     assert len(decode_all(out / "long" / "long_sefa-0_+1.mp4")[0]) == 6
+
+
+def test_torchrun_two_processes_match_one(parity_dir, church, tmp_path):
+    """Two processes share the inversion and the edit by frame ranges; the first encodes. The same
+    batches either way (`plan_chunks`), one thread per process: the output equals one process's."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import HOOKS
+
+    clip = tmp_path / "long.mp4"
+    make_clip(clip, parity_dir, n=7, face_in=lambda i: i != 3)
+    env = {"OMP_NUM_THREADS": "1"}
+    one = edit(clip, tmp_path / "one", church, "--batch-size", "2", env=env)
+    assert one.returncode == 0, one.stderr
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HOOKS),
+           "--log-video-crops", str(logs), "--", "edit", str(clip), "--direction", "sefa:0", "--strength", "3",
+           "--checkpoint", str(church), "--out", str(tmp_path / "two"), "--batch-size", "2"]
+    two = subprocess.run(cmd, env=dict(os.environ, E4E_NO_PROGRESS="1", **env), capture_output=True, text=True,
+                         timeout=900)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("6 of 7 frames have the face") == 1, two.stdout  # the first process speaks
+    crops = {r: [int(x) for x in (logs / f"rank{r}.txt").read_text().split()] for r in (0, 1)}
+    assert sum(crops[0]) and sum(crops[1]) and sum(crops[0]) + sum(crops[1]) == 6, crops  # the work was shared
+    a, b = tmp_path / "one" / "long", tmp_path / "two" / "long"
+    assert np.array_equal(np.load(a / "latents.npy"), np.load(b / "latents.npy"), equal_nan=True)
+    fa, ta = decode_all(a / "long_sefa-0_+3.mp4")
+    fb, tb = decode_all(b / "long_sefa-0_+3.mp4")
+    assert len(fa) == len(fb) == 7 and ta == tb
+    assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+    assert audio_seconds(a / "long_sefa-0_+3.mp4") == audio_seconds(b / "long_sefa-0_+3.mp4")
+    assert json.loads((b / "video.json").read_text())["processes"] == 2
+    assert not list(b.glob(".*part*")), "a held-frames file was left behind"
+
+
+def test_refine_hyperstyle_per_frame(parity_dir, tmp_path):
+    """`--refine hyperstyle`: each frame's crop is refined and its edit decoded with its own
+    offsets (steps 1 differs from steps 0 in the face, and not elsewhere)."""
+    from conftest import hyperstyle_checkpoints
+
+    hs, we = hyperstyle_checkpoints("ffhq_1024_s1")
+    clip = tmp_path / "one.mp4"
+    make_clip(clip, parity_dir, n=1, audio=None)
+    outs = {}
+    for steps in ("0", "1"):
+        proc = run_e4e("edit", clip, "--direction", "sefa:0", "--strength", "2", "--refine", "hyperstyle",
+                       "--refiner", hs, "--w-encoder", we, "--refine-steps", steps, "--out", tmp_path / steps)
+        assert proc.returncode == 0, proc.stderr
+        folder = tmp_path / steps / "one"
+        rec = json.loads((folder / "one_sefa-0_+2.json").read_text())
+        assert rec["refine"]["method"] == "hyperstyle" and rec["refine"]["steps"] == int(steps)
+        assert json.loads((folder / "video.json").read_text())["refine"]["refiner_sha256"] == rec["refine"]["refiner_sha256"]
+        outs[steps] = decode_all(folder / "one_sefa-0_+2.mp4")[0][0].astype(np.int16)
+    q = np.asarray(json.loads((tmp_path / "1" / "one" / "video.json").read_text())["frames"][0]["quad"])
+    x0, y0 = np.floor(q.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(q.max(axis=0)).astype(int)
+    inside = np.zeros(outs["0"].shape[:2], bool)  # the middle of the crop, well inside the paste mask
+    cx, cy, r = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 5
+    inside[max(0, cy - r) : cy + r, max(0, cx - r) : cx + r] = True
+    diff = np.abs(outs["1"] - outs["0"]).mean(axis=2)
+    assert diff[inside].mean() > 1.0, "the frame's offsets were not used"
+    far = np.ones_like(inside)
+    far[max(0, y0 - 8) : y1 + 8, max(0, x0 - 8) : x1 + 8] = False
+    assert diff[far].mean() < 2.5 and diff[inside].mean() > 4 * diff[far].mean(), (diff[inside].mean(), diff[far].mean())
+
+
+def test_refine_with_an_e4e_checkpoint_is_refused(parity_dir, church, tmp_path):
+    clip = tmp_path / "c.mp4"
+    make_clip(clip, parity_dir, n=1, audio=None)
+    proc = edit(clip, tmp_path / "o", church, "--refine", "hyperstyle")
+    assert_one_line_error(proc, "--checkpoint", "hyperstyle", code=2)
+    assert not list((tmp_path / "o").rglob("*.mp4"))
+
+
+def test_smooth_rows_reads_a_window_and_equals_the_whole_run():
+    from e4e_cli.facetrack import _smooth_run, smooth_rows
+
+    v = np.random.default_rng(0).normal(size=(30, 2, 5))
+    whole = _smooth_run(v[4:25], 2.5)
+    rows = [4, 5, 13, 23, 24]
+    assert np.allclose(smooth_rows(v, rows, (4, 25), 2.5), whole[[r - 4 for r in rows]], atol=1e-12)
+    assert np.array_equal(smooth_rows(v, rows, (4, 25), 0.0), v[rows])
+
+
+def test_smooth_codes_edits_the_smoothed_codes(edited, church, tmp_path):
+    """--smooth-codes 2 decodes codes smoothed within each run of face frames: a code planted at
+    frame 2 spreads to its neighbours with it and not without it, and never across the gap (frames
+    6, 7) to the second run. The codes on disk are reused (no new inversion); the record says it."""
+    import shutil
+
+    clip, _, folder, _ = edited
+    runs = {}
+    for sigma in ("0", "2"):
+        out = tmp_path / sigma
+        shutil.copytree(folder, out / "talk", ignore=shutil.ignore_patterns("talk_*"))
+        codes = np.load(out / "talk" / "latents.npy")
+        codes[2] += 2.0  # the record still matches: these codes are taken as the clip's
+        np.save(out / "talk" / "latents.npy", codes)
+        stamp = (out / "talk" / "latents.npy").stat().st_mtime_ns
+        proc = edit(clip, out, church, "--smooth-codes", sigma)
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "talk" / "latents.npy").stat().st_mtime_ns == stamp, "codes were computed again"
+        rec = json.loads((out / "talk" / "talk_sefa-0_+3.json").read_text())
+        assert rec["smoothing"]["codes_sigma"] == float(sigma)
+        runs[sigma] = decode_all(out / "talk" / "talk_sefa-0_+3.mp4")[0]
+    q = np.asarray(json.loads((folder / "video.json").read_text())["frames"][2]["quad"])
+    (x0, y0), (x1, y1) = np.floor(q.min(axis=0)).astype(int), np.ceil(q.max(axis=0)).astype(int)
+    face = (slice(max(0, y0), y1), slice(max(0, x0), x1))
+    moved = [float(np.abs(runs["0"][i][face].astype(np.int16) - runs["2"][i][face]).mean()) for i in range(10)]
+    assert min(moved[i] for i in (0, 1, 3, 4)) > 3 * max(moved[i] for i in (8, 9)), moved

@@ -62,6 +62,9 @@ def edit_command(
                                                   "sigma (frames) smoothing the crop's centre over time (1.0; 0 = off)."),
     smooth_axes: Optional[float] = typer.Option(None, "--smooth-axes", metavar="SIGMA", help="Videos: Gaussian sigma "
                                                 "(frames) smoothing the crop's size and angle (3.0; 0 = off)."),
+    smooth_codes: Optional[float] = typer.Option(None, "--smooth-codes", metavar="SIGMA", help="Videos: Gaussian "
+                                                 "sigma (frames) smoothing the codes over time before the edit "
+                                                 "(0 = off, the default, as STIT)."),
 ):
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions; or the face in a video
     (.mp4 .mov .m4v .mkv .webm .avi: OUT/<stem>/<stem>_<direction>_<strength>.mp4)."""
@@ -80,15 +83,17 @@ def edit_command(
         check_delta_scale(delta_scale)
     options.check_batch_size(batch_size)
     options.check_preview_size(preview_size)
-    videos = video_sources(sources, unsupported={"--refine": refine, "--paste-back": paste_back or None,
+    videos = video_sources(sources, unsupported={"--paste-back": paste_back or None,
                                                  "--preview-size": preview_size, "--generator": generator,
                                                  "--delta-scale": delta_scale})
     if videos:  # a clip: the video job (jobs/video.py)
         return edit_video(videos[0], direction=direction, strengths=strengths, sweep=sweep_values, out=out, face=face,
                           side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
-                          domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision,
-                          batch_size=batch_size, weights_dir=weights_dir, overwrite=overwrite)
-    photo_refusals(face=face, side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes)
+                          smooth_codes=smooth_codes, domain=domain, checkpoint=checkpoint, pca=pca, device=device,
+                          precision=precision, batch_size=batch_size, weights_dir=weights_dir, overwrite=overwrite, refine=refining,
+                          refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder)
+    photo_refusals(face=face, side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
+                   smooth_codes=smooth_codes)
     job = EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,

@@ -42,17 +42,19 @@ def video_resume_note(kwargs: dict) -> str:
 
 
 def photo_refusals(*, face: Optional[str], side_by_side: bool, smooth_center: Optional[float],
-                   smooth_axes: Optional[float]) -> None:
+                   smooth_axes: Optional[float], smooth_codes: Optional[float] = None) -> None:
     """The video options mean nothing to photos and latents: refused there rather than ignored."""
     given = [name for name, v in (("--face", face), ("--side-by-side", side_by_side or None),
-                                  ("--smooth-center", smooth_center), ("--smooth-axes", smooth_axes)) if v is not None]
+                                  ("--smooth-center", smooth_center), ("--smooth-axes", smooth_axes),
+                                  ("--smooth-codes", smooth_codes)) if v is not None]
     if given:
         raise E4EError(f"{given[0]} is for videos (e4e edit CLIP.mp4); photos take --face in `e4e invert`",
                        exit_code=USAGE)
 
 
 def edit_video(video: Path, *, direction: str, strengths: list, sweep: Optional[list], out: Path, face: Optional[str],
-               side_by_side: bool, smooth_center: Optional[float], smooth_axes: Optional[float], **common) -> None:
+               side_by_side: bool, smooth_center: Optional[float], smooth_axes: Optional[float],
+               smooth_codes: Optional[float] = None, **common) -> None:
     """Run the video job and say what it made."""
     from ..alignment import parse_face_choice
     from ..facetrack import DEFAULT_AXES_SIGMA, DEFAULT_CENTER_SIGMA
@@ -70,8 +72,13 @@ def edit_video(video: Path, *, direction: str, strengths: list, sweep: Optional[
         side_by_side=side_by_side,
         smooth_center=check_smoothing(DEFAULT_CENTER_SIGMA if smooth_center is None else smooth_center, "--smooth-center"),
         smooth_axes=check_smoothing(DEFAULT_AXES_SIGMA if smooth_axes is None else smooth_axes, "--smooth-axes"),
+        smooth_codes=check_smoothing(0.0 if smooth_codes is None else smooth_codes, "--smooth-codes"),
         **common)
     r = run_video_edit(job)
+    from .. import dist
+
+    if not dist.is_main():  # under torchrun the first process speaks for all
+        return
     for note in r.notes:
         typer.echo(f"e4e: note: {note}", err=True)
     secs = sum(r.seconds.values())
