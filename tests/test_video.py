@@ -628,3 +628,21 @@ def test_smooth_codes_edits_the_smoothed_codes(edited, church, tmp_path):
     face = (slice(max(0, y0), y1), slice(max(0, x0), x1))
     moved = [float(np.abs(runs["0"][i][face].astype(np.int16) - runs["2"][i][face]).mean()) for i in range(10)]
     assert min(moved[i] for i in (0, 1, 3, 4)) > 3 * max(moved[i] for i in (8, 9)), moved
+
+
+def test_a_4k_clip(parity_dir, church, tmp_path):
+    """3840x2160, two frames: the size is kept, the face (1728 px) is found on a reduced copy,
+    cropped with the shrink-first path and pasted back; the background stays."""
+    clip = tmp_path / "uhd.mp4"
+    boxes = make_clip(clip, parity_dir, n=2, size=(3840, 2160), lossless=False)
+    proc = edit(clip, tmp_path / "o", church)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "o" / "uhd" / "uhd_sefa-0_+3.mp4"
+    frames, _ = decode_all(out)
+    src, _ = decode_all(clip)
+    assert len(frames) == 2 and frames[0].shape == (2160, 3840, 3)
+    x, y, side = boxes[1]
+    diff = np.abs(frames[1].astype(np.int16) - src[1]).mean(axis=2)
+    face = diff[y + side // 3 : y + 2 * side // 3, x + side // 3 : x + 2 * side // 3].mean()
+    far = diff[:, x + side + 200 :].mean()
+    assert face > 4 * far and far < 2.5, (face, far)
