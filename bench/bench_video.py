@@ -30,9 +30,12 @@ if str(ROOT) not in sys.path:
 CASES = {"ffhq_1024_s1": (1024, 1, "ffhq"), "cars_512_s2": (512, 2, "cars"), "church_256_s3": (256, 3, "church")}
 
 
-def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30, face_frames: int = 0) -> None:
-    """The face photo (60% of the height) drifting right across a smooth background, with a tone;
-    `face_frames` > 0: the face is in the first that many frames only (long clips for memory)."""
+def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30, face_frames: int = 0, *, start: int = 100,
+              speed: int = 4, wobble: int = 0, noise: float = 0.0, audio: bool = True, crf: int | None = None) -> None:
+    """The face photo (60% of the height) drifting right (`speed` px a frame from x = `start`)
+    across a smooth background, with a tone; `face_frames` > 0: the face is in the first that
+    many frames only (long clips for memory); `wobble`: a random hand-held shake of up to that
+    many px a frame, `noise`: sensor noise (sigma, gray levels)."""
     import av
     import numpy as np
     from PIL import Image
@@ -47,24 +50,33 @@ def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30, face_fra
     out = av.open(str(path), "w")
     vs = out.add_stream("libx264", rate=fps)
     vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-    a = out.add_stream("aac", rate=48000)
-    a.layout = "mono"
+    if crf is not None:
+        vs.options = {"crf": str(crf)}
+    a = None
+    if audio:
+        a = out.add_stream("aac", rate=48000)
+        a.layout = "mono"
     for i in range(frames):
         img = Image.fromarray(bg)
+        dx, dy = rng.integers(-wobble, wobble + 1, 2) if wobble else (0, 0)
         if not face_frames or i < face_frames:
-            img.paste(face, (100 + 4 * i, (h - side) // 2))
-        f = av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")
+            img.paste(face, (start + speed * i + int(dx), (h - side) // 2 + int(dy)))
+        arr = np.asarray(img)
+        if noise:
+            arr = np.clip(arr.astype(np.float32) + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
+        f = av.VideoFrame.from_ndarray(arr, format="rgb24")
         f.pts = i
         out.mux(vs.encode(f))
     out.mux(vs.encode(None))
-    n = int(48000 * frames / fps)
-    sig = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
-    step = a.codec_context.frame_size or 1024
-    for s in range(0, n, step):
-        fr = av.AudioFrame.from_ndarray(sig[None, s : s + step], format="fltp", layout="mono")
-        fr.sample_rate, fr.pts = 48000, s
-        out.mux(a.encode(fr))
-    out.mux(a.encode(None))
+    if a is not None:
+        n = int(48000 * frames / fps)
+        sig = (0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / 48000)).astype(np.float32)
+        step = a.codec_context.frame_size or 1024
+        for s in range(0, n, step):
+            fr = av.AudioFrame.from_ndarray(sig[None, s : s + step], format="fltp", layout="mono")
+            fr.sample_rate, fr.pts = 48000, s
+            out.mux(a.encode(fr))
+        out.mux(a.encode(None))
     out.close()
 
 

@@ -26,32 +26,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def make_clip(path: Path, frames: int, size=(640, 360), fps: int = 30) -> None:
-    import av
-    import numpy as np
-    from PIL import Image
+def make_clip(path: Path, frames: int) -> None:
+    from bench.bench_video import make_clip as drifting_face
 
-    from e4e_cli import synthetic
-
-    w, h = size
-    side = int(h * 0.6)
-    face = Image.open(synthetic.parity_dir() / "images" / "input_img.jpg").convert("RGB").resize((side, side))
-    rng = np.random.default_rng(0)
-    bg = np.asarray(Image.fromarray(rng.integers(0, 255, (9, 16, 3)).astype(np.uint8)).resize((w, h), Image.BICUBIC))
-    out = av.open(str(path), "w")
-    vs = out.add_stream("libx264", rate=fps)
-    vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-    vs.options = {"crf": "18"}
-    for i in range(frames):
-        img = Image.fromarray(bg)
-        dx, dy = rng.integers(-2, 3, 2)
-        img.paste(face, (60 + 3 * i + int(dx), (h - side) // 2 + int(dy)))
-        arr = np.clip(np.asarray(img, dtype=np.float32) + rng.normal(0, 3, (h, w, 3)), 0, 255).astype(np.uint8)
-        f = av.VideoFrame.from_ndarray(arr, format="rgb24")
-        f.pts = i
-        out.mux(vs.encode(f))
-    out.mux(vs.encode(None))
-    out.close()
+    drifting_face(path, frames, size=(640, 360), start=60, speed=3, wobble=2, noise=3.0, audio=False, crf=18)
 
 
 def e4e(*args) -> subprocess.CompletedProcess:
