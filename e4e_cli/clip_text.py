@@ -194,7 +194,9 @@ def config_from_tensors(tensors: dict) -> "object":
                 num_hidden_layers=_count(keys, "text_model.encoder.layers."),
                 num_attention_heads=max(1, width // 64),
                 max_position_embeddings=tensors["text_model.embeddings.position_embedding.weight"].shape[0],
-                projection_dim=tensors["text_projection.weight"].shape[0])
+                projection_dim=tensors["text_projection.weight"].shape[0],
+                # CLIP's layout: start and end of text are the last two ids; the end's position is pooled
+                bos_token_id=tok.shape[0] - 2, eos_token_id=tok.shape[0] - 1, pad_token_id=0)
     vision = None
     if "vision_model.embeddings.patch_embedding.weight" in tensors:
         patch = tensors["vision_model.embeddings.patch_embedding.weight"]
@@ -246,6 +248,9 @@ def load_clip(weights: str | os.PathLike, vocab: str | os.PathLike, *, device="c
     `model.safetensors`) and CLIP's vocabulary file."""
     from safetensors.torch import load_file
     from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its notes are not ours to print; failures raise
 
     try:
         tensors = load_file(str(weights))

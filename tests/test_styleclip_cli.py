@@ -1,0 +1,93 @@
+"""`e4e edit --text` (issue 33) on the synthetic church 256 checkpoint with a tiny random CLIP."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from clip_support import random_clip, tiny_vocab
+from conftest import assert_one_line_error, run_e4e
+from e4e_cli.errors import E4EError
+
+PROJ = 32
+
+
+@pytest.fixture(scope="module")
+def setup(church, tmp_path_factory):
+    """(weights folder with the tiny CLIP, relevance .npz, latent .npy, the model)."""
+    from e4e_cli import textedit
+    from e4e_cli.model import E4E
+
+    root = tmp_path_factory.mktemp("textedit")
+    weights = root / "weights"
+    vocab = tiny_vocab(weights / "bpe_simple_vocab_16e6.txt.gz")
+    from e4e_cli.clip_text import Tokenizer
+
+    random_clip(weights / "clip-vit-base-patch32.safetensors", vocab_size=Tokenizer(vocab).vocab_size, seed=1,
+                width=64, layers=1, proj=PROJ)
+    model = E4E.from_checkpoint(church, device="cpu")
+    c = model.generator.n_style_channels
+    rng = np.random.RandomState(0)
+    fs3 = rng.randn(c, PROJ).astype(np.float32)
+    fs3 /= np.linalg.norm(fs3, axis=1, keepdims=True)
+    rel = root / "church_relevance.npz"
+    np.savez(rel, fs3=fs3, std=np.full(c, 0.5, np.float32))
+    lat = root / "church.npy"
+    np.save(lat, model.sample_w(1, seed=2)[0].repeat(model.n_styles, 1).numpy())
+    textedit._CLIPS.clear()
+    return weights, rel, lat, model
+
+
+def test_text_edit_through_the_cli(setup, tmp_path, church):
+    weights, rel, lat, model = setup
+    out = tmp_path / "out"
+    proc = run_e4e("edit", lat, "--text", "church with snow", "--relevance", rel, "--checkpoint", church,
+                   "--sweep", "-2:2:3", "--beta", "0.2", "--device", "cpu", "--out", out, "--weights-dir", weights)
+    assert proc.returncode == 0, proc.stderr
+    assert "the text 'church with snow'" in proc.stdout
+    label = "text_church-with-snow"
+    rec = json.loads((out / f"church_{label}_+2.json").read_text())
+    d = rec["direction"]
+    assert (d["text"], d["neutral"], d["beta"]) == ("church with snow", "a church", 0.2)
+    assert 0 < d["channels_moved"] < model.generator.n_style_channels and rec["strength"] == 2.0
+    assert (out / f"church_{label}_sweep.gif").is_file()
+    plain = model.to_pil(model.decode(torch.from_numpy(np.load(lat))))[0]
+    zero = Image.open(out / f"church_{label}_+0.png")
+    assert np.array_equal(np.asarray(zero), np.asarray(plain))  # α = 0 is the plain decode
+    plus = np.asarray(Image.open(out / f"church_{label}_+2.png")).astype(int)
+    assert np.abs(plus - np.asarray(plain).astype(int)).mean() > 1
+    np.testing.assert_array_equal(np.load(out / f"church_{label}_+2.npy"), np.load(lat))  # W+ untouched
+
+
+def test_bad_text_inputs(setup):
+    from e4e_cli import textedit
+
+    weights, rel, lat, model = setup
+    kw = dict(relevance=rel, weights_dir=weights)
+    with pytest.raises(E4EError, match="empty"):
+        textedit.text_direction(model, text="   ", **kw)
+    with pytest.raises(E4EError, match="at most 77"):
+        textedit.text_direction(model, text="snow " * 80, **kw)
+    with pytest.raises(E4EError, match="same CLIP embedding"):
+        textedit.text_direction(model, text="a church", **kw)
+    bad = rel.with_name("bad.npz")
+    np.savez(bad, fs3=np.zeros((model.generator.n_style_channels + 5, PROJ), np.float32))
+    with pytest.raises(E4EError, match="StyleSpace has"):
+        textedit.text_direction(model, text="church with snow", relevance=bad, weights_dir=weights)
+
+
+def test_text_edit_refusals_through_the_cli(setup, tmp_path, church):
+    weights, rel, lat, _ = setup
+    out = tmp_path / "out"
+    proc = run_e4e("edit", lat, "--text", "church with snow", "--relevance", rel, "--checkpoint", church,
+                   "--beta", "5", "--device", "cpu", "--out", out, "--weights-dir", weights)
+    assert_one_line_error(proc, "moves no channel", "lower --beta", code=1)
+    assert not list(out.glob("*.png"))  # no unchanged image written as an edit
+    proc = run_e4e("edit", lat, "--text", "church with snow", "--relevance", rel, "--checkpoint", church,
+                   "--device", "cpu", "--out", out, "--weights-dir", tmp_path / "empty")
+    assert_one_line_error(proc, "e4e download-weights clip", code=3)
+    proc = run_e4e("edit", lat, "--direction", "sefa:0", "--alpha", "3")
+    assert_one_line_error(proc, "--alpha needs --text", code=2)
