@@ -26,7 +26,8 @@ def random_clip(path: Path, *, vocab_size: int = 49408, seed: int = 0, width: in
     from transformers import CLIPConfig, CLIPModel
 
     text = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
-                num_attention_heads=max(1, width // 64), max_position_embeddings=77, projection_dim=proj)
+                num_attention_heads=max(1, width // 64), max_position_embeddings=77, projection_dim=proj,
+                bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=0)
     vis = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1, num_attention_heads=max(1, width // 64),
                image_size=32, patch_size=8, projection_dim=proj)
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vis, projection_dim=proj))

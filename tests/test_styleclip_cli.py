@@ -73,6 +73,11 @@ def test_bad_text_inputs(setup):
         textedit.text_direction(model, text="snow " * 80, **kw)
     with pytest.raises(E4EError, match="same CLIP embedding"):
         textedit.text_direction(model, text="a church", **kw)
+    from e4e_cli.errors import MISSING_WEIGHTS
+
+    with pytest.raises(E4EError, match="e4e download-weights clip") as exc:
+        textedit.text_direction(model, text="church with snow", relevance=rel, weights_dir=weights.parent / "none")
+    assert exc.value.exit_code == MISSING_WEIGHTS
     bad = rel.with_name("bad.npz")
     np.savez(bad, fs3=np.zeros((model.generator.n_style_channels + 5, PROJ), np.float32))
     with pytest.raises(E4EError, match="StyleSpace has"):
@@ -86,8 +91,40 @@ def test_text_edit_refusals_through_the_cli(setup, tmp_path, church):
                    "--beta", "5", "--device", "cpu", "--out", out, "--weights-dir", weights)
     assert_one_line_error(proc, "moves no channel", "lower --beta", code=1)
     assert not list(out.glob("*.png"))  # no unchanged image written as an edit
-    proc = run_e4e("edit", lat, "--text", "church with snow", "--relevance", rel, "--checkpoint", church,
-                   "--device", "cpu", "--out", out, "--weights-dir", tmp_path / "empty")
-    assert_one_line_error(proc, "e4e download-weights clip", code=3)
     proc = run_e4e("edit", lat, "--direction", "sefa:0", "--alpha", "3")
     assert_one_line_error(proc, "--alpha needs --text", code=2)
+
+
+def test_relevance_computes_and_resumes(setup, tmp_path):
+    """`e4e directions relevance` on a few channels: rows of unit length for the computed channels,
+    zeros elsewhere; a second run over more channels keeps the first run's rows and adds the rest."""
+    from conftest import tiny_generator
+    from e4e_cli.train.generators import save_rosinality_checkpoint
+
+    weights = setup[0]
+    g = tiny_generator(size=32, style_dim=16)
+    gen = save_rosinality_checkpoint(tmp_path / "tiny_g.pt", generator=g, latent_avg=g.mean_latent(1000))
+    out = tmp_path / "rel.npz"
+    args = ["directions", "relevance", "--generator", gen, "--samples", "2", "--stats-samples", "2000",
+            "--batch-size", "4", "--device", "cpu", "--out", out, "--weights-dir", weights]
+    first = run_e4e(*args, "--channels", "0:2")
+    assert first.returncode == 0, first.stderr
+    assert "2 of" in first.stdout
+    a = dict(np.load(out))
+    assert a["computed"][:2].all() and not a["computed"][2:].any()
+    np.testing.assert_allclose(np.linalg.norm(a["fs3"][:2], axis=1), 1, atol=1e-5)
+    assert not a["fs3"][2:].any() and a["std"].shape == (g.n_style_channels,) and (a["std"] > 0).all()
+    from e4e_cli.jobs import relevance
+    from e4e_cli.jobs.sampled import GeneratorSource
+
+    def again(**kw):  # the same job in this process (the CLI run above covers the command)
+        job = dict(source=GeneratorSource(generator=gen, weights_dir=weights), out=out, samples=2, stats_samples=2000,
+                   channels=(0, 4), batch=4, device="cpu", show_progress=False)
+        return relevance.compute_relevance(relevance.RelevanceJob(**{**job, **kw}))
+
+    _, info = again()
+    b = dict(np.load(out))
+    assert b["computed"][:4].all() and (info["computed"], info["computed_now"]) == (4, 2)
+    np.testing.assert_array_equal(b["fs3"][:2], a["fs3"][:2])  # resumed, not recomputed
+    with pytest.raises(E4EError, match="computed another way.*--overwrite"):  # other samples: never mixed in
+        again(samples=3)
