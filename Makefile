@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_upsample.py --isa avx2
 	$(PY) bench/bench_precision.py
 	$(PY) bench/bench_video.py --cases church_256_s3,ffhq_1024_s1 --precisions auto --frames 12
+	$(PY) bench/bench_styleclip.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
