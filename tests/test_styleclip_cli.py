@@ -128,3 +128,23 @@ def test_relevance_computes_and_resumes(setup, tmp_path):
     np.testing.assert_array_equal(b["fs3"][:2], a["fs3"][:2])  # resumed, not recomputed
     with pytest.raises(E4EError, match="computed another way.*--overwrite"):  # other samples: never mixed in
         again(samples=3)
+
+
+def test_directions_show_takes_text(setup, tmp_path):
+    from conftest import tiny_generator
+    from e4e_cli.jobs import sampled
+    from e4e_cli.train.generators import save_rosinality_checkpoint
+
+    weights = setup[0]
+    g = tiny_generator(size=32, style_dim=16)
+    gen = save_rosinality_checkpoint(tmp_path / "tiny_g.pt", generator=g, latent_avg=g.mean_latent(1000))
+    rel = tmp_path / "rel.npz"
+    np.savez(rel, fs3=np.random.RandomState(0).randn(g.n_style_channels, PROJ).astype(np.float32) / PROJ ** 0.5,
+             std=np.ones(g.n_style_channels, np.float32))
+    out = sampled.show_strip(sampled.ShowJob(
+        direction="text:church with snow", source=sampled.GeneratorSource(generator=gen, weights_dir=weights),
+        out=tmp_path / "strip.png", samples=1, strengths=[0.0, 3.0], tile=32, device="cpu",
+        text={"relevance": rel, "beta": 0.2}))
+    strip = np.asarray(Image.open(out)).astype(int)
+    assert strip.shape[:2] == (32, 64)
+    assert np.abs(strip[:, :32] - strip[:, 32:]).mean() > 1  # α = 3 moved the picture

@@ -191,7 +191,10 @@ def _strengths(text: Optional[str]) -> Optional[list]:
 @app.command("show")
 @options.interruptible()
 def show_command(
-    name: str = typer.Argument(..., help="A direction file, NAME in the weights folder's directions/, a preset, ganspace:C:S:E or sefa:K."),
+    name: str = typer.Argument(..., help="A direction file, NAME in the weights folder's directions/, a preset, ganspace:C:S:E, sefa:K, or text:TARGET (StyleCLIP; the strengths are α)."),
+    neutral: Optional[str] = typer.Option(None, "--neutral", help="text:TARGET: the neutral text."),
+    beta: float = typer.Option(0.15, "--beta", help="text:TARGET: the threshold β."),
+    relevance: Optional[Path] = typer.Option(None, "--relevance", help="text:TARGET: the relevance file (`e4e directions relevance`)."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="A generator file (default: the domain's e4e checkpoint)."),
     domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="An e4e checkpoint (its generator)."),
@@ -216,5 +219,6 @@ def show_command(
         direction=name, source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint,
                                                    weights_dir=weights_dir),
         out=out, latents=list(latent or []), samples=samples, seed=seed, strengths=_strengths(sweep),
-        truncation=truncation, tile=tile, pca=pca, device=device, overwrite=overwrite, precision=precision))
+        truncation=truncation, tile=tile, pca=pca, device=device, overwrite=overwrite, precision=precision,
+        text={"neutral": neutral, "beta": beta, "relevance": relevance}))
     typer.echo(f"wrote {path}")
