@@ -223,7 +223,11 @@ class Clip:
 
     @torch.inference_mode()
     def text_features(self, texts: list[str]) -> torch.Tensor:
-        ids = self.tokenizer(list(texts)).to(self.device)
+        """texts -> [N,D]. The ids are cut after the longest text's end mark: attention is causal
+        and positions absolute, so the end's output is the same, for a fraction of the work."""
+        ids = self.tokenizer(list(texts))
+        length = int((ids == self.tokenizer.eot).int().argmax(dim=1).max()) + 1
+        ids = ids[:, :length].to(self.device)
         out = self.model.text_model(input_ids=ids)
         return self.model.text_projection(out.pooler_output).float()
 
