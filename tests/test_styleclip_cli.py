@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,28 @@ def test_directions_show_takes_text(setup, tmp_path):
     strip = np.asarray(Image.open(out)).astype(int)
     assert strip.shape[:2] == (32, 64)
     assert np.abs(strip[:, :32] - strip[:, 32:]).mean() > 1  # α = 3 moved the picture
+
+
+def test_page_text_box(setup, tmp_path):
+    """The editing page's text box and α slider: the editor renders the text edit with `e4e edit
+    --text`'s function; α 0 is the plain image; a bad text is one error."""
+    from e4e_cli.ui.editor import Editor
+    from e4e_cli.ui.server import Editor as ServedEditor  # the page serves this editor
+
+    assert ServedEditor is Editor
+    weights, rel, lat, model = setup
+    (tmp_path / "lat" / "church").mkdir(parents=True)
+    np.save(tmp_path / "lat" / "church" / "latent.npy", np.load(lat))
+    ed = Editor(model, weights_dir=weights, latents_dir=tmp_path / "lat", relevance=rel)
+    assert ed.info()["text_edits"] is True
+    assert Editor(model, weights_dir=tmp_path / "none").info()["text_edits"] is False
+    sid = ed.pick_latent("church/latent.npy")["session"]
+    plain, _ = ed.render(sid, {}, 1.0, False)
+    same, _ = ed.render(sid, {}, 1.0, False, text={"target": "church with snow", "alpha": 0})
+    moved, _ = ed.render(sid, {}, 1.0, False, text={"target": "church with snow", "alpha": 3, "beta": 0.2})
+    assert np.array_equal(np.asarray(plain), np.asarray(same))
+    assert np.abs(np.asarray(moved).astype(int) - np.asarray(plain).astype(int)).mean() > 1
+    with pytest.raises(E4EError, match="moves no channel"):
+        ed.render(sid, {}, 1.0, False, text={"target": "church with snow", "alpha": 3, "beta": 9})
+    page = (Path(__file__).resolve().parents[1] / "e4e_cli" / "ui" / "static" / "index.html").read_text()
+    assert 'id="text"' in page and 'id="alpha"' in page and "text: textEdit()" in page
