@@ -93,3 +93,18 @@ def test_offsets_of_another_size_are_refused():
         g.synthesize(_codes(g), style_offsets=torch.zeros(g.n_style_channels + 1))
     with pytest.raises(ValueError, match="StyleSpace"):
         fast_generator.synthesize(g, _codes(g), style_offsets=torch.zeros(3, g.n_style_channels))
+
+
+def test_style_offsets_with_weight_offsets():
+    """Refined latents (HyperStyle's weight offsets) take text edits: both offsets at once, ref = fast,
+    per image too."""
+    g = tiny_generator()
+    codes = _codes(g)
+    gen = torch.Generator().manual_seed(5)
+    woff = {2: 0.1 * torch.randn(2, *g.layers()[2][0].weight.shape[1:], generator=gen)}
+    soff = torch.randn(2, g.n_style_channels, generator=gen)
+    with torch.no_grad():
+        ref = g.synthesize(codes, offsets=woff, style_offsets=soff)
+        fast = fast_generator.synthesize(g, codes, offsets=woff, style_offsets=soff)
+        assert (ref - g.synthesize(codes, offsets=woff)).abs().max() > 1e-2
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
