@@ -189,7 +189,8 @@ def create_app(editor: Editor, *, token: str, host: str, port: int):
                 return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": attachment(name)})
             if kind not in ("image", "photo"):
                 raise E4EError(f"unknown download {kind[:20]!r}")
-            image, _ = editor.render(sid, st, a, kind == "photo", refined=refined)
+            text = json_object(q.get("text").encode()) if q.get("text") else None  # the page's text edit
+            image, _ = editor.render(sid, st, a, kind == "photo", refined=refined, text=text)
             return Response(png(image), media_type="image/png",
                             headers={"Content-Disposition": attachment(f"{editor.session(sid).name}_{kind}.png")})
         return await work("download", job)
