@@ -175,6 +175,10 @@ def relevance_command(
         source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint, weights_dir=weights_dir),
         out=out, samples=samples, stats_samples=stats_samples, seed=seed, channels=job.parse_channels(channels),
         batch=batch_size, device=device, overwrite=overwrite))
+    from ..dist import is_main
+
+    if not is_main():  # torchrun: the first process reports the merged file
+        return
     typer.echo(f"wrote {path}: {info['computed']} of {info['channels']} channels computed ({info['computed_now']} now, "
                f"{info['seconds_per_channel_and_sample']:g} s per channel and sample); "
                f"edit with: e4e edit SOURCE --text TARGET --relevance {path}")
