@@ -190,13 +190,26 @@ def style_stats(generator, w_avg, *, n: int = 100_000, seed: int = 5, psi: float
     return mean.float(), std.float()
 
 
-def fit_relevance(fs3, n_channels: int) -> torch.Tensor:
-    """`fs3` checked against a generator's StyleSpace: [C,D]; fewer rows are the first layers'
-    channels (the rest get no relevance and never move). E4EError when it does not fit."""
+def relevance_sizes(generator) -> dict[int, str]:
+    """Row counts a relevance may have for `generator`: every StyleSpace channel, or (StyleCLIP's
+    own cut, computing only what matters most) the channels of the layers up to 128 px."""
+    sizes = {generator.n_style_channels: "every channel"}
+    upto = sum(n for _, c, n in generator.style_layers() if c == 0 or 2 ** ((c - 1) // 2 + 3) <= 128)
+    sizes.setdefault(upto, "the layers up to 128 px")
+    return sizes
+
+
+def fit_relevance(fs3, generator) -> torch.Tensor:
+    """`fs3` checked against a generator's StyleSpace: [C,D]. A relevance of the layers up to
+    128 px only gets zero rows for the rest (those channels never move). E4EError when it fits
+    neither."""
     fs3 = torch.as_tensor(np.asarray(fs3), dtype=torch.float32)
-    if fs3.ndim != 2 or fs3.shape[0] > n_channels or fs3.shape[0] == 0:
+    n_channels = generator.n_style_channels
+    sizes = relevance_sizes(generator)
+    if fs3.ndim != 2 or fs3.shape[0] not in sizes:
         raise E4EError(f"the relevance matrix has shape {tuple(fs3.shape)}; this generator's StyleSpace has "
-                       f"{n_channels} channels ([{n_channels},512])")
+                       f"{n_channels} channels ([{n_channels},512]" +
+                       "".join(f", or [{k},512] for {v}" for k, v in sizes.items() if k != n_channels) + ")")
     if fs3.shape[0] < n_channels:
         fs3 = torch.cat([fs3, fs3.new_zeros(n_channels - fs3.shape[0], fs3.shape[1])])
     return fs3

@@ -96,7 +96,7 @@ def load_relevance(path: Path, model) -> tuple[torch.Tensor, torch.Tensor]:
         raise E4EError(f"cannot read the relevance file {path}: {exc}") from None
     n = model.generator.n_style_channels
     try:
-        fs3 = styleclip.fit_relevance(fs3, n)
+        fs3 = styleclip.fit_relevance(fs3, model.generator)
     except E4EError as exc:
         raise E4EError(f"{path.name}: {exc}") from None
     if std is None:

@@ -104,6 +104,15 @@ def test_bad_texts_are_one_error(tmp_path):
 
 
 def test_relevance_that_does_not_fit_is_refused():
-    with pytest.raises(E4EError, match="StyleSpace has 10 channels"):
-        styleclip.fit_relevance(np.zeros((11, 4)), 10)
-    assert styleclip.fit_relevance(np.ones((6, 4)), 10)[6:].abs().sum() == 0
+    from e4e_cli.nn.networks import Generator
+
+    with torch.device("meta"):
+        g = Generator(1024)
+    assert styleclip.relevance_sizes(g) == {6048: "every channel", 5376: "the layers up to 128 px"}
+    with torch.device("meta"):
+        cars = Generator(512)
+    for rows in (6049, cars.n_style_channels, 100):
+        with pytest.raises(E4EError, match=r"StyleSpace has 6048 channels.*\[5376,512\] for the layers up to 128 px"):
+            styleclip.fit_relevance(np.zeros((rows, 4)), g)
+    fitted = styleclip.fit_relevance(np.ones((5376, 4)), g)
+    assert fitted.shape == (6048, 4) and fitted[5376:].abs().sum() == 0 and fitted[:5376].min() == 1
