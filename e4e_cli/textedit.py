@@ -132,7 +132,13 @@ def text_direction(model, *, text: str, neutral: Optional[str] = None, beta: flo
     if not 0 <= beta:
         raise E4EError(f"--beta must be 0 or more, got {beta}")
     rel_path = resolve_relevance(model, relevance, weights_dir)
-    clip = clip or load_clip_model(weights_dir)
+    clip_ident = None
+    if clip is None:
+        from .weights.locate import require_asset
+
+        clip = load_clip_model(weights_dir)
+        clip_file = require_asset("clip_vit_b32", weights_dir)
+        clip_ident = {"file": clip_file.name, "sha256": _file_sha(clip_file)}
     # the texts first: bad text fails before the relevance's std is computed
     dt = styleclip.text_direction(clip, text, neutral, cache=_TEXT_CACHE.setdefault(id(clip), {}))
     fs3, std = load_relevance(rel_path, model)
@@ -143,7 +149,8 @@ def text_direction(model, *, text: str, neutral: Optional[str] = None, beta: flo
     delta = sd.delta
     label = slug("text_" + text.strip())[:48]
     ident = {"spec": "text", "text": text, "neutral": neutral, "beta": float(beta), "channels_moved": sd.moved,
-             "relevance": {"file": rel_path.name, "sha256": _file_sha(rel_path)}}
+             "relevance": {"file": rel_path.name, "sha256": _file_sha(rel_path)},
+             **({"clip": clip_ident} if clip_ident else {})}
 
     def offsets(alpha: float) -> torch.Tensor:
         return float(alpha) * delta

@@ -54,6 +54,7 @@ def test_text_edit_through_the_cli(setup, tmp_path, church):
     d = rec["direction"]
     assert (d["text"], d["neutral"], d["beta"]) == ("church with snow", "a church", 0.2)
     assert 0 < d["channels_moved"] < model.generator.n_style_channels and rec["strength"] == 2.0
+    assert d["clip"]["file"] == "clip-vit-base-patch32.safetensors" and len(d["relevance"]["sha256"]) == 64
     assert (out / f"church_{label}_sweep.gif").is_file()
     plain = model.to_pil(model.decode(torch.from_numpy(np.load(lat))))[0]
     zero = Image.open(out / f"church_{label}_+0.png")
