@@ -73,7 +73,7 @@ def edit_command(
     smooth_axes: Optional[float] = typer.Option(None, "--smooth-axes", metavar="SIGMA", help="Videos: Gaussian sigma "
                                                 "(frames) smoothing the crop's size and angle (3.0; 0 = off)."),
 ):
-    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions; or the face in a video
+    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions, or from words (--text, StyleCLIP); or the face in a video
     (.mp4 .mov .m4v .mkv .webm .avi: OUT/<stem>/<stem>_<direction>_<strength>.mp4)."""
     from ..editing import check_delta_scale, check_strength, parse_sweep
     from ..jobs.edit import EditJob, run_edit
