@@ -32,7 +32,6 @@ for _p in (ROOT, ROOT / "bench", ROOT / "tests"):
 
 def _clip_files(folder: Path) -> Path:
     """A weights folder with a random CLIP of ViT-B/32's shape and CLIP's real vocabulary."""
-    import numpy as np
     import torch
     from safetensors.torch import save_file
     from transformers import CLIPConfig, CLIPModel
@@ -50,7 +49,6 @@ def _clip_files(folder: Path) -> Path:
     model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512))
     sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     save_file(sd, str(folder / "clip-vit-base-patch32.safetensors"))
-    del np
     return folder
 
 
