@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_upsample.py
 	$(PY) bench/bench_upsample.py --isa avx2
 	$(PY) bench/bench_precision.py
+	$(PY) bench/bench_styleclip.py
 	$(PY) bench/bench_video.py --cases church_256_s3,ffhq_1024_s1 --precisions auto --frames 12
 	$(PY) bench/bench_video_smoothing.py
 

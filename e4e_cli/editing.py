@@ -274,6 +274,7 @@ class Direction:
     default_strength: Optional[float]
     apply: Callable
     identity: dict = field(default_factory=dict)  # what an edit made with it records (spec, file hash)
+    style_offsets: Optional[Callable] = None  # strength -> StyleSpace offsets [C] (text edits; codes unchanged)
 
 
 def resolve_direction(spec: str, model, *, pca_file: Optional[Path] = None, weights_dir: Optional[Path] = None) -> Direction:

@@ -325,7 +325,7 @@ class E4E:
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor, *, noise: str = "fixed", seed: int | None = None, crop: bool = True,
                impl: str | None = None, precision: str | torch.dtype | None = None, offsets=None,
-               size: int | None = None, should_stop=None) -> torch.Tensor:
+               size: int | None = None, should_stop=None, style_offsets=None) -> torch.Tensor:
         """codes [B,n,512] (or [n,512]) -> images [B,3,H,W], float32, cropped for cars.
 
         noise: "fixed" uses the checkpoint's noise buffers (deterministic, as the reference
@@ -337,6 +337,8 @@ class E4E:
         should_stop: a callable (or a threading.Event) asked before each up-sampling block; when
         it says stop, `errors.Cancelled` is raised there (a page cancels a stale full decode
         without waiting for its largest blocks).
+        style_offsets: StyleSpace offsets [C] or [B,C] added to the convolutions' styles
+        (`Generator.check_style_offsets`; StyleCLIP's text edits).
         """
         codes = torch.as_tensor(codes)
         if codes.ndim == 2:
@@ -363,11 +365,16 @@ class E4E:
         try:
             off = self.generator.check_offsets(offsets, batch=codes.shape[0])
             self.generator.blocks_until(size)
+            if style_offsets is not None:
+                style_offsets = torch.as_tensor(style_offsets).to(self.device, torch.float32)
+                self.generator.check_style_offsets(style_offsets, batch=codes.shape[0])
         except ValueError as exc:
             raise E4EError(str(exc)) from None
         off = {k: v.to(self.device) for k, v in off.items()}
         stop = getattr(should_stop, "is_set", should_stop)  # an Event, or a callable
         more = {} if stop is None else {"should_stop": stop}  # a generator with its own synthesis may lack it
+        if style_offsets is not None:
+            more["style_offsets"] = style_offsets
         # float32 fast path on the CPU: reuse the large activations' pages (bfloat16's, half
         # the size, measured no faster that way; the reference path is left as it is)
         hold = self.device.type == "cpu" and impl == "fast" and dt is None

@@ -31,9 +31,11 @@ LAYERS = [
      ["jobs", "jobs.*", "train", "train.*"]),
     ("library", "the model and what is done with codes and images",
      ["model", "devices", "editing", "boundaries", "analysis", "charts", "compositing", "alignment", "metrics", "synthetic",
-      "refine", "video", "facetrack"]),
+      "refine", "video", "facetrack",
+      "styleclip", "textedit"]),
     ("networks and weights", "reference modules, fast paths, checkpoints, the weights folder",
-     ["nn", "nn.*", "checkpoint", "hyperstyle_ckpt", "weights", "weights.*"]),
+     ["nn", "nn.*", "checkpoint", "hyperstyle_ckpt", "weights", "weights.*",
+      "clip_text"]),
     ("foundations", "facts and plumbing every layer uses",
      ["domains", "settings", "dist", "progress", "errors", "fsutil", "digests", "images", "npzfiles"]),
 ]

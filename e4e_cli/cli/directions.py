@@ -13,7 +13,7 @@ from . import options
 
 app = typer.Typer(
     name="directions",
-    help="List the editing directions, or make your own: fit (InterFaceGAN from labels), pca (GANSpace), show.",
+    help="List the editing directions, or make your own: fit (InterFaceGAN from labels), pca (GANSpace), relevance (StyleCLIP), show.",
     invoke_without_command=True,
     no_args_is_help=False,
     add_completion=False,
@@ -150,6 +150,40 @@ def pca_command(
                f"edit with: e4e edit --direction ganspace:COMPONENT:START:END --pca {path}")
 
 
+@app.command("relevance")
+@options.interruptible()
+def relevance_command(
+    generator: Optional[Path] = typer.Option(None, "--generator", help="A generator: rosinality .pt, e4e checkpoint or StyleGAN2-ADA .pkl."),
+    domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="An e4e checkpoint (its generator)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The relevance file (.npz; default: the weights folder's directions/<name>_relevance.npz)."),
+    samples: int = typer.Option(100, "--samples", help="Samples per channel (StyleCLIP: 100); two decodes each."),
+    stats_samples: int = typer.Option(100_000, "--stats-samples", help="Samples for the channels' mean and std."),
+    channels: Optional[str] = typer.Option(None, "--channels", metavar="START:END", help="Only these StyleSpace channels (a later run adds the others to the same file)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per decode."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = options.device_option(),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start again instead of resuming an existing file."),
+    weights_dir: Optional[Path] = options.weights_dir_option(),
+):
+    """StyleCLIP's channel relevance (fs3) for any generator, for `e4e edit --text ... --relevance FILE`.
+    Resumable (rerun the same command); torchrun splits the channels over processes."""
+    from ..jobs import relevance as job
+
+    options.check_domain(domain)
+    path, info = job.compute_relevance(job.RelevanceJob(
+        source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint, weights_dir=weights_dir),
+        out=out, samples=samples, stats_samples=stats_samples, seed=seed, channels=job.parse_channels(channels),
+        batch=batch_size, device=device, overwrite=overwrite))
+    from ..dist import is_main
+
+    if not is_main():  # torchrun: the first process reports the merged file
+        return
+    typer.echo(f"wrote {path}: {info['computed']} of {info['channels']} channels computed ({info['computed_now']} now, "
+               f"{info['seconds_per_channel_and_sample']:g} s per channel and sample); "
+               f"edit with: e4e edit SOURCE --text TARGET --relevance {path}")
+
+
 def _strengths(text: Optional[str]) -> Optional[list]:
     if text is None:
         return None
@@ -161,7 +195,10 @@ def _strengths(text: Optional[str]) -> Optional[list]:
 @app.command("show")
 @options.interruptible()
 def show_command(
-    name: str = typer.Argument(..., help="A direction file, NAME in the weights folder's directions/, a preset, ganspace:C:S:E or sefa:K."),
+    name: str = typer.Argument(..., help="A direction file, NAME in the weights folder's directions/, a preset, ganspace:C:S:E, sefa:K, or text:TARGET (StyleCLIP; the strengths are α)."),
+    neutral: Optional[str] = typer.Option(None, "--neutral", help="text:TARGET: the neutral text."),
+    beta: float = typer.Option(0.15, "--beta", help="text:TARGET: the threshold β."),
+    relevance: Optional[Path] = typer.Option(None, "--relevance", help="text:TARGET: the relevance file (`e4e directions relevance`)."),
     generator: Optional[Path] = typer.Option(None, "--generator", help="A generator file (default: the domain's e4e checkpoint)."),
     domain: Optional[str] = typer.Option(None, "--domain", help=DOMAIN_HELP),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="An e4e checkpoint (its generator)."),
@@ -186,5 +223,6 @@ def show_command(
         direction=name, source=job.GeneratorSource(generator=generator, domain=domain, checkpoint=checkpoint,
                                                    weights_dir=weights_dir),
         out=out, latents=list(latent or []), samples=samples, seed=seed, strengths=_strengths(sweep),
-        truncation=truncation, tile=tile, pca=pca, device=device, overwrite=overwrite, precision=precision))
+        truncation=truncation, tile=tile, pca=pca, device=device, overwrite=overwrite, precision=precision,
+        text={"neutral": neutral, "beta": beta, "relevance": relevance}))
     typer.echo(f"wrote {path}")

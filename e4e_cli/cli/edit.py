@@ -22,7 +22,17 @@ def edit_command(
     sources: Optional[List[Path]] = typer.Argument(None, help="Photos (inverted first), latents (.npy/.pt), refined "
                                                    "latent files (.npz), invert result folders, folders of these (not "
                                                    "searched recursively), or nothing: the last invert's latents."),
-    direction: str = typer.Option(..., "--direction", "-d", help="Preset (see `e4e directions`), a direction file, NAME of one saved by `e4e directions fit`, ganspace:COMP:START:END or sefa:K[:LAYERS]."),
+    direction: Optional[str] = typer.Option(None, "--direction", "-d", help="Preset (see `e4e directions`), a direction file, NAME of one saved by `e4e directions fit`, ganspace:COMP:START:END or sefa:K[:LAYERS]; or --text."),
+    text: Optional[str] = typer.Option(None, "--text", help="Edit from words (StyleCLIP global directions): what "
+                                       "the edited image should show, e.g. \"a face with glasses\"."),
+    neutral: Optional[str] = typer.Option(None, "--neutral", help="With --text: the neutral text it is measured from "
+                                          "(default: \"a face\" for faces, \"a car\", \"a horse\", \"a church\")."),
+    alpha: Optional[List[float]] = typer.Option(None, "--alpha", help="With --text: edit strength α (default 4); "
+                                                "may repeat; --sweep sweeps α."),
+    beta: float = typer.Option(0.15, "--beta", help="With --text: disentanglement threshold β; channels whose "
+                               "relevance to the text is below it do not move (0.1-0.2)."),
+    relevance: Optional[Path] = typer.Option(None, "--relevance", help="With --text: the channel relevance file "
+                                             "(`e4e directions relevance`; default for faces: styleclip_ffhq)."),
     strength: Optional[List[float]] = typer.Option(None, "--strength", "-s", help="Edit strength; may repeat (default: the preset's)."),
     sweep: Optional[str] = typer.Option(None, "--sweep", help="START:STOP:N: N strengths in one strip image and an animated GIF."),
     out: Path = typer.Option(Path("e4e-out/edits"), "--out", help="Output folder."),
@@ -66,12 +76,26 @@ def edit_command(
                                                  "sigma (frames) smoothing the codes over time before the edit "
                                                  "(0 = off, the default, as STIT)."),
 ):
-    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions; or the face in a video
+    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions, or from words (--text, StyleCLIP); or the face in a video
     (.mp4 .mov .m4v .mkv .webm .avi: OUT/<stem>/<stem>_<direction>_<strength>.mp4)."""
     from ..editing import check_delta_scale, check_strength, parse_sweep
     from ..jobs.edit import EditJob, run_edit
     from .edit_video import edit_video, photo_refusals, video_sources
 
+    if (direction is None) == (text is None):
+        raise E4EError("give --direction D or --text TARGET (one of them)", exit_code=USAGE)
+    if text is None:
+        given = [name for name, v in (("--neutral", neutral), ("--alpha", alpha), ("--relevance", relevance),
+                                      ("--beta", None if beta == 0.15 else beta)) if v]
+        if given:
+            raise E4EError(f"{given[0]} needs --text", exit_code=USAGE)
+    else:
+        if strength:
+            raise E4EError("a text edit's strength is --alpha (not --strength)", exit_code=USAGE)
+        strength = alpha
+        if not beta >= 0:
+            raise E4EError(f"--beta must be 0 or more, got {beta:g}", exit_code=USAGE)
+        direction = "text"
     options.check_domain(domain)
     options.check_paste_options(paste_back, color_match=color_match, paste_mask=paste_mask)
     if strength and sweep:
@@ -85,7 +109,7 @@ def edit_command(
     options.check_preview_size(preview_size)
     videos = video_sources(sources, unsupported={"--paste-back": paste_back or None,
                                                  "--preview-size": preview_size, "--generator": generator,
-                                                 "--delta-scale": delta_scale})
+                                                 "--delta-scale": delta_scale, "--text": text})
     if videos:  # a clip: the video job (jobs/video.py)
         return edit_video(videos[0], direction=direction, strengths=strengths, sweep=sweep_values, out=out, face=face,
                           side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
@@ -101,6 +125,7 @@ def edit_command(
         paste_mask=options.check_mask(paste_mask or "hull"), invert_out=invert_out, overwrite=overwrite,
         weights_dir=weights_dir, preview_size=preview_size, generator=generator, refine=refining,
         refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder, offsets_precision=offsets_precision,
+        text=text, neutral=neutral, beta=beta, relevance=relevance,
     )
     results = run_edit(job)
     for r in results:
@@ -110,7 +135,8 @@ def edit_command(
     skipped = [r for r in results if r.status == "skipped"]
     n_files = sum(len(r.files) for r in ok)
     where = next((r.outdir for r in results if r.outdir), out)  # OUT/preview-N/ for previews
-    msg = f"{len(ok)} source(s) edited with {direction}: {n_files} files in {where}/"
+    what = f"the text {text!r}" if text is not None else direction
+    msg = f"{len(ok)} source(s) edited with {what}: {n_files} files in {where}/"
     if skipped:
         msg += f"; {len(skipped)} already done (use --overwrite to redo)"
     typer.echo(msg)

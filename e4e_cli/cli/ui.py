@@ -22,6 +22,8 @@ def ui_command(
     precision: str = options.precision_option(),
     device: str = options.device_option(),
     weights_dir: Optional[Path] = options.weights_dir_option(),
+    relevance: Optional[Path] = typer.Option(None, "--relevance", help="A relevance file for the text box "
+                                             "(`e4e directions relevance`; faces default to styleclip_ffhq)."),
     refiner: Optional[Path] = typer.Option(None, "--refiner", help="A HyperStyle checkpoint for the page's refine switch "
                                            "(default: the domain's in the weights folder, when downloaded)."),
     w_encoder: Optional[Path] = typer.Option(None, "--w-encoder", help="The W-encoder it starts from."),
@@ -55,7 +57,8 @@ def ui_command(
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                     weights_dir=weights_dir))
     editor = Editor(model, weights_dir=weights_dir, latents_dir=latents, synthetic=_not_released(model),
-                    directions_dir=directions, refiner_files=_refiner_files(model, refiner, w_encoder, weights_dir))
+                    directions_dir=directions, refiner_files=_refiner_files(model, refiner, w_encoder, weights_dir),
+                    relevance=relevance)
     url = page_url(host, port, token)
     typer.echo(f"e4e ui: {url} ({model.domain}, {model.size}px; Ctrl-C stops it)")
     warning = network_warning(host)

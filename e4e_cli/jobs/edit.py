@@ -63,6 +63,10 @@ class EditJob:
     refiner: Optional[Path] = None
     w_encoder: Optional[Path] = None
     offsets_precision: str = "fp16"
+    text: Optional[str] = None  # a text edit (StyleCLIP): `direction` is then unused, strengths are α
+    neutral: Optional[str] = None
+    beta: float = 0.15
+    relevance: Optional[Path] = None
 
 
 def run_edit(job: EditJob) -> list[ItemResult]:
@@ -85,7 +89,13 @@ def run_edit(job: EditJob) -> list[ItemResult]:
     model = decoder.model
     if job.generator is not None:
         model = _with_generator(model, job.generator)
-    direction = resolve_direction(job.direction, model, pca_file=job.pca, weights_dir=job.weights_dir)
+    if job.text is not None:
+        from ..textedit import text_direction
+
+        direction = text_direction(model, text=job.text, neutral=job.neutral, beta=job.beta, relevance=job.relevance,
+                                   weights_dir=job.weights_dir)
+    else:
+        direction = resolve_direction(job.direction, model, pca_file=job.pca, weights_dir=job.weights_dir)
     if not strengths:
         if direction.default_strength is None:
             raise E4EError(f"direction {job.direction!r} has no default strength: pass --strength S or --sweep START:STOP:N")
@@ -235,7 +245,10 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
     step = job.batch_size or model.default_batch_size()
     for start in range(0, len(strengths), step):
         chunk = edited[start : start + step]
-        frames += model.to_pil(model.decode(chunk, offsets=offsets, size=job.preview_size))
+        styles = None
+        if direction.style_offsets is not None:  # a text edit: α·Δs per strength, in StyleSpace
+            styles = torch.stack([direction.style_offsets(s) for s in strengths[start : start + step]])
+        frames += model.to_pil(model.decode(chunk, offsets=offsets, size=job.preview_size, style_offsets=styles))
     for s, codes_s, frame, rec in zip(strengths, edited, frames, records):
         base = f"{name}_{slug(direction.label)}_{fmt_strength(s)}"
         files[f"{base}.png"] = str(atomic_save_image(frame, out / f"{base}.png"))

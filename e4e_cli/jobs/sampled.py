@@ -167,6 +167,7 @@ class ShowJob:
     device: str = "auto"
     overwrite: bool = False
     precision: Optional[str] = None  # None: fp32; "auto": what the device computes natively
+    text: dict = field(default_factory=dict)  # direction "text:TARGET": neutral, beta, relevance (textedit)
 
 
 def find_direction(spec: str, weights_dir=None) -> str:
@@ -226,11 +227,16 @@ def show_strip(job: ShowJob) -> Path:
     dev = g.noises.noise_0.device
     domain = job.source.domain or loaded.domain_hint or "custom"
     model = _GeneratorModel(g, domain, g.n_styles)
-    direction = resolve_direction(spec, model, pca_file=job.pca, weights_dir=job.source.weights_dir)
     tile = job.tile or min(256, loaded.size)
     if not 8 <= tile <= 1024:
         raise E4EError(f"--tile must be 8..1024, got {tile}")
     decoder = _decoder(g, loaded, domain, job.precision)
+    if job.direction.startswith("text:"):  # StyleCLIP: columns are α
+        from ..textedit import text_direction
+
+        direction = text_direction(decoder, text=job.direction[5:], weights_dir=job.source.weights_dir, **job.text)
+    else:
+        direction = resolve_direction(spec, model, pca_file=job.pca, weights_dir=job.source.weights_dir)
     with torch.inference_mode():
         if job.latents:
             rows = []
@@ -252,7 +258,8 @@ def show_strip(job: ShowJob) -> Path:
         cells = []
         for s in progress.iterate(strengths, total=len(strengths), desc="decoding", unit="strength"):
             edited = direction.apply(codes, float(s))
-            cells.append(E4E.to_uint8(decoder.decode(edited, crop=False)))  # [R,H,W,3]
+            styles = direction.style_offsets(float(s)) if direction.style_offsets is not None else None
+            cells.append(E4E.to_uint8(decoder.decode(edited, crop=False, style_offsets=styles)))  # [R,H,W,3]
     n_rows = codes.shape[0]
     strip = Image.new("RGB", (tile * len(strengths), tile * n_rows))
     for col, imgs in enumerate(cells):

@@ -257,7 +257,8 @@ def _conv3x3_args(opts: FastOptions) -> dict:
 
 
 def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOptions | None = None,
-               plans: Plans | None = None, offsets=None, stop_at: int | None = None, should_stop=None):
+               plans: Plans | None = None, offsets=None, stop_at: int | None = None, should_stop=None,
+               style_offsets=None):
     """The generator's fast path: codes [B,n_styles,D] -> image [B,3,size,size], the same
     function as `g.synthesize(codes, noise=noise, offsets=offsets, stop_at=stop_at)`
     (networks.py, the reference).
@@ -269,20 +270,26 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
     folded into a per-call copy of the plan's weights, per-sample ones run image by image.
     `stop_at`: return the [B,3,r,r] image after the r block (the skip branch's partial sum).
     `should_stop`: called before each up-sampling block; True raises errors.Cancelled.
+    `style_offsets`: StyleSpace offsets [C] or [B,C] added to the convolutions' styles
+    (`Generator.check_style_offsets`); the ToRGB styles are left alone.
     """
     if codes.ndim != 3 or codes.shape[1] != g.n_styles or codes.shape[2] != g.style_dim:
         raise ValueError(f"codes must be [B,{g.n_styles},{g.style_dim}], got {tuple(codes.shape)}")
     noise = g.fixed_noise() if noise is None else noise
     b = codes.shape[0]
     off = g.check_offsets(offsets, batch=b)
+    sty = g.check_style_offsets(style_offsets, batch=b)
     n_steps = 2 + 3 * g.blocks_until(stop_at)
     if any(t.ndim == 5 and t.shape[0] > 1 for t in off.values()):  # a different generator per image
         parts = []
         for i in range(b):
             own = {k: (t[i] if t.ndim == 5 and t.shape[0] > 1 else t) for k, t in off.items()}
             nz = [n[i : i + 1] if n.shape[0] > 1 else n for n in noise]
+            so = None
+            if style_offsets is not None:
+                so = style_offsets[i : i + 1] if style_offsets.ndim == 2 and style_offsets.shape[0] > 1 else style_offsets
             parts.append(synthesize(g, codes[i : i + 1], nz, dtype=dtype, options=options, plans=plans,
-                                    offsets=own, stop_at=stop_at, should_stop=should_stop))
+                                    offsets=own, stop_at=stop_at, should_stop=should_stop, style_offsets=so))
         return torch.cat(parts)
     opts = FastOptions() if options is None else options
     up_mode, mode = opts.up_mode, opts.mode
@@ -301,6 +308,8 @@ def synthesize(g: "Generator", codes, noise=None, *, dtype=None, options: FastOp
     cdt = dtype or base
     styles = each(lambda c: F.linear(c, plan.style_w, plan.style_b), codes.to(base))  # [B, n_styles, sum(I)]
     svec = [styles[:, st.code, st.off : st.off + st.weight.shape[1]] for st in plan.steps[:n_steps]]
+    if sty is not None:  # StyleSpace offsets: step j is layer j of `g.layers()`
+        svec = [v + sty[j].to(device=v.device, dtype=v.dtype) if j in sty else v for j, v in enumerate(svec)]
     cl = torch.channels_last
     x = g.input.input.expand(b, -1, -1, -1).to(cdt).contiguous(memory_format=cl)
     skip = None

@@ -358,8 +358,38 @@ class Generator(nn.Module):
             out += [(self.convs[2 * k].conv, 1 + 2 * k), (self.convs[2 * k + 1].conv, 2 + 2 * k), (self.to_rgbs[k].conv, 3 + 2 * k)]
         return out
 
+    def style_layers(self) -> list[tuple[int, int, int]]:
+        """StyleSpace's layers (every modulated convolution except ToRGB), in code order:
+        (index in `layers()`, code index, channels). Their styles, concatenated, are S."""
+        return [(i, c, mod.weight.shape[2]) for i, (mod, c) in enumerate(self.layers()) if mod.demodulate]
+
+    @property
+    def n_style_channels(self) -> int:
+        """StyleSpace's size: 6048 at 1024 (the ToRGB layers' 3040 excluded)."""
+        return sum(n for _, _, n in self.style_layers())
+
+    def styles(self, codes) -> torch.Tensor:
+        """codes [B,n_styles,D] -> S [B,n_style_channels]: each convolution's modulation output."""
+        layers = self.layers()
+        return torch.cat([layers[i][0].modulation(codes[:, c]) for i, c, _ in self.style_layers()], dim=1)
+
+    def check_style_offsets(self, style_offsets, *, batch: int) -> dict[int, torch.Tensor] | None:
+        """Style offsets [C] or [B or 1, C] (C = n_style_channels) split per layer:
+        {index in `layers()`: [B or 1, channels]}. Raises ValueError on another shape."""
+        if style_offsets is None:
+            return None
+        t = style_offsets if style_offsets.ndim == 2 else style_offsets.reshape(1, -1)
+        if t.ndim != 2 or t.shape[1] != self.n_style_channels or t.shape[0] not in (1, batch):
+            raise ValueError(f"style offsets have shape {tuple(style_offsets.shape)}; this generator's StyleSpace "
+                             f"has {self.n_style_channels} channels ([{self.n_style_channels}] or [B,{self.n_style_channels}])")
+        out, start = {}, 0
+        for i, _, n in self.style_layers():
+            out[i] = t[:, start : start + n]
+            start += n
+        return out
+
     def synthesize(self, codes, *, noise: list[torch.Tensor] | None = None, impl: str = "ref", dtype=None,
-                   offsets=None, stop_at: int | None = None, should_stop=None):
+                   offsets=None, stop_at: int | None = None, should_stop=None, style_offsets=None):
         """codes [B,n_styles,D] -> image [B,3,size,size]. `noise` defaults to the fixed buffers.
 
         `dtype` runs the convolutions in a reduced precision (styles, demodulation and the
@@ -372,6 +402,8 @@ class Generator(nn.Module):
         `stop_at`: a resolution r (4 .. size): return the skip branch's image after the r block,
         [B,3,r,r] -- exactly the low-resolution partial sum that the full decode up-samples on.
         `should_stop`: called before each up-sampling block; True raises errors.Cancelled.
+        `style_offsets`: StyleSpace offsets [C] or [B,C] (`check_style_offsets`) added to the
+        convolutions' styles (StyleCLIP's global directions); ToRGB styles are never moved.
         """
         if codes.ndim != 3 or codes.shape[1] != self.n_styles or codes.shape[2] != self.style_dim:
             raise ValueError(f"codes must be [B,{self.n_styles},{self.style_dim}], got {tuple(codes.shape)}")
@@ -381,12 +413,22 @@ class Generator(nn.Module):
         last = self.blocks_until(stop_at)
         cdt = dtype or codes.dtype
         x = self.input.input.expand(b, -1, -1, -1).to(cdt)
-        x = self.conv1(x, codes[:, 0], noise[0], impl, offset=off.get(0))
+        sty = self.check_style_offsets(style_offsets, batch=b)
+
+        def styled(conv, i, code):  # the layer's style, moved by its StyleSpace offset (None: computed in the layer)
+            if sty is None:
+                return None
+            return conv.conv.modulation(code) + sty[i].to(code.dtype)
+
+        x = self.conv1(x, codes[:, 0], noise[0], impl, styled(self.conv1, 0, codes[:, 0]), offset=off.get(0))
         skip = self.to_rgb1(x, codes[:, 1], impl=impl, offset=off.get(1)).float()
         for k in range(last):
             ops.stop_if_asked(should_stop)
-            x = self.convs[2 * k](x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl, offset=off.get(2 + 3 * k))
-            x = self.convs[2 * k + 1](x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl, offset=off.get(3 + 3 * k))
+            c0, c1 = self.convs[2 * k], self.convs[2 * k + 1]
+            x = c0(x, codes[:, 1 + 2 * k], noise[1 + 2 * k], impl, styled(c0, 2 + 3 * k, codes[:, 1 + 2 * k]),
+                   offset=off.get(2 + 3 * k))
+            x = c1(x, codes[:, 2 + 2 * k], noise[2 + 2 * k], impl, styled(c1, 3 + 3 * k, codes[:, 2 + 2 * k]),
+                   offset=off.get(3 + 3 * k))
             skip = self.to_rgbs[k](x, codes[:, 3 + 2 * k], skip, impl, offset=off.get(4 + 3 * k)).float()
         return skip
 

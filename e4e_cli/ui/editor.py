@@ -36,7 +36,8 @@ class Editor:
     """The model, its directions and the sessions."""
 
     def __init__(self, model, *, weights_dir=None, latents_dir: Optional[Path] = None, synthetic: bool = False,
-                 directions_dir: Optional[Path] = None, refiner_files: Optional[tuple] = None):
+                 directions_dir: Optional[Path] = None, refiner_files: Optional[tuple] = None,
+                 relevance: Optional[Path] = None):
         from .. import editing
 
         self.model, self.synthetic = model, synthetic
@@ -56,6 +57,47 @@ class Editor:
             lo, hi = (-5.0, 5.0) if d.kind != "ganspace" else (-30.0, 30.0)
             self.directions[spec.replace(":", "-")] = (spec, d, lo, hi)
         self._add_own_directions(weights_dir, directions_dir)
+        self.weights_dir, self.relevance = weights_dir, relevance
+        self.text_edits = self._text_edits_available()
+        self._texts: dict = {}  # (target, neutral, beta) -> Direction: each text resolved once
+
+    def _text_edits_available(self) -> bool:
+        """Whether the page offers a text box: CLIP's files and a relevance for this model are there."""
+        from ..textedit import resolve_relevance
+        from ..weights.locate import require_asset
+
+        try:
+            require_asset("clip_vit_b32", self.weights_dir)
+            require_asset("clip_vocab", self.weights_dir)
+            resolve_relevance(self.model, self.relevance, self.weights_dir)
+        except E4EError:
+            return False
+        return True
+
+    def text_offsets(self, text) -> Optional[object]:
+        """A text edit's StyleSpace offsets [C] from the page's {"target", "alpha"[, "neutral", "beta"]}
+        (None: no text or α 0), with `e4e edit --text`'s function."""
+        if not text:
+            return None
+        if not isinstance(text, dict):
+            raise E4EError("text must be an object with target and alpha")
+        target = str(text.get("target") or "")
+        alpha = float(text.get("alpha", 0.0))
+        if not target.strip() or alpha == 0.0:
+            return None
+        if not self.text_edits:
+            raise E4EError("text edits need CLIP and a relevance file: e4e download-weights clip (and styleclip_ffhq "
+                           "for faces, or e4e ui --relevance FILE)")
+        neutral = text.get("neutral") or None
+        beta = float(text.get("beta", 0.15))
+        key = (target[:400], neutral, beta)
+        if key not in self._texts:
+            from ..textedit import text_direction
+
+            with self.lock:  # CLIP runs beside the generator: one model at a time
+                self._texts[key] = text_direction(self.model, text=key[0], neutral=neutral, beta=beta,
+                                                  relevance=self.relevance, weights_dir=self.weights_dir)
+        return self._texts[key].style_offsets(alpha)
 
     def _add_own_directions(self, weights_dir, directions_dir: Optional[Path]) -> None:
         """A slider for each direction file in the weights folder's directions/ and in
@@ -83,6 +125,7 @@ class Editor:
                 "preview_size": self.preview_size("preview"),
                 "paste_back": self.model.domain == "ffhq", "refine": self.refiner.available,
                 "directions": [{"id": k, "label": spec, "min": lo, "max": hi} for k, (spec, d, lo, hi) in self.directions.items()],
+                "text_edits": self.text_edits,
                 "latents": self.list_latents()}
 
     def list_latents(self) -> list[str]:
@@ -241,11 +284,12 @@ class Editor:
         return PREVIEW_SIDE if kind == "preview" and self.model.size > PREVIEW_SIDE else None
 
     def render(self, sid: str, strengths: dict, delta_scale: float, paste_back: bool, *, seq: Optional[int] = None,
-               size: Optional[int] = None, paste_side: Optional[int] = None, refined: bool = False):
+               size: Optional[int] = None, paste_side: Optional[int] = None, refined: bool = False, text=None):
         """(PIL image, codes); None when a newer request of this session has overtaken `seq`:
         before the decode, while it waited for the model, or during it (the decode stops at the
         next block boundary). `size`: the early-exit preview's resolution (None: full).
-        `paste_side`: paste back into the photo shrunk to this longest side (None: as kept)."""
+        `paste_side`: paste back into the photo shrunk to this longest side (None: as kept).
+        `text`: a text edit on top ({"target", "alpha"}, `text_offsets`)."""
         import torch
 
         from ..errors import Cancelled
@@ -255,6 +299,7 @@ class Editor:
             with s.lock:
                 s.seq = max(s.seq, seq)
         codes = self.edited_codes(s, strengths, delta_scale, refined=refined)
+        styles = self.text_offsets(text)
         decoder, offsets = (self.refiner.get().decoder, s.refined[1]) if refined else (self.model, None)
         stale = None if seq is None else (lambda: seq < s.seq)
         if stale is not None and stale():  # overtaken already: do not even wait for the model
@@ -264,7 +309,8 @@ class Editor:
                 return None
             try:
                 with torch.inference_mode():
-                    image = self.model.to_pil(decoder.decode(codes, size=size, should_stop=stale, offsets=offsets))[0]
+                    image = self.model.to_pil(decoder.decode(codes, size=size, should_stop=stale, offsets=offsets,
+                                                             style_offsets=styles))[0]
             except Cancelled:
                 return None
         if stale is not None and stale():  # no paste-back or PNG for an answer nobody will show

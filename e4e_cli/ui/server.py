@@ -161,7 +161,8 @@ def create_app(editor: Editor, *, token: str, host: str, port: int):
             seq = int(number_field(body, "seq", default=0))
             out = editor.render(text_field(body, "session"), strengths_field(body.get("strengths")),
                                 number_field(body, "delta_scale", default=1.0), flag_field(body, "paste_back"),
-                                seq=seq, size=size, paste_side=PASTE_SIDES[kind], refined=flag_field(body, "refined"))
+                                seq=seq, size=size, paste_side=PASTE_SIDES[kind], refined=flag_field(body, "refined"),
+                                text=body.get("text"))
             if out is None:
                 return JSONResponse({"superseded": True}, status_code=409)
             return {"image": data_url(png(out[0], fast=True)), "seq": seq,
@@ -188,7 +189,8 @@ def create_app(editor: Editor, *, token: str, host: str, port: int):
                 return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": attachment(name)})
             if kind not in ("image", "photo"):
                 raise E4EError(f"unknown download {kind[:20]!r}")
-            image, _ = editor.render(sid, st, a, kind == "photo", refined=refined)
+            text = json_object(q.get("text").encode()) if q.get("text") else None  # the page's text edit
+            image, _ = editor.render(sid, st, a, kind == "photo", refined=refined, text=text)
             return Response(png(image), media_type="image/png",
                             headers={"Content-Disposition": attachment(f"{editor.session(sid).name}_{kind}.png")})
         return await work("download", job)

@@ -215,6 +215,28 @@ _REGISTRY = _REGISTRY + (
                 "W-encoder HyperStyle starts from, AFHQ wild animals", _WILD_LICENCE),
 )
 
+# StyleCLIP's global directions (issue 33): CLIP ViT-B/32 in transformers' safetensors layout (OpenAI's
+# weights as openai/clip-vit-base-patch32 publishes them: no size or hash could be read from the
+# build machines, so unverified until recorded), CLIP's BPE vocabulary (the file OpenAI's CLIP and
+# open_clip ship; hash and size read from the open-clip-torch 3.3.0 and clip-anytorch 2.6.0 wheels,
+# the same bytes in both) and StyleCLIP's released FFHQ relevance matrix fs3 (unverified).
+_CLIP_LICENCE = "MIT (openai/CLIP); OpenAI's model card: research use, not for deployment without in-domain testing"
+_REGISTRY = _REGISTRY + (
+    Asset(name="clip_vit_b32", filename="clip-vit-base-patch32.safetensors", size=0, sha256="",
+          urls=("https://huggingface.co/openai/clip-vit-base-patch32/resolve/main/model.safetensors",), group="clip",
+          description="CLIP ViT-B/32 (OpenAI's weights, transformers' CLIPModel layout) for text edits",
+          licence=_CLIP_LICENCE),
+    Asset(name="clip_vocab", filename="bpe_simple_vocab_16e6.txt.gz", size=1356917,
+          sha256="924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a",
+          urls=("https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz",
+                "https://github.com/mlfoundations/open_clip/raw/main/src/open_clip/bpe_simple_vocab_16e6.txt.gz"),
+          group="clip", description="CLIP's byte-pair vocabulary (49,408 tokens)", licence="MIT (openai/CLIP)"),
+    Asset(name="styleclip_ffhq", filename="styleclip_ffhq_fs3.npy", size=0, sha256="",
+          urls=("https://github.com/orpatashnik/StyleCLIP/raw/main/global_torch/npy/ffhq/fs3.npy",), group="styleclip_ffhq",
+          description="StyleCLIP's channel relevance fs3 for FFHQ StyleGAN2 (text edits of faces)",
+          licence="MIT (orpatashnik/StyleCLIP)", domain="ffhq"),
+)
+
 #: file-level name -> asset
 ASSETS: Dict[str, Asset] = {a.name: a for a in _REGISTRY}
 
@@ -235,6 +257,8 @@ GROUPS: Dict[str, List[str]] = {
     "hyperstyle_ffhq": ["hyperstyle_ffhq", "w_encoder_ffhq"],
     "hyperstyle_cars": ["hyperstyle_cars", "w_encoder_cars"],
     "hyperstyle_wild": ["hyperstyle_wild", "w_encoder_wild"],
+    "clip": ["clip_vit_b32", "clip_vocab"],
+    "styleclip_ffhq": ["styleclip_ffhq", "clip_vit_b32", "clip_vocab"],
     "all": [a.name for a in _REGISTRY],
 }
 
