@@ -76,8 +76,9 @@ def edit_command(
                                                  "sigma (frames) smoothing the codes over time before the edit "
                                                  "(0 = off, the default, as STIT)."),
 ):
-    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions, or from words (--text, StyleCLIP); or the face in a video
-    (.mp4 .mov .m4v .mkv .webm .avi: OUT/<stem>/<stem>_<direction>_<strength>.mp4)."""
+    """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions, or from words (--text,
+    StyleCLIP); or the face in a video (.mp4 .mov .m4v .mkv .webm .avi:
+    OUT/<stem>/<stem>_<direction>_<strength>.mp4)."""
     from ..editing import check_delta_scale, check_strength, parse_sweep
     from ..jobs.edit import EditJob, run_edit
     from .edit_video import edit_video, photo_refusals, video_sources
@@ -114,8 +115,8 @@ def edit_command(
         return edit_video(videos[0], direction=direction, strengths=strengths, sweep=sweep_values, out=out, face=face,
                           side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
                           smooth_codes=smooth_codes, domain=domain, checkpoint=checkpoint, pca=pca, device=device,
-                          precision=precision, batch_size=batch_size, weights_dir=weights_dir, overwrite=overwrite, refine=refining,
-                          refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder)
+                          precision=precision, batch_size=batch_size, weights_dir=weights_dir, overwrite=overwrite,
+                          refine=refining, refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder)
     photo_refusals(face=face, side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
                    smooth_codes=smooth_codes)
     job = EditJob(
