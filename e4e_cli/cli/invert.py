@@ -34,13 +34,18 @@ def invert_command(
     weights_dir: Optional[Path] = options.weights_dir_option(),
     refine: Optional[str] = options.refine_option(
         "hyperstyle: start from HyperStyle's W-encoder and refine the reconstruction with per-image generator "
-        "weight offsets (weight_offsets.npz; edits keep them). Slower, much closer to the photo."),
+        "weight offsets (weight_offsets.npz; edits keep them). Slower, much closer to the photo. "
+        "pti: pivotal tuning, the e4e code kept and the generator tuned to the photo (tuned_generator.npz; "
+        "edits keep it). Much slower, closest."),
     refine_steps: Optional[int] = options.refine_steps_option(),
     refiner: Optional[Path] = options.refiner_option(),
     w_encoder: Optional[Path] = options.w_encoder_option(),
     offsets_precision: str = options.offsets_precision_option(),
+    pti_steps: Optional[int] = options.pti_steps_option(),
+    pti_lr: Optional[float] = options.pti_lr_option(),
+    lpips_stop: Optional[float] = options.lpips_stop_option(),
 ):
-    """Invert photos into StyleGAN's latent space with the e4e encoder (or refine with HyperStyle)."""
+    """Invert photos into StyleGAN's latent space with the e4e encoder (or refine with HyperStyle or PTI)."""
     from ..domains import DEFAULT, aligns_faces
     from ..jobs.ahead import AlignAhead
 
@@ -62,7 +67,12 @@ def invert_command(
                          overwrite=overwrite, face=face, report=report, refine_steps=refine_steps,
                          offsets_precision=offsets_precision)
     check_delta_scale(delta_scale)
-    if options.check_refine(refine, refine_steps, refiner, w_encoder):
+    pti = options.check_pti(refine, pti_steps, pti_lr, lpips_stop)
+    if pti is not None:
+        model = _pti(pti, refine_steps, refiner, w_encoder, offsets_precision, domain=domain, checkpoint=checkpoint,
+                     delta_scale=delta_scale, report=report, device=device, precision=precision,
+                     weights_dir=weights_dir)
+    elif options.check_refine(refine, refine_steps, refiner, w_encoder):
         model = _refiner(refiner, w_encoder, offsets_precision, domain=domain,
                          checkpoint=checkpoint, delta_scale=delta_scale, report=report, device=device,
                          precision=precision, weights_dir=weights_dir)
@@ -111,3 +121,26 @@ def _refiner(refiner, w_encoder, offsets_precision, *, domain, checkpoint, delta
     refiner, w_encoder = refiner_files(domain, refiner, w_encoder, weights_dir)
     return load_refiner(domain=domain, refiner=refiner, w_encoder=w_encoder, device=device, precision=precision,
                         weights_dir=weights_dir)
+
+
+def _pti(settings, refine_steps, refiner, w_encoder, offsets_precision, *, domain, checkpoint, delta_scale, report,
+         device, precision, weights_dir):
+    """The pti.PTI model `--refine pti` asks for (the e4e checkpoint and the LPIPS weights, exit 3
+    naming `e4e download-weights lpips` when they are missing), after checking its options."""
+    from ..jobs.outputs import check_domain_fits
+    from ..model import ModelOptions, load_model
+    from ..pti import PTI
+    from ..train.lossnets import load_lpips
+
+    if refine_steps is not None or refiner is not None or w_encoder is not None:
+        raise E4EError("--refine-steps, --refiner and --w-encoder are HyperStyle's; --refine pti takes "
+                       "--pti-steps, --pti-lr and --lpips-stop", exit_code=USAGE)
+    if delta_scale != 1.0 or report:
+        raise E4EError("--delta-scale and --report are not supported with --refine pti (the pivot is the e4e code)",
+                       exit_code=USAGE)
+    settings.precision = offsets_precision
+    settings.check()
+    model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
+                                    weights_dir=weights_dir))
+    check_domain_fits(domain, model)
+    return PTI(model, load_lpips(weights_dir=weights_dir), settings)

@@ -97,6 +97,31 @@ def w_encoder_option():
     return typer.Option(None, "--w-encoder", help="With --refine: the W-encoder file it starts from.")
 
 
+def pti_steps_option():
+    return typer.Option(None, "--pti-steps", help="With --refine pti: at most this many tuning steps (default 350).")
+
+
+def pti_lr_option():
+    return typer.Option(None, "--pti-lr", help="With --refine pti: Adam's learning rate (default 3e-4).")
+
+
+def lpips_stop_option():
+    return typer.Option(None, "--lpips-stop", help="With --refine pti: stop tuning once LPIPS <= this (default 0.06).")
+
+
+def check_pti(refine: Optional[str], steps: Optional[int], lr: Optional[float], lpips_stop: Optional[float]):
+    """pti.PTISettings when `--refine pti` is asked for, else None; one usage-error line for a
+    PTI option without it or a value out of range."""
+    if refine != "pti":
+        if (steps, lr, lpips_stop) != (None, None, None):
+            raise E4EError("--pti-steps, --pti-lr and --lpips-stop need --refine pti", exit_code=USAGE)
+        return None
+    from ..pti import DEFAULT_LPIPS_STOP, DEFAULT_LR, DEFAULT_STEPS, PTISettings
+
+    return PTISettings(steps=DEFAULT_STEPS if steps is None else steps, lr=DEFAULT_LR if lr is None else lr,
+                       lpips_stop=DEFAULT_LPIPS_STOP if lpips_stop is None else lpips_stop).check()
+
+
 def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[Path],
                  w_encoder: Optional[Path]) -> bool:
     """Whether `--refine hyperstyle` is asked for; one E4EError line for an unknown refinement,
@@ -105,7 +130,7 @@ def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[
         return False
     if refine != "hyperstyle":
         raise E4EError("--refine-steps, --refiner and --w-encoder need --refine hyperstyle" if refine is None
-                       else f"unknown --refine {refine!r}: the one refinement is hyperstyle", exit_code=USAGE)
+                       else f"unknown --refine {refine!r}: choose hyperstyle or pti", exit_code=USAGE)
     if steps is not None and not 0 <= steps <= 50:
         raise E4EError(f"--refine-steps must be from 0 to 50, got {steps}", exit_code=USAGE)
     return True

@@ -232,7 +232,11 @@ def _edit_one(src: Source, name: str, model, direction: Direction, strengths: li
 
         photo = paste_context(src.invert_dir)
     offsets = None
-    if src.offsets_file is not None:
+    if src.tuned:  # PTI: the tuned generator (base + the stored difference) decodes it
+        from ..pti import load_tuned
+
+        model, _ = load_tuned(src.offsets_file, model)
+    elif src.offsets_file is not None:
         from ..refine import load_offsets
 
         offsets, _ = load_offsets(src.offsets_file, generator=model.generator)

@@ -46,7 +46,13 @@ class Source:
             return None
         if self.offsets_path is not None:
             return self.offsets_path
-        return None if self.invert_dir is None else self.invert_dir / "weight_offsets.npz"
+        name = "tuned_generator.npz" if self.tuned else "weight_offsets.npz"
+        return None if self.invert_dir is None else self.invert_dir / name
+
+    @property
+    def tuned(self) -> bool:
+        """A PTI result (`e4e invert --refine pti`): decoded by its own tuned generator."""
+        return self.refine is not None and self.refine.get("method") == "pti"
 
     @property
     def checkpoint_record(self) -> Optional[dict]:
@@ -154,7 +160,7 @@ class Decoder:
             return ("a HyperStyle-refined latent; this run decodes plain e4e latents: edit it in its own run"
                     if src.refine else
                     "a plain e4e latent; this run decodes HyperStyle-refined latents: edit it in its own run")
-        if self.refined and src.refine.get("refiner_sha256") != self.refiner_sha256:
+        if self.refined and _refine_key(src.refine) != self.refiner_sha256:
             return (f"refined with another HyperStyle checkpoint (SHA-256 {str(src.refine.get('refiner_sha256'))[:12]}...) "
                     "than this run's: edit it in its own run")
         rec = src.checkpoint_record
@@ -167,6 +173,8 @@ class Decoder:
 def choose_decoder(job, sources: list[Source]) -> Decoder:
     """The model of this run (see the module docstring). `job`: the EditJob."""
     refined = next((s.refine for s in sources if s.refine is not None), None)
+    if refined is not None and refined.get("method") == "pti" and not job.refine:
+        return _pti_decoder(job, refined)
     if job.refine or refined is not None:
         if job.checkpoint is not None:
             raise E4EError("--checkpoint is an e4e checkpoint; HyperStyle-refined latents are decoded by the "
@@ -225,6 +233,34 @@ def recorded_checkpoint(rec: dict, weights_dir: Optional[Path]) -> Optional[Path
     changed = "has changed" if path.is_file() else "is gone"
     raise MissingWeightsError(f"the latents were made with checkpoint {path} (SHA-256 {want[:12]}...), which {changed}: "
                               "pass --checkpoint FILE to decode them with another")
+
+
+def _refine_key(record: dict) -> Optional[str]:
+    """What a refined source must share with the run's other sources: the HyperStyle checkpoint's
+    SHA-256, or for PTI results the base e4e checkpoint's (each has its own tuned generator)."""
+    if record.get("method") == "pti":
+        return f"pti:{record.get('base_sha256')}"
+    return record.get("refiner_sha256")
+
+
+def _pti_decoder(job, record: dict) -> Decoder:
+    """The e4e model whose generator PTI results were tuned from (the recorded checkpoint, found by
+    its SHA-256, or --checkpoint); each source's difference is applied to it when it is edited."""
+    from ..model import ModelOptions, load_model
+
+    if job.generator is not None:
+        raise E4EError("--generator decodes with another generator; a PTI-tuned result carries its own "
+                       "(tuned from its e4e checkpoint)", exit_code=USAGE)
+    path = job.checkpoint
+    if path is None:
+        rec = {"path": record.get("checkpoint"), "sha256": record.get("base_sha256"), "domain": job.domain}
+        path = recorded_checkpoint(rec, job.weights_dir)
+    model = load_model(ModelOptions(domain=job.domain, checkpoint=path, device=job.device, precision=job.precision,
+                                    weights_dir=job.weights_dir))
+    check_domain_fits(job.domain, model)
+    return Decoder(model, None, refiner_sha256=_refine_key(record),
+                   photo_refusal="a photo among PTI-tuned latents: invert it with `e4e invert --refine pti` "
+                                 "first, or edit it in its own run")
 
 
 def _refiner(job):

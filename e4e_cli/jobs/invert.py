@@ -17,6 +17,8 @@ precision, alignment, face, delta scale, refinement); one made another way is a 
 (never silently kept or replaced) until --overwrite.
 With `--refine hyperstyle` (model: a refine.HyperStyle), also:
     OUT/<stem>/weight_offsets.npz   the generator's per-layer weight offsets (refine.save_offsets)
+With `--refine pti` (model: a pti.PTI), also:
+    OUT/<stem>/tuned_generator.npz  the tuned generator's difference from the base (pti.save_diff)
 and inversion.png is the refined reconstruction, latent.npy the W code the edits apply to.
 """
 from __future__ import annotations
@@ -171,7 +173,9 @@ def made_with(model, opts: InvertOptions) -> dict:
            "precision": str(getattr(model, "precision", None) or model.decoder.precision).replace("torch.", ""),
            "align": aligned, "face": opts.face if aligned else None,
            "delta_scale": None if refining else opts.delta_scale, "refine": None}
-    if refining:
+    if refining and hasattr(model, "made_with"):  # pti
+        rec["refine"] = model.made_with()
+    elif refining:
         from ..refine import DEFAULT_STEPS
 
         we = getattr(model, "w_encoder_path", None)
@@ -213,7 +217,9 @@ def _other_kind(d: Path, refining: bool) -> Optional[str]:
     refined = bool(meta.get("refine"))
     if refined == refining:
         return None
-    return "a HyperStyle-refined inversion" if refined else "a plain e4e inversion"
+    if not refined:
+        return "a plain e4e inversion"
+    return "a PTI-tuned inversion" if meta["refine"].get("method") == "pti" else "a HyperStyle-refined inversion"
 
 
 def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path, opts: InvertOptions, parts=None,
@@ -221,15 +227,19 @@ def _write_inversion(d: Path, item: dict, codes, pil_image, model, source: Path,
     ensure_dir(d)
     files = {}
     refine_meta = None
-    if offsets is not None:
+    if offsets is not None and hasattr(model, "write_result"):  # pti: the tuned generator's difference
+        refine_meta, written = model.write_result(d, offsets)
+        files.update(written)
+    elif offsets is not None:
         from ..refine import save_offsets
 
         refine_meta = model.record(steps=opts.refine_steps)
         path = save_offsets(d / "weight_offsets.npz", offsets, meta=refine_meta, precision=opts.offsets_precision)
         files["weight_offsets"] = str(path)
         refine_meta = dict(refine_meta, offsets_precision=opts.offsets_precision, offsets_bytes=path.stat().st_size)
-    elif (d / "weight_offsets.npz").exists():  # --overwrite of a refined result by a plain one
-        (d / "weight_offsets.npz").unlink()
+    for name in ("weight_offsets.npz", "tuned_generator.npz"):  # --overwrite by another kind of result
+        if name not in {Path(f).name for f in files.values()} and (d / name).exists():
+            (d / name).unlink()
     if item.get("alignment") is not None:
         files["aligned"] = str(atomic_save_image(item["image"], d / "aligned.png"))
         files["alignment"] = str(write_json(d / "alignment.json", item["alignment"]))
