@@ -10,7 +10,8 @@ import typer
 from ..errors import E4EError
 from . import options
 
-MAX_PICTURE_ROWS = 32  # side_by_side.png: one row per image, the first 32
+MAX_PICTURE_ROWS = 32
+NAMES = {"e4e": "e4e", "hyperstyle": "HyperStyle", "pti": "PTI"}  # side_by_side.png: one row per image, the first 32
 
 
 @options.interruptible()
@@ -28,10 +29,14 @@ def evaluate_command(
     no_align: bool = typer.Option(False, "--no-align", help="Do not align faces (ffhq photos are aligned by default)."),
     refine: Optional[str] = options.refine_option(
         "hyperstyle: also refine every inversion with HyperStyle and report e4e and refined side by side "
-        "(L2, LPIPS, ID for faces, seconds per image; side_by_side.png)."),
+        "(L2, LPIPS, ID for faces, seconds per image; side_by_side.png). pti: pivotal tuning likewise; "
+        "hyperstyle,pti: all three."),
     refine_steps: Optional[int] = options.refine_steps_option(),
     refiner: Optional[Path] = options.refiner_option(),
     w_encoder: Optional[Path] = options.w_encoder_option(),
+    pti_steps: Optional[int] = options.pti_steps_option(),
+    pti_lr: Optional[float] = options.pti_lr_option(),
+    lpips_stop: Optional[float] = options.lpips_stop_option(),
 ):
     """Distortion (MSE/PSNR/SSIM/LPIPS) and editability (LEC) of inversions across delta scales;
     with --refine hyperstyle, e4e and HyperStyle side by side. SOURCE.mp4 EDITED.mp4: temporal
@@ -56,14 +61,25 @@ def evaluate_command(
     options.check_domain(domain)
     scales = parse_delta_scales(delta_scales)
     strength = check_strength(strength)
-    refining = options.check_refine(refine, refine_steps, refiner, w_encoder)
+    kinds = [k.strip() for k in refine.split(",")] if refine else []
+    pti_settings = options.check_pti("pti" if "pti" in kinds else None, pti_steps, pti_lr, lpips_stop)
+    others = [k for k in kinds if k != "pti"]
+    if len(others) > 1:
+        raise E4EError(f"unknown --refine {refine!r}: choose hyperstyle, pti or hyperstyle,pti", exit_code=2)
+    hs_refining = options.check_refine(others[0] if others else None, refine_steps, refiner, w_encoder)
+    refining = hs_refining or pti_settings is not None
     if refining and 1.0 not in scales:
         scales.append(1.0)  # the e4e that the refinement is compared with
     paths = expand_inputs(images)
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device,
                                     weights_dir=weights_dir))
-    hyperstyle = None
-    if refining:
+    hyperstyle = pti = None
+    if pti_settings is not None:
+        from ..pti import PTI
+        from ..train.lossnets import load_lpips
+
+        pti = PTI(model, load_lpips(weights_dir=weights_dir), pti_settings)
+    if hs_refining:
         from ..refine import load_refiner
         from ..weights.locate import refiner_files
 
@@ -81,7 +97,7 @@ def evaluate_command(
     err = Console(stderr=True)
     ev = evaluate_images(paths, model, scales, direction=resolved, direction_label=direction or "",
                          strength=strength, align=not no_align, meters=meters, refiner=hyperstyle,
-                         refine_steps=refine_steps, log=lambda m: err.print(m, highlight=False, markup=False))
+                         refine_steps=refine_steps, pti=pti, log=lambda m: err.print(m, highlight=False, markup=False))
     rows, failures = ev.rows, ev.failures
     for name, reason in failures:
         typer.echo(f"e4e: error: {name}: {reason}", err=True)
@@ -148,12 +164,12 @@ def _side_by_side(console, ev, domain: str, meters, out: Path) -> Path:
     short = lambda v: "n/a" if v is None else f"{v:.4g}"  # noqa: E731
     means = side_by_side(ev.rows)
     n_img = max(m["n_images"] for m in means)
-    table = Table(title=f"e4e vs HyperStyle: mean over {n_img} image(s)")
+    table = Table(title=f"e4e vs {' vs '.join(NAMES[m['method']] for m in means[1:])}: mean over {n_img} image(s)")
     headers = ["method", "L2 (MSE)", "PSNR", "LPIPS"] + (["ID"] if faces else []) + ["s/img"]
     for i, h in enumerate(headers):
         table.add_column(h, justify="left" if i == 0 else "right")
     for m in means:
-        label = "e4e" if m["method"] == "e4e" else f"hyperstyle ({steps_text(m['refine_steps'])})"
+        label = "e4e" if m["method"] == "e4e" else f"{m['method']} ({steps_text(m['refine_steps'])})"
         table.add_row(label, short(m["mse"]), short(m["psnr"]), short(m["lpips"]),
                       *([short(m["id_similarity"])] if faces else []), f"{m['seconds']:.2f}")
     console.print(table)
@@ -167,18 +183,20 @@ def _side_by_side(console, ev, domain: str, meters, out: Path) -> Path:
     for n in notes:
         console.print(n, highlight=False, markup=False)
 
-    by_image = {(r["image"], r["method"]): r for r in ev.rows if r.get("method") == "hyperstyle"
+    by_image = {(r["image"], r["method"]): r for r in ev.rows if r.get("method") in ("hyperstyle", "pti")
                 or (r.get("method") == "e4e" and r["delta_scale"] == 1.0)}
+    methods = [m["method"] for m in means]
     cells, captions = [], []
-    for name, input_u8, e4e_u8, ref_u8 in ev.views[:MAX_PICTURE_ROWS]:
-        cells.append([Image.fromarray(a) for a in (input_u8, e4e_u8, ref_u8)])
+    for name, *views in ev.views[:MAX_PICTURE_ROWS]:
+        cells.append([Image.fromarray(a) for a in views])
         caps = [Path(name).name[:40]]
-        for method in ("e4e", "hyperstyle"):
+        for method in methods:
             r = by_image[(name, method)]
             caps.append(f"L2 {short(r['mse'])}  LPIPS {short(r['lpips'])}\n"
                         + (f"ID {short(r['id_similarity'])}  " if faces else "") + f"{r['seconds']:.2f} s")
         captions.append(caps)
-    grid = image_grid(cells, headers=["input", "e4e", f"HyperStyle ({steps_text(means[-1]['refine_steps'])})"],
+    grid = image_grid(cells, headers=["input"] + [f"{NAMES[m['method']]} ({steps_text(m['refine_steps'])})"
+                                                  if m["method"] != "e4e" else "e4e" for m in means],
                       captions=captions)
     if len(ev.views) > MAX_PICTURE_ROWS:
         console.print(f"side_by_side.png shows the first {MAX_PICTURE_ROWS} of {len(ev.views)} images",

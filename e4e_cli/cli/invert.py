@@ -140,7 +140,8 @@ def _pti(settings, refine_steps, refiner, w_encoder, offsets_precision, *, domai
                        exit_code=USAGE)
     settings.precision = offsets_precision
     settings.check()
+    lpips = load_lpips(weights_dir=weights_dir)  # first: missing weights are said before the checkpoint loads
     model = load_model(ModelOptions(domain=domain, checkpoint=checkpoint, device=device, precision=precision,
                                     weights_dir=weights_dir))
     check_domain_fits(domain, model)
-    return PTI(model, load_lpips(weights_dir=weights_dir), settings)
+    return PTI(model, lpips, settings)

@@ -38,7 +38,7 @@ from ..errors import E4EError
 
 BASE_COLUMNS = ["image", "delta_scale", "mse", "psnr", "ssim", "lpips", "delta_norm", "layer_variance", "w_distance"]
 REFINE_COLUMNS = ["method", "refine_steps", "id_similarity", "seconds"]  # with a refiner: method first, the rest last
-METHODS = ("e4e", "hyperstyle")
+METHODS = ("e4e", "hyperstyle", "pti")
 # HyperStyle (Alaluf et al., CVPR 2022) Table 1, CelebA-HQ test set. Their L2 is the MSE of images
 # in [-1,1] (4x the MSE on [0,1] reported here), LPIPS (alex) on the same, ID the ArcFace cosine.
 PAPER_CELEBA = {"e4e": {"l2": 0.052, "lpips": 0.20, "id": 0.50},
@@ -204,15 +204,18 @@ def check_refiner_pair(model, refiner) -> None:
 
 def evaluate_images(paths: list[Path], model, scales: list[float], *, direction=None, direction_label: str = "",
                     strength: float = 3.0, align: bool = True, log=None, meters: Optional[Meters] = None,
-                    refiner=None, refine_steps: Optional[int] = None) -> Evaluation:
+                    refiner=None, refine_steps: Optional[int] = None, pti=None) -> Evaluation:
     """Rows, failures and compared views (see `Evaluation` and the module docstring). With a
-    refiner the scales must include 1 (the e4e the refinement is compared with)."""
+    refiner (HyperStyle and/or `pti`, a pti.PTI) the scales must include 1 (the e4e the
+    refinement is compared with)."""
     from .. import analysis, metrics
     from ..refine import DEFAULT_STEPS
 
     meters = meters or Meters(lpips=metrics.lpips_distance)
+    comparing = refiner is not None or pti is not None
     if refiner is not None:
         check_refiner_pair(model, refiner)
+    if comparing:
         if 1.0 not in scales:
             raise E4EError("the side-by-side with the refiner needs delta scale 1 among the scales")
     steps = DEFAULT_STEPS if refine_steps is None else int(refine_steps)
@@ -225,7 +228,7 @@ def evaluate_images(paths: list[Path], model, scales: list[float], *, direction=
     def distances(input_u8, inv_u8) -> dict:
         dist = metrics.distortion(input_u8, inv_u8, with_lpips=False)
         dist["lpips"] = meters.lpips(input_u8, inv_u8) if meters.lpips else None
-        if refiner is not None:
+        if comparing:
             dist["id_similarity"] = meters.identity(input_u8, inv_u8) if meters.identity else None
         return dist
 
@@ -237,7 +240,7 @@ def evaluate_images(paths: list[Path], model, scales: list[float], *, direction=
             input_u8 = model.to_uint8(x)[0]
             rows = []  # this image's: kept only when all of them (the refined one included) worked
             for a in scales:
-                if direction is not None and refiner is None:  # G(w) comes with the LEC's decodes
+                if direction is not None and not comparing:  # G(w) comes with the LEC's decodes
                     res, decoded = analysis.lec_details(model, x, direction, strength, a, parts=parts)
                     t_decode = None
                 else:
@@ -249,7 +252,7 @@ def evaluate_images(paths: list[Path], model, scales: list[float], *, direction=
                 rep = analysis.latent_report(model, parts.w0[0], parts.deltas[0], a, stats=stats)
                 row = {"image": str(path), "delta_scale": a, **dist, "delta_norm": rep["mean_delta_norm"],
                        "layer_variance": rep["layer_variance"], "w_distance": rep["mean_w_distance"]}
-                if refiner is not None:
+                if comparing:
                     row.update({"method": "e4e", "seconds": t_encode + t_decode})
                 if direction is not None:
                     row.update({"direction": direction_label, "strength": strength})
@@ -260,18 +263,25 @@ def evaluate_images(paths: list[Path], model, scales: list[float], *, direction=
                 if log:
                     log(f"{path.name}: delta scale {a:g}: PSNR {dist['psnr']:.2f} dB, SSIM {dist['ssim']:.4f}"
                         + (f", LEC {res['lec_latent']:.4g}" if direction is not None else ""))
-            if refiner is None:
+            if not comparing:
                 ev.rows += rows
                 continue
-            refined, t_refine = _timed(lambda: refiner.refine(x, steps=steps), refiner.device)
-            ref_u8 = view(refined.image)
-            dist = distances(input_u8, ref_u8)
-            ev.rows += rows + [{"method": "hyperstyle", "image": str(path), "delta_scale": None, **dist,
-                                "refine_steps": steps, "seconds": t_refine}]
-            ev.views.append((str(path), input_u8, e4e_u8, ref_u8))
-            if log:
-                log(f"{path.name}: hyperstyle ({steps_text(steps)}): PSNR {dist['psnr']:.2f} dB, "
-                    f"SSIM {dist['ssim']:.4f}, {t_refine:.2f} s")
+            shown = []
+            if refiner is not None:
+                refined, t_refine = _timed(lambda: refiner.refine(x, steps=steps), refiner.device)
+                shown.append(("hyperstyle", view(refined.image), steps, t_refine))
+            if pti is not None:  # pivot (e4e), tuning and the tuned decode, timed together
+                tuned, t_refine = _timed(lambda: pti.refine(pti.preprocess([image])), pti.device)
+                shown.append(("pti", view(tuned.image), tuned.tuned[0].log.steps, t_refine))
+            for method, ref_u8, n_steps, t_refine in shown:
+                dist = distances(input_u8, ref_u8)
+                rows.append({"method": method, "image": str(path), "delta_scale": None, **dist,
+                             "refine_steps": n_steps, "seconds": t_refine})
+                if log:
+                    log(f"{path.name}: {method} ({steps_text(n_steps)}): PSNR {dist['psnr']:.2f} dB, "
+                        f"SSIM {dist['ssim']:.4f}, {t_refine:.2f} s")
+            ev.rows += rows
+            ev.views.append((str(path), input_u8, e4e_u8, *[u8 for _, u8, _, _ in shown]))
         except E4EError as exc:
             ev.failures.append((str(path), str(exc)))
     return ev
