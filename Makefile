@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_first_photo.py --runs 2
 	$(PY) bench/bench_first_photo.py --runs 2 --isa avx2 --no-ui
 	$(PY) bench/bench_refine.py --repeat 2
+	$(PY) bench/bench_pti.py --steps 4
 	$(PY) bench/bench_upsample.py
 	$(PY) bench/bench_upsample.py --isa avx2
 	$(PY) bench/bench_precision.py

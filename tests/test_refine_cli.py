@@ -106,7 +106,7 @@ def test_refine_bad_input_is_one_line(refined, tmp_path):
                    "--w-encoder", refined["we"], "--out", tmp_path / "o", *FP32)
     assert proc.returncode == 1
     assert_one_line_error(proc, "cars", "--domain ffhq")
-    for args, needle in ((("--refine-steps", "3"), "need --refine hyperstyle"), (("--refine", "pti"), "unknown --refine"),
+    for args, needle in ((("--refine-steps", "3"), "need --refine hyperstyle"), (("--refine", "ptx"), "unknown --refine"),
                          (("--refine", "hyperstyle", "--delta-scale", "0.5"), "--delta-scale"),
                          (("--refine", "hyperstyle", "--offsets-precision", "int8"), "--offsets-precision")):
         proc = run_e4e("invert", PHOTO, *args, "--out", tmp_path / "o")
