@@ -58,6 +58,9 @@ class PageRefiner:
         rec = refine_record(folder)
         if rec is None:
             return None
+        if rec.get("method") == "pti":
+            raise E4EError("that latent is a PTI result (e4e invert --refine pti): the page does not decode tuned "
+                           "generators yet; edit it with `e4e edit`")
         hs = self.get()
         if hs.sha256() != rec.get("refiner_sha256"):
             raise E4EError("that latent was refined with another HyperStyle checkpoint than this page's refiner")
