@@ -245,3 +245,18 @@ def test_ctrl_c_during_tuning_leaves_no_half_written_result(church, lpips_dir, t
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert left == ["summary.json"], left
     assert json.loads((out / "summary.json").read_text())["interrupted"] is True
+
+
+def test_evaluate_puts_pti_beside_e4e(church_model, lpips_dir, parity_dir):
+    """`e4e evaluate --refine pti`'s rows: a pti row per image beside e4e's (0 steps: the same numbers)."""
+    from e4e_cli.jobs.evaluate import Meters, evaluate_images, side_by_side
+    from e4e_cli.pti import PTI, PTISettings
+    from e4e_cli.train.lossnets import load_lpips
+
+    pti = PTI(church_model, load_lpips(weights_dir=lpips_dir), PTISettings(steps=0))
+    ev = evaluate_images([Path(parity_dir) / "images" / "church_img.jpg"], church_model, [1.0], align=False,
+                         meters=Meters(), pti=pti)
+    assert not ev.failures and [r["method"] for r in ev.rows] == ["e4e", "pti"]
+    e4e, tuned = ev.rows
+    assert tuned["refine_steps"] == 0 and tuned["seconds"] > 0 and tuned["mse"] == e4e["mse"]
+    assert [m["method"] for m in side_by_side(ev.rows)] == ["e4e", "pti"] and len(ev.views[0]) == 4
