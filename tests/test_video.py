@@ -378,6 +378,7 @@ def test_bad_videos_are_one_line(parity_dir, church, tmp_path):
     (["--smooth-center", "-1"], "--smooth-center"),
     (["--smooth-axes", "nan"], "--smooth-axes"),
     (["--smooth-codes", "-0.5"], "--smooth-codes"),
+    (["--refine", "pti"], "--refine pti"),
     (["--paste-back"], "--paste-back"),
 ])
 def test_refused_video_options(parity_dir, church, tmp_path, extra, needle):

@@ -103,6 +103,9 @@ def edit_command(
         raise E4EError("give --strength or --sweep, not both (a sweep's strengths are START:STOP:N)", exit_code=USAGE)
     strengths = [check_strength(s) for s in (strength or [])]
     sweep_values = parse_sweep(sweep) if sweep else None
+    if refine == "pti":
+        raise E4EError("e4e edit refines photos with hyperstyle only: tune with `e4e invert PHOTO --refine pti`, "
+                       "then edit its folder (clips: per-clip tuning is not built yet)", exit_code=USAGE)
     refining = options.check_refine(refine, refine_steps, refiner, w_encoder)
     if delta_scale is not None:
         check_delta_scale(delta_scale)
