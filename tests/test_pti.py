@@ -260,3 +260,26 @@ def test_evaluate_puts_pti_beside_e4e(church_model, lpips_dir, parity_dir):
     e4e, tuned = ev.rows
     assert tuned["refine_steps"] == 0 and tuned["seconds"] > 0 and tuned["mse"] == e4e["mse"]
     assert [m["method"] for m in side_by_side(ev.rows)] == ["e4e", "pti"] and len(ev.views[0]) == 4
+
+
+def test_text_edit_of_a_tuned_result(tuned_result, church_model, tmp_path):
+    """`e4e edit PTI_FOLDER --text T` (issue 33 on issue 32's results): decoded with the tuned
+    generator, so alpha 0 gives back inversion.png and alpha 3 moves the image."""
+    from clip_support import random_clip, tiny_vocab
+    from e4e_cli.clip_text import Tokenizer
+
+    d = tuned_result["dir"]
+    weights = tmp_path / "weights"
+    vocab = tiny_vocab(weights / "bpe_simple_vocab_16e6.txt.gz")
+    random_clip(weights / "clip-vit-base-patch32.safetensors", vocab_size=Tokenizer(vocab).vocab_size, seed=1,
+                width=64, layers=1, proj=32)
+    c = church_model.generator.n_style_channels
+    fs3 = np.random.RandomState(0).randn(c, 32).astype(np.float32)
+    fs3 /= np.linalg.norm(fs3, axis=1, keepdims=True)
+    np.savez(tmp_path / "rel.npz", fs3=fs3, std=np.full(c, 0.5, np.float32))
+    proc = run_e4e("edit", d, "--text", "church with snow", "--relevance", tmp_path / "rel.npz", "--alpha", "0",
+                   "--alpha", "3", "--beta", "0.2", "--weights-dir", weights, "--out", tmp_path / "E", *FP32)
+    assert proc.returncode == 0, proc.stderr
+    zero, three = (_pixels(p) for p in sorted((tmp_path / "E").glob("*_text_*_+[03].png")))
+    assert np.array_equal(zero, _pixels(d / "inversion.png"))
+    assert np.abs(three.astype(np.int16) - zero).mean() > 1.0
