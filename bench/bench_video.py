@@ -80,15 +80,14 @@ def make_clip(path: Path, frames: int, size=(1280, 720), fps: int = 30, face_fra
     out.close()
 
 
-def one(case: str, precision: str, frames: int, face_frames: int = 0) -> dict:
-    """One edit in this process (run by `main` in a child): stage seconds and peak RSS."""
+def one(case: str, precision: str, clip: Path) -> dict:
+    """One edit of `clip` in this process (run by `main` in a child that does nothing else, so
+    its peak RSS is the edit's own): stage seconds and peak RSS."""
     from e4e_cli import synthetic
     from e4e_cli.jobs.video import VideoEditJob, run_video_edit
 
     ckpt = synthetic.synthetic_checkpoint(*CASES[case])
     with tempfile.TemporaryDirectory() as d:
-        clip = Path(d) / "clip.mp4"
-        make_clip(clip, frames, face_frames=face_frames)
         t0 = time.perf_counter()
         r = run_video_edit(VideoEditJob(video=clip, direction="sefa:0", strengths=[2.0], out=Path(d) / "out",
                                         checkpoint=ckpt, precision=precision, device="cpu"))
@@ -98,7 +97,7 @@ def one(case: str, precision: str, frames: int, face_frames: int = 0) -> dict:
     return {"case": case, "precision": precision, "frames": r.frames, "with_face": r.edited,
             "seconds": {k: round(v, 2) for k, v in {**r.seconds, **r.parts, "edit_rest": rest, "total": total}.items()},
             "frames_per_s": {k: fps(v) for k, v in {**r.seconds, **r.parts, "total": total}.items()},
-            "face_frames": face_frames, "align_share": round(r.seconds["align"] / total, 3),
+            "align_share": round(r.seconds["align"] / total, 3),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
@@ -108,23 +107,26 @@ def main() -> None:
     ap.add_argument("--frames", default="12")
     ap.add_argument("--precisions", default="fp32,auto")
     ap.add_argument("--face-frames", type=int, default=0, help="the face in the first N frames only (memory rows)")
-    ap.add_argument("--one", nargs=4, metavar=("CASE", "PRECISION", "FRAMES", "FACE_FRAMES"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=3, metavar=("CASE", "PRECISION", "CLIP"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results_video.json")
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], int(args.one[2]), int(args.one[3]))))
+        print(json.dumps(one(args.one[0], args.one[1], Path(args.one[2]))))
         return
     rows = []
     for case in args.cases.split(","):
         for precision in args.precisions.split(","):
             for n in map(int, args.frames.split(",")):
-                proc = subprocess.run([sys.executable, __file__, "--one", case, precision, str(n), str(args.face_frames)],
-                                      capture_output=True, text=True, env={**__import__("os").environ,
-                                                                           "E4E_NO_PROGRESS": "1"})
+                with tempfile.TemporaryDirectory() as d:  # the clip is made here, outside the measured process
+                    clip = Path(d) / "clip.mp4"
+                    make_clip(clip, n, face_frames=args.face_frames)
+                    proc = subprocess.run([sys.executable, __file__, "--one", case, precision, str(clip)],
+                                          capture_output=True, text=True, env={**__import__("os").environ,
+                                                                               "E4E_NO_PROGRESS": "1"})
                 if proc.returncode:
                     print(proc.stderr[-2000:], file=sys.stderr)
                     continue
-                row = json.loads(proc.stdout.strip().splitlines()[-1])
+                row = {**json.loads(proc.stdout.strip().splitlines()[-1]), "face_frames": args.face_frames}
                 rows.append(row)
                 f = row["frames_per_s"]
                 print(f"{case:14s} {precision:5s} {n:4d} frames 720p: total {f['total']} frames/s "

@@ -81,7 +81,7 @@ def test_a_failed_input_is_named_once(church, tmp_path):
     ("evaluate", "p.png", "--domain", "dogs"),
     ("directions", "show", "sefa:0", "--precision", "fp64"),
     ("invert-dataset", ".", "--out", "o", "--batch-size", "0"),
-    ("invert", "p.png", "--refine", "pti"),
+    ("invert", "p.png", "--refine", "ptx"),
     ("invert", "p.png", "--refine-steps", "3"),
     ("invert", "p.png", "--refine", "hyperstyle", "--refine-steps", "99"),
     ("invert", "p.png", "--refine", "hyperstyle", "--offsets-precision", "int8"),

@@ -84,7 +84,7 @@ def edit_command(
     from .edit_video import edit_video, photo_refusals, video_sources
 
     if (direction is None) == (text is None):
-        raise E4EError("give --direction D or --text TARGET (one of them)", exit_code=USAGE)
+        raise E4EError("give --direction D or --text TARGET, one of them (see 'e4e edit --help')", exit_code=USAGE)
     if text is None:
         given = [name for name, v in (("--neutral", neutral), ("--alpha", alpha), ("--relevance", relevance),
                                       ("--beta", None if beta == 0.15 else beta)) if v]
