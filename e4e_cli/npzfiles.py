@@ -9,6 +9,7 @@ before a byte of it is inflated.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import zipfile
 from dataclasses import dataclass
@@ -65,3 +66,19 @@ def check(path: str | Path, members: dict[str, Member], name: str, *, shapes: Se
         raise E4EError(f"{what} {path}: its {name!r} array declares {list(m.shape)} of {m.dtype} ({m.nbytes:,} bytes), "
                        f"not {want}: not a file this can read")
     return m
+
+
+@contextlib.contextmanager
+def read_errors(path: str | Path, *, what: str, advice: str):
+    """Reading a user's npz inside this block: a missing file, or what a truncated or foreign one
+    raises (bad zip, bad header, missing member, bad JSON record), becomes one E4EError line
+    naming `what` and `advice`; E4EErrors pass through as they are."""
+    try:
+        yield
+    except E4EError:
+        raise
+    except FileNotFoundError:
+        raise E4EError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:  # json's errors are ValueErrors
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise E4EError(f"{what} {path} is truncated or corrupt ({first}): {advice}") from None

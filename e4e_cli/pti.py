@@ -22,7 +22,6 @@ import io
 import json
 import os
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -189,7 +188,7 @@ def load_diff(path: str | os.PathLike, *, generator=None, base_sha256: Optional[
     is missing, truncated, not ours, made from another base generator (`base_sha256`) or not
     fitting `generator`'s parameters."""
     p = Path(path)
-    try:
+    with npzfiles.read_errors(p, what="tuned-generator file", advice="invert again"):
         members = npzfiles.layout(p)  # headers first: nothing is inflated that does not fit
         if "meta" not in members:
             raise E4EError(f"{p} is not a tuned-generator file written by e4e (no record)")
@@ -216,13 +215,6 @@ def load_diff(path: str | os.PathLike, *, generator=None, base_sha256: Optional[
                 if not torch.isfinite(a).all():
                     raise E4EError(f"{p}: the difference of {k} is not finite")
                 out[k] = a
-    except E4EError:
-        raise
-    except FileNotFoundError:
-        raise E4EError(f"{p}: no such file") from None
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, json.JSONDecodeError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise E4EError(f"tuned-generator file {p} is truncated or corrupt ({first}): invert again") from None
     return out, meta
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -258,7 +257,7 @@ def _read_offsets_file(p: Path, *, generator, offsets: bool) -> tuple[dict, dict
     """(offsets {layer: tensor} (empty unless `offsets`), record, code or None) of one offsets
     file, in one opening. Every member's declared size is checked first; the layers stored must
     be the record's (from the headers alone when the offsets are not wanted)."""
-    try:
+    with npzfiles.read_errors(p, what="weight offsets file", advice="invert again"):
         members = npzfiles.layout(p)  # declared sizes first: nothing is inflated that does not fit
         if "meta" not in members:
             raise E4EError(f"{p} is not a weight offsets file written by e4e (no record)")
@@ -283,13 +282,6 @@ def _read_offsets_file(p: Path, *, generator, offsets: bool) -> tuple[dict, dict
                     raise E4EError(f"{p}: offsets of layer {int(name[6:])} are malformed")
                 out[int(name[6:])] = a
             code = np.asarray(z["latent"], dtype=np.float32) if "latent" in meta and not offsets else None
-    except E4EError:
-        raise
-    except FileNotFoundError:
-        raise E4EError(f"{p}: no such file") from None
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, json.JSONDecodeError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise E4EError(f"weight offsets file {p} is truncated or corrupt ({first}): invert again") from None
     if sorted(stored) != sorted(meta.get("layers", [])):
         raise E4EError(f"{p}: the layers stored differ from its record (truncated or edited?)")
     if generator is not None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import io
 import json
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -81,10 +80,8 @@ def fingerprint(model, opts: DatasetOptions) -> str:
 def check_shard(path: Path, *, count: int, n_styles: Optional[int]) -> None:
     """The shard's arrays declare the sizes its index (or this run) expects, checked on their
     headers before any is inflated (`npzfiles`); else one E4EError line."""
-    try:
+    with npzfiles.read_errors(path, what="shard", advice="run `e4e invert-dataset` again"):
         members = npzfiles.layout(path)
-    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
-        raise E4EError(f"shard {path} is truncated or corrupt ({exc}): run `e4e invert-dataset` again") from None
     npzfiles.check(path, members, "codes", shapes=[(count, n_styles, 512)], what="shard")
     npzfiles.check(path, members, "ok", shapes=[(count,)], kinds="b", what="shard")
     for name in ("paths", "errors"):
