@@ -428,7 +428,6 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     """Edit one clip at every strength (see the module's docstring). Under torchrun the first
     process tracks the face; the inversion and the edits are shared out by frame ranges."""
     from .. import dist
-    from ..digests import content_sha256
     from ..editing import resolve_direction
 
     video = Path(job.video)
@@ -445,12 +444,14 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     strengths = list(dict.fromkeys(float(s) for s in strengths))
     group = dist.Group(backend="gloo")
     try:
-        return _run(job, video, info, model, direction, strengths, group, content_sha256)
+        return _run(job, video, info, model, direction, strengths, group)
     finally:
         group.close()
 
 
-def _run(job, video, info, model, direction, strengths, group, content_sha256) -> VideoResult:
+def _run(job, video, info, model, direction, strengths, group) -> VideoResult:
+    from ..digests import content_sha256
+
     stem = safe_name(video.stem, "video")
     folder = child_path(job.out, stem)
     if group.rank == 0:
@@ -471,10 +472,10 @@ def _run(job, video, info, model, direction, strengths, group, content_sha256) -
 
     t0 = time.perf_counter()
     n_hint = info.frames or (int(round(info.duration * info.rate)) if info.duration and info.rate else 0)
-    if group.rank == 0:
-        _track(job, folder, track_key, n_hint)
+    track = _track(job, folder, track_key, n_hint) if group.rank == 0 else None
     group.barrier()
-    track = _track(job, folder, track_key, n_hint)  # the first process's, read back (or the one just made)
+    if track is None:  # the first process's track.json, now written: its key matches, so it is read back
+        track = _track(job, folder, track_key, n_hint)
     result.seconds["align"] = time.perf_counter() - t0
     frames = track["frames"]
     raw = [None if f["raw"] is None else np.asarray(f["raw"]) for f in frames]
