@@ -1,11 +1,16 @@
 """Pivotal tuning (PTI, Roich et al. 2021): keep the pivot code fixed, tune the generator to the photo.
 
-The pivot is the e4e code of the photo. The generator's synthesis parameters (every weight,
+The pivot is the e4e code of the photo (STIT's choice, the default) or, with `pivot="w"`, the
+reference's own first inversion: a 450-step projection into W (`project_w`, StyleGAN2-ADA's
+projector as PTI configures it). The generator's synthesis parameters (every weight,
 bias, modulation and noise strength; the mapping network gets no gradient from a W+ code and
 is left out) are tuned with Adam (lr 3e-4) on 1 x L2 + 1 x LPIPS(alex) between the decode of
 the pivot and the photo, at the generator's resolution, with the fixed noise buffers (the
 reference's noise_mode='const'), for up to 350 steps; the loop stops as soon as a step's LPIPS
 is at or below 0.06 (that step's loss is computed but not stepped on, as in the reference).
+The locality regularizer (`locality=True`, off by default as in the reference) adds, every step,
+0.1 x L2 + 0.1 x LPIPS between the tuned and the original generator's decodes (zero noise) of
+one code 30 units from the pivot towards a random truncated (psi 0.5) W sample.
 
 The tuned generator is stored as its difference from the base generator (`save_diff`): an npz
 of float16 arrays (no pickle), with the base checkpoint's SHA-256 and the settings in a JSON
@@ -20,6 +25,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -42,6 +48,24 @@ DEFAULT_LR = 3e-4
 DEFAULT_LPIPS_STOP = 0.06
 L2_WEIGHT = 1.0
 LPIPS_WEIGHT = 1.0
+# the W projection (PTI's first_inv_steps; its projector's schedule: the optimizer is built with
+# first_inv_lr 5e-3, but every step sets lr = 0.01 x ramp, the projector's own initial rate)
+PIVOTS = ("e4e", "w")
+PROJECTION_STEPS = 450
+PROJECTION_LR = 0.01
+PROJECTION_W_SAMPLES = 600  # w_avg_samples, drawn with numpy RandomState(123)
+PROJECTION_W_SEED = 123
+PROJECTION_NOISE_FACTOR = 0.05  # initial_noise_factor (x w_std)
+PROJECTION_NOISE_RAMP = 0.75
+PROJECTION_LR_RAMPDOWN = 0.25
+PROJECTION_LR_RAMPUP = 0.05
+PROJECTION_NOISE_REG = 1e5  # regularize_noise_weight
+PROJECTION_MAX_SIDE = 256  # images larger than this are compared 'area'-downsampled to it
+# the locality regularizer (PTI's regulizer_* settings; one sample every step)
+LOCALITY_ALPHA = 30.0
+LOCALITY_L2_WEIGHT = 0.1
+LOCALITY_LPIPS_WEIGHT = 0.1
+LOCALITY_TRUNCATION = 0.5
 DIFF_FORMAT = "e4e-pti-diff/1"
 DIFF_NAME = "tuned_generator.npz"
 DIFF_PRECISIONS = {"fp16": np.float16, "fp32": np.float32}
@@ -56,6 +80,10 @@ class PTISettings:
     lr: float = DEFAULT_LR
     lpips_stop: float = DEFAULT_LPIPS_STOP
     precision: str = "fp16"  # of the stored difference
+    pivot: str = "e4e"  # or "w": the W projection
+    pivot_steps: int = PROJECTION_STEPS
+    locality: bool = False
+    seed: int = 0  # of the projection's and the locality samples' random numbers
 
     def check(self) -> "PTISettings":
         """One usage-error line for a value that cannot be meant."""
@@ -68,12 +96,25 @@ class PTISettings:
         if self.precision not in DIFF_PRECISIONS:
             raise E4EError(f"--offsets-precision must be one of {', '.join(DIFF_PRECISIONS)}, got {self.precision!r}",
                            exit_code=USAGE)
+        if self.pivot not in PIVOTS:
+            raise E4EError(f"--pivot must be one of {', '.join(PIVOTS)}, got {self.pivot!r}", exit_code=USAGE)
+        if isinstance(self.pivot_steps, bool) or not isinstance(self.pivot_steps, int) or self.pivot_steps < 1:
+            raise E4EError(f"--pivot-steps must be a whole number >= 1, got {self.pivot_steps!r}",
+                           exit_code=USAGE)
         return self
 
     def record(self) -> dict:
-        return {"steps": self.steps, "lr": self.lr, "lpips_stop": self.lpips_stop, "pivot": "e4e",
-                "l2_weight": L2_WEIGHT, "lpips_weight": LPIPS_WEIGHT, "noise": "fixed", "locality": False,
-                "precision": self.precision}
+        rec = {"steps": self.steps, "lr": self.lr, "lpips_stop": self.lpips_stop, "pivot": self.pivot,
+               "l2_weight": L2_WEIGHT, "lpips_weight": LPIPS_WEIGHT, "noise": "fixed", "locality": self.locality,
+               "precision": self.precision}
+        if self.pivot == "w":
+            rec.update(pivot_steps=self.pivot_steps, pivot_lr=PROJECTION_LR, pivot_distance="lpips-alex")
+        if self.locality:
+            rec.update(locality_alpha=LOCALITY_ALPHA, locality_l2_weight=LOCALITY_L2_WEIGHT,
+                       locality_lpips_weight=LOCALITY_LPIPS_WEIGHT, locality_truncation=LOCALITY_TRUNCATION)
+        if self.pivot == "w" or self.locality:
+            rec["seed"] = self.seed
+        return rec
 
 
 def parse_steps(text: str) -> int:
@@ -113,10 +154,18 @@ def tuned_parameters(generator) -> dict[str, torch.nn.Parameter]:
 
 def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, *, settings: PTISettings,
                    crop: Optional[tuple[int, int]] = None, impl: str = "ref",
-                   on_step: Optional[Callable[[int, tuple], None]] = None) -> TuneLog:
+                   on_step: Optional[Callable[[int, tuple], None]] = None,
+                   base=None, w_avg: Optional[torch.Tensor] = None) -> TuneLog:
     """Tune `generator` (float32, changed in place) so that codes [1,n,512] decode to target
-    [1,3,H,W] (in [-1,1]; rows `crop` of the decode when given). `lpips(x, y)` -> [N]."""
+    [1,3,H,W] (in [-1,1]; rows `crop` of the decode when given). `lpips(x, y)` -> [N].
+    With `settings.locality`: `base` is the untouched generator and `w_avg` [512] W's mean
+    (the truncation centre of the locality samples)."""
     settings.check()
+    ball = None
+    if settings.locality:
+        if base is None or w_avg is None:
+            raise ValueError("the locality regularizer needs the original generator (base=) and W's mean (w_avg=)")
+        ball = LocalityBall(base, codes.detach().float(), w_avg, lpips, seed=settings.seed)
     params = tuned_parameters(generator)
     for p in generator.parameters():
         p.requires_grad_(False)
@@ -136,6 +185,8 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
                 l2 = F.mse_loss(img, target)
                 lp = lpips(img, target).mean()
                 loss = L2_WEIGHT * l2 + LPIPS_WEIGHT * lp
+                if ball is not None:  # logged losses stay the photo's (the early stop reads its LPIPS)
+                    loss = loss + ball.loss(generator, impl=impl)
                 log.losses.append((l2.item(), lp.item(), loss.item()))
                 if on_step is not None:
                     on_step(log.steps, log.losses[-1])
@@ -152,6 +203,138 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
             p.grad = None
         log.seconds = time.perf_counter() - t0
     return log
+
+
+class LocalityBall:
+    """PTI's locality regularizer: keep the tuned generator equal to the original one on codes
+    around the pivot. Each call draws one z, maps it to W with truncation 0.5 about `w_avg`, moves
+    LOCALITY_ALPHA (30) from the pivot towards it (the distance measured over all n x 512 entries)
+    and compares both generators' decodes there, with zero noise (the reference's noise_mode
+    'none'): 0.1 x L2 + 0.1 x LPIPS. The reference draws with numpy's unseeded global generator;
+    ours is seeded (`seed`), so a tuning can be repeated."""
+
+    def __init__(self, base, pivot: torch.Tensor, w_avg: torch.Tensor, lpips, *, seed: int = 0):
+        self.base = base  # the original generator (float32), never tuned
+        self.pivot = pivot  # [1,n,D]
+        self.w_avg = w_avg.detach().float().reshape(1, -1).to(pivot.device)  # [1,D]
+        self.lpips = lpips
+        self.rng = torch.Generator().manual_seed(int(seed))
+        self.zeros = [torch.zeros_like(b) for b in base.fixed_noise()]
+
+    def code(self) -> torch.Tensor:
+        """One regularizer code [1,n,D]."""
+        z = torch.randn(1, self.w_avg.shape[1], generator=self.rng).to(self.pivot.device)
+        with torch.no_grad():
+            w = self.w_avg + LOCALITY_TRUNCATION * (self.base.mapping(z).float() - self.w_avg)  # [1,D]
+        towards = w[:, None, :].expand_as(self.pivot) - self.pivot
+        return self.pivot + LOCALITY_ALPHA * towards / towards.norm(p=2)
+
+    def loss(self, generator, *, impl: str = "ref") -> torch.Tensor:
+        w = self.code()
+        new = generator.synthesize(w, noise=self.zeros, impl=impl)
+        with torch.no_grad():
+            old = self.base.synthesize(w, noise=self.zeros, impl=impl)
+        return LOCALITY_L2_WEIGHT * F.mse_loss(old, new) + LOCALITY_LPIPS_WEIGHT * self.lpips(old, new).mean()
+
+
+# ------------------------------------------------------------------------------------------
+# The W pivot: StyleGAN2-ADA's projector with PTI's settings
+
+
+def projection_lr(step: int, steps: int) -> float:
+    """The projector's learning rate at `step` of `steps`: a 5% cosine warm-up from 0 and a
+    cosine ramp-down over the last 25%, peaking at PROJECTION_LR."""
+    t = step / steps
+    ramp = min(1.0, (1.0 - t) / PROJECTION_LR_RAMPDOWN)
+    ramp = 0.5 - 0.5 * math.cos(ramp * math.pi)
+    return PROJECTION_LR * ramp * min(1.0, t / PROJECTION_LR_RAMPUP)
+
+
+def noise_regularization(noise: list[torch.Tensor]) -> torch.Tensor:
+    """The projector's penalty on spatially correlated noise: for each map [1,1,H,W] and its
+    2x box-downsamplings down to 8x8, the squared mean of its products with itself shifted by
+    one pixel along x and along y."""
+    total = torch.zeros(())
+    for n in noise:
+        while True:
+            total = total + (n * torch.roll(n, shifts=1, dims=3)).mean() ** 2
+            total = total + (n * torch.roll(n, shifts=1, dims=2)).mean() ** 2
+            if n.shape[2] <= 8:
+                break
+            n = F.avg_pool2d(n, kernel_size=2)
+    return total
+
+
+def _compared(img: torch.Tensor) -> torch.Tensor:
+    """What the projection's distance sees: [1,3,h,w] 'area'-downsampled so that its width is
+    at most PROJECTION_MAX_SIDE (the reference squares to 256 x 256; a cars crop keeps its aspect)."""
+    if img.shape[3] <= PROJECTION_MAX_SIDE:
+        return img
+    h = max(1, round(img.shape[2] * PROJECTION_MAX_SIDE / img.shape[3]))
+    return F.interpolate(img, size=(h, PROJECTION_MAX_SIDE), mode="area")
+
+
+@dataclass
+class ProjectionLog:
+    """One projection: `losses` [(distance, total)] per step, the wall time."""
+
+    losses: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def project_w(generator, target: torch.Tensor, lpips, *, steps: int = PROJECTION_STEPS, seed: int = 0,
+              crop: Optional[tuple[int, int]] = None, impl: str = "ref",
+              on_step: Optional[Callable[[int, float], None]] = None) -> tuple[torch.Tensor, ProjectionLog]:
+    """target [1,3,H,W] in [-1,1] -> (its W code repeated over the layers [1,n,D], log).
+
+    From the mean of 600 mapped samples, Adam (betas 0.9, 0.999) moves one w and the generator's
+    noise maps (re-drawn at random, penalised by `noise_regularization` x 1e5 and renormalised
+    after every step; on a copy, so the caller's generator keeps its fixed noise), with the
+    code jittered by a noise that fades over the first 75% of the steps. Where we differ from
+    the reference: its distance is NVIDIA's VGG16 LPIPS features (a TorchScript program we do
+    not ship); ours is the LPIPS (alex) the tuning uses, on the same <= 256 px images; and its
+    random numbers (the noise maps, the jitter) come from the unseeded global generator, ours
+    from `seed`."""
+    gen = copy.deepcopy(generator).float().eval()
+    for p in gen.parameters():
+        p.requires_grad_(False)
+    dim, n_styles = gen.style_dim, gen.n_styles
+    z = torch.from_numpy(np.random.RandomState(PROJECTION_W_SEED).randn(PROJECTION_W_SAMPLES, dim)).float()
+    with torch.no_grad():
+        w_samples = gen.mapping(z.to(target.device)).float()  # [600,D]
+    w_mean = w_samples.mean(0, keepdim=True)  # [1,D]
+    w_std = float(((w_samples - w_mean) ** 2).sum() / PROJECTION_W_SAMPLES) ** 0.5
+    rng = torch.Generator().manual_seed(int(seed))
+    noise = [torch.randn(b.shape, generator=rng).to(b.device).requires_grad_(True) for b in gen.fixed_noise()]
+    w_opt = w_mean[:, None, :].clone().requires_grad_(True)  # [1,1,D]
+    opt = torch.optim.Adam([w_opt] + noise, betas=(0.9, 0.999), lr=PROJECTION_LR)
+    goal = _compared(target.detach().float())
+    log = ProjectionLog()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        t = step / steps
+        jitter = w_std * PROJECTION_NOISE_FACTOR * max(0.0, 1.0 - t / PROJECTION_NOISE_RAMP) ** 2
+        for group in opt.param_groups:
+            group["lr"] = projection_lr(step, steps)
+        with torch.enable_grad():
+            ws = (w_opt + torch.randn(w_opt.shape, generator=rng).to(w_opt.device) * jitter).expand(1, n_styles, dim)
+            img = gen.synthesize(ws, noise=noise, impl=impl)
+            if crop is not None:
+                img = img[:, :, crop[0]:crop[1], :]
+            dist = lpips(_compared(img), goal).sum()
+            loss = dist + PROJECTION_NOISE_REG * noise_regularization(noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for b in noise:
+                b -= b.mean()
+                b *= b.square().mean().rsqrt()
+        log.losses.append((dist.item(), loss.item()))
+        if on_step is not None:
+            on_step(step, log.losses[-1][0])
+    log.seconds = time.perf_counter() - t0
+    return w_opt.detach().expand(1, n_styles, dim).clone(), log
 
 
 # ------------------------------------------------------------------------------------------
@@ -326,17 +509,23 @@ class PTI:
         of the STORED difference (float16 by default), so an edit at strength 0 gives them back."""
         if steps is not None:
             raise E4EError("--refine-steps is HyperStyle's; pivotal tuning takes --pti-steps", exit_code=USAGE)
-        codes = self.model.encode(batch.x)
         top, bottom = domains.crop_rows(self.domain, self.size)
         crop = None if (top, bottom) == (0, self.size) else (top, bottom)
+        targets = batch.targets.to(self.device)
+        codes = self.model.encode(batch.x) if self.settings.pivot == "e4e" else self.project(targets, crop=crop)
+        base = None
+        if self.settings.locality:  # the untouched generator, in float32 (Module.float() converts in place)
+            g = self.model.generator
+            base = g if next(g.parameters()).dtype == torch.float32 else copy.deepcopy(g).float()
         images, tuned = [], []
         for j in range(codes.shape[0]):
             gen = copy.deepcopy(self.model.generator).float()
             bar = progress.bar(total=self.settings.steps, desc=desc, unit="step")
             try:
-                log = tune_generator(gen, codes[j:j + 1].clone(), batch.targets[j:j + 1].to(self.device), self.lpips,
+                log = tune_generator(gen, codes[j:j + 1].clone(), targets[j:j + 1], self.lpips,
                                      settings=self.settings, crop=crop, impl=self.impl,
-                                     on_step=lambda i, l: (bar.update(1), bar.set_postfix_str(f"lpips {l[1]:.4f}")))
+                                     on_step=lambda i, l: (bar.update(1), bar.set_postfix_str(f"lpips {l[1]:.4f}")),
+                                     base=base, w_avg=self.w_avg() if base is not None else None)
             finally:
                 bar.close()
             diff = difference(gen, self.model.generator, precision=self.settings.precision)
@@ -346,6 +535,27 @@ class PTI:
             images.append(dec.decode(codes[j:j + 1]))
             tuned.append(Tuned(diff=diff, log=log))
         return PTIRefined(codes=codes, image=torch.cat(images), tuned=tuned)
+
+    def project(self, targets: torch.Tensor, *, crop=None) -> torch.Tensor:
+        """W pivots [B,n,D] of targets [B,3,H,W] (`project_w`, one photo at a time)."""
+        out = []
+        for j in range(targets.shape[0]):
+            bar = progress.bar(total=self.settings.pivot_steps, desc="projecting into W", unit="step")
+            try:
+                code, _ = project_w(self.model.generator, targets[j:j + 1], self.lpips, steps=self.settings.pivot_steps,
+                                    seed=self.settings.seed, crop=crop, impl=self.impl,
+                                    on_step=lambda i, d: (bar.update(1), bar.set_postfix_str(f"lpips {d:.4f}")))
+            finally:
+                bar.close()
+            out.append(code)
+        return torch.cat(out).to(self.device)
+
+    def w_avg(self) -> torch.Tensor:
+        """W's mean [D]: the checkpoint's latent_avg when its codes start from it, else the
+        generator's mapped mean (the truncation centre of the locality samples)."""
+        if self.model.info.start_from_latent_avg:
+            return self.model.latent_avg.reshape(-1, self.model.latent_avg.shape[-1])[0].float()
+        return self.model.generator.mean_latent().to(self.device)
 
     def write_result(self, d: Path, tuned: Tuned) -> tuple[dict, dict]:
         """Write one photo's difference into folder `d`: (meta.json's "refine", {name: path})."""

@@ -274,3 +274,16 @@ def lossnet_weights(parity_dir, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr[-2000:]
     (out / "alex.pth").rename(out / "lpips_alex_v0.1.pth")  # the asset name of LPIPS's alex.pth
     return out
+
+
+@pytest.fixture(scope="session")
+def lpips_dir(parity_dir, tmp_path_factory) -> Path:
+    """A weights folder holding only LPIPS-alex's two files (the parity fixtures' writer, seed 1)."""
+    out = tmp_path_factory.mktemp("pti-lpips")
+    script = Path(parity_dir) / "lossnets" / "make_lossnets.py"
+    for only in ("alexnet", "lpips_alex"):
+        proc = subprocess.run([sys.executable, str(script), "--seed", "1", "--only", only, str(out)],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    (out / "alex.pth").rename(out / "lpips_alex_v0.1.pth")
+    return out

@@ -37,6 +37,9 @@ def evaluate_command(
     pti_steps: Optional[int] = options.pti_steps_option(),
     pti_lr: Optional[float] = options.pti_lr_option(),
     lpips_stop: Optional[float] = options.lpips_stop_option(),
+    pivot: Optional[str] = options.pivot_option(),
+    pivot_steps: Optional[int] = options.pivot_steps_option(),
+    locality: bool = options.locality_option(),
 ):
     """Distortion (MSE/PSNR/SSIM/LPIPS) and editability (LEC) of inversions across delta scales;
     with --refine hyperstyle, e4e and HyperStyle side by side. SOURCE.mp4 EDITED.mp4: temporal
@@ -62,7 +65,8 @@ def evaluate_command(
     scales = parse_delta_scales(delta_scales)
     strength = check_strength(strength)
     kinds = [k.strip() for k in refine.split(",")] if refine else []
-    pti_settings = options.check_pti("pti" if "pti" in kinds else None, pti_steps, pti_lr, lpips_stop)
+    pti_settings = options.check_pti("pti" if "pti" in kinds else None, pti_steps, pti_lr, lpips_stop,
+                                     pivot, locality, pivot_steps)
     others = [k for k in kinds if k != "pti"]
     if len(others) > 1:
         raise E4EError(f"unknown --refine {refine!r}: choose hyperstyle, pti or hyperstyle,pti", exit_code=2)

@@ -35,7 +35,7 @@ def invert_command(
     refine: Optional[str] = options.refine_option(
         "hyperstyle: start from HyperStyle's W-encoder and refine the reconstruction with per-image generator "
         "weight offsets (weight_offsets.npz; edits keep them). Slower, much closer to the photo. "
-        "pti: pivotal tuning, the e4e code kept and the generator tuned to the photo (tuned_generator.npz; "
+        "pti: pivotal tuning, the pivot code (e4e's, or --pivot w) kept and the generator tuned to the photo (tuned_generator.npz; "
         "edits keep it). Much slower, closest."),
     refine_steps: Optional[int] = options.refine_steps_option(),
     refiner: Optional[Path] = options.refiner_option(),
@@ -44,6 +44,9 @@ def invert_command(
     pti_steps: Optional[int] = options.pti_steps_option(),
     pti_lr: Optional[float] = options.pti_lr_option(),
     lpips_stop: Optional[float] = options.lpips_stop_option(),
+    pivot: Optional[str] = options.pivot_option(),
+    pivot_steps: Optional[int] = options.pivot_steps_option(),
+    locality: bool = options.locality_option(),
 ):
     """Invert photos into StyleGAN's latent space with the e4e encoder (or refine with HyperStyle or PTI)."""
     from ..domains import DEFAULT, aligns_faces
@@ -67,7 +70,7 @@ def invert_command(
                          overwrite=overwrite, face=face, report=report, refine_steps=refine_steps,
                          offsets_precision=offsets_precision)
     check_delta_scale(delta_scale)
-    pti = options.check_pti(refine, pti_steps, pti_lr, lpips_stop)
+    pti = options.check_pti(refine, pti_steps, pti_lr, lpips_stop, pivot, locality, pivot_steps)
     if pti is not None:
         model = _pti(pti, refine_steps, refiner, w_encoder, offsets_precision, domain=domain, checkpoint=checkpoint,
                      delta_scale=delta_scale, report=report, device=device, precision=precision,
@@ -134,9 +137,9 @@ def _pti(settings, refine_steps, refiner, w_encoder, offsets_precision, *, domai
 
     if refine_steps is not None or refiner is not None or w_encoder is not None:
         raise E4EError("--refine-steps, --refiner and --w-encoder are HyperStyle's; --refine pti takes "
-                       "--pti-steps, --pti-lr and --lpips-stop", exit_code=USAGE)
+                       "--pti-steps, --pti-lr, --lpips-stop, --pivot and --locality", exit_code=USAGE)
     if delta_scale != 1.0 or report:
-        raise E4EError("--delta-scale and --report are not supported with --refine pti (the pivot is the e4e code)",
+        raise E4EError("--delta-scale and --report are not supported with --refine pti (its pivot is stored as it is tuned around)",
                        exit_code=USAGE)
     settings.precision = offsets_precision
     settings.check()

@@ -109,17 +109,38 @@ def lpips_stop_option():
     return typer.Option(None, "--lpips-stop", help="With --refine pti: stop tuning once LPIPS <= this (default 0.06).")
 
 
-def check_pti(refine: Optional[str], steps: Optional[int], lr: Optional[float], lpips_stop: Optional[float]):
+def pivot_option():
+    return typer.Option(None, "--pivot", help="With --refine pti: the code the generator is tuned around: e4e "
+                        "(default: the encoder's code, fast, what STIT does) or w (PTI's own 450-step projection "
+                        "into W; slow, most editable).")
+
+
+def pivot_steps_option():
+    return typer.Option(None, "--pivot-steps", help="With --pivot w: the projection's steps (default 450, PTI's).")
+
+
+def locality_option():
+    return typer.Option(False, "--locality", help="With --refine pti: PTI's locality regularizer (keeps the tuned "
+                        "generator unchanged away from the photo; each step costs about twice as much).")
+
+
+def check_pti(refine: Optional[str], steps: Optional[int], lr: Optional[float], lpips_stop: Optional[float],
+              pivot: Optional[str] = None, locality: bool = False, pivot_steps: Optional[int] = None):
     """pti.PTISettings when `--refine pti` is asked for, else None; one usage-error line for a
     PTI option without it or a value out of range."""
     if refine != "pti":
-        if (steps, lr, lpips_stop) != (None, None, None):
-            raise E4EError("--pti-steps, --pti-lr and --lpips-stop need --refine pti", exit_code=USAGE)
+        if (steps, lr, lpips_stop, pivot, pivot_steps) != (None,) * 5 or locality:
+            raise E4EError("--pti-steps, --pti-lr, --lpips-stop, --pivot, --pivot-steps and --locality need --refine pti",
+                           exit_code=USAGE)
         return None
-    from ..pti import DEFAULT_LPIPS_STOP, DEFAULT_LR, DEFAULT_STEPS, PTISettings
+    from ..pti import DEFAULT_LPIPS_STOP, DEFAULT_LR, DEFAULT_STEPS, PROJECTION_STEPS, PTISettings
 
+    if pivot_steps is not None and pivot != "w":
+        raise E4EError("--pivot-steps is the W projection's: it needs --pivot w", exit_code=USAGE)
     return PTISettings(steps=DEFAULT_STEPS if steps is None else steps, lr=DEFAULT_LR if lr is None else lr,
-                       lpips_stop=DEFAULT_LPIPS_STOP if lpips_stop is None else lpips_stop).check()
+                       lpips_stop=DEFAULT_LPIPS_STOP if lpips_stop is None else lpips_stop,
+                       pivot="e4e" if pivot is None else pivot, locality=locality,
+                       pivot_steps=PROJECTION_STEPS if pivot_steps is None else pivot_steps).check()
 
 
 def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[Path],
