@@ -155,17 +155,20 @@ def tuned_parameters(generator) -> dict[str, torch.nn.Parameter]:
 def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, *, settings: PTISettings,
                    crop: Optional[tuple[int, int]] = None, impl: str = "ref",
                    on_step: Optional[Callable[[int, tuple], None]] = None,
-                   base=None, w_avg: Optional[torch.Tensor] = None) -> TuneLog:
+                   base=None, w_avg: Optional[torch.Tensor] = None, dtype: Optional[torch.dtype] = None) -> TuneLog:
     """Tune `generator` (float32, changed in place) so that codes [1,n,512] decode to target
     [1,3,H,W] (in [-1,1]; rows `crop` of the decode when given). `lpips(x, y)` -> [N].
     With `settings.locality`: `base` is the untouched generator and `w_avg` [512] W's mean
-    (the truncation centre of the locality samples)."""
+    (the truncation centre of the locality samples). `dtype` (bfloat16) runs the convolutions in
+    that precision under float32 parameters, losses and Adam (None: float32 throughout); it
+    needs impl="fast" (the reference ops compute in their inputs' dtype)."""
     settings.check()
+    _check_dtype(dtype, impl)
     ball = None
     if settings.locality:
         if base is None or w_avg is None:
             raise ValueError("the locality regularizer needs the original generator (base=) and W's mean (w_avg=)")
-        ball = LocalityBall(base, codes.detach().float(), w_avg, lpips, seed=settings.seed)
+        ball = LocalityBall(base, codes.detach().float(), w_avg, lpips, seed=settings.seed, dtype=dtype)
     params = tuned_parameters(generator)
     for p in generator.parameters():
         p.requires_grad_(False)
@@ -179,7 +182,7 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
     try:
         for _ in range(settings.steps):
             with torch.enable_grad():
-                img = generator.synthesize(codes, impl=impl)
+                img = generator.synthesize(codes, impl=impl, dtype=dtype).float()
                 if crop is not None:
                     img = img[:, :, crop[0]:crop[1], :]
                 l2 = F.mse_loss(img, target)
@@ -205,6 +208,12 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
     return log
 
 
+def _check_dtype(dtype: Optional[torch.dtype], impl: str) -> None:
+    if dtype is not None and impl == "ref":
+        raise ValueError("reduced-precision tuning runs the fast ops (impl='fast'); the reference ops compute in "
+                         "their inputs' dtype")
+
+
 class LocalityBall:
     """PTI's locality regularizer: keep the tuned generator equal to the original one on codes
     around the pivot. Each call draws one z, maps it to W with truncation 0.5 about `w_avg`, moves
@@ -213,13 +222,15 @@ class LocalityBall:
     'none'): 0.1 x L2 + 0.1 x LPIPS. The reference draws with numpy's unseeded global generator;
     ours is seeded (`seed`), so a tuning can be repeated."""
 
-    def __init__(self, base, pivot: torch.Tensor, w_avg: torch.Tensor, lpips, *, seed: int = 0):
+    def __init__(self, base, pivot: torch.Tensor, w_avg: torch.Tensor, lpips, *, seed: int = 0,
+                 dtype: Optional[torch.dtype] = None):
         self.base = base  # the original generator (float32), never tuned
         self.pivot = pivot  # [1,n,D]
         self.w_avg = w_avg.detach().float().reshape(1, -1).to(pivot.device)  # [1,D]
         self.lpips = lpips
         self.rng = torch.Generator().manual_seed(int(seed))
         self.zeros = [torch.zeros_like(b) for b in base.fixed_noise()]
+        self.dtype = dtype
 
     def code(self) -> torch.Tensor:
         """One regularizer code [1,n,D]."""
@@ -231,9 +242,9 @@ class LocalityBall:
 
     def loss(self, generator, *, impl: str = "ref") -> torch.Tensor:
         w = self.code()
-        new = generator.synthesize(w, noise=self.zeros, impl=impl)
+        new = generator.synthesize(w, noise=self.zeros, impl=impl, dtype=self.dtype).float()
         with torch.no_grad():
-            old = self.base.synthesize(w, noise=self.zeros, impl=impl)
+            old = self.base.synthesize(w, noise=self.zeros, impl=impl, dtype=self.dtype).float()
         return LOCALITY_L2_WEIGHT * F.mse_loss(old, new) + LOCALITY_LPIPS_WEIGHT * self.lpips(old, new).mean()
 
 
@@ -283,7 +294,7 @@ class ProjectionLog:
 
 
 def project_w(generator, target: torch.Tensor, lpips, *, steps: int = PROJECTION_STEPS, seed: int = 0,
-              crop: Optional[tuple[int, int]] = None, impl: str = "ref",
+              crop: Optional[tuple[int, int]] = None, impl: str = "ref", dtype: Optional[torch.dtype] = None,
               on_step: Optional[Callable[[int, float], None]] = None) -> tuple[torch.Tensor, ProjectionLog]:
     """target [1,3,H,W] in [-1,1] -> (its W code repeated over the layers [1,n,D], log).
 
@@ -295,6 +306,7 @@ def project_w(generator, target: torch.Tensor, lpips, *, steps: int = PROJECTION
     not ship); ours is the LPIPS (alex) the tuning uses, on the same <= 256 px images; and its
     random numbers (the noise maps, the jitter) come from the unseeded global generator, ours
     from `seed`."""
+    _check_dtype(dtype, impl)
     gen = copy.deepcopy(generator).float().eval()
     for p in gen.parameters():
         p.requires_grad_(False)
@@ -318,7 +330,7 @@ def project_w(generator, target: torch.Tensor, lpips, *, steps: int = PROJECTION
             group["lr"] = projection_lr(step, steps)
         with torch.enable_grad():
             ws = (w_opt + torch.randn(w_opt.shape, generator=rng).to(w_opt.device) * jitter).expand(1, n_styles, dim)
-            img = gen.synthesize(ws, noise=noise, impl=impl)
+            img = gen.synthesize(ws, noise=noise, impl=impl, dtype=dtype).float()
             if crop is not None:
                 img = img[:, :, crop[0]:crop[1], :]
             dist = lpips(_compared(img), goal).sum()
@@ -473,6 +485,10 @@ class PTI:
         self.settings = settings.check()
         self.impl = impl
         self.base_sha256 = base_sha256(model)
+        # bfloat16 convolutions where the model runs in it (`auto` on a CPU with native bf16, or
+        # asked for); float16 has too little range for gradients without loss scaling: float32
+        self.tune_dtype = torch.bfloat16 if model.precision == torch.bfloat16 else None
+        self.tune_impl = "fast" if self.tune_dtype is not None else impl
 
     # the facts jobs.invert reads
     domain = property(lambda self: self.model.domain)
@@ -488,7 +504,7 @@ class PTI:
     def record(self, log: Optional[TuneLog] = None) -> dict:
         """meta.json's "refine" (and the difference file's record)."""
         rec = {"method": "pti", "checkpoint": str(Path(self.path).resolve()), "base_sha256": self.base_sha256,
-               **self.settings.record()}
+               **self.settings.record(), "tune_precision": "bf16" if self.tune_dtype is not None else "fp32"}
         if log is not None:
             rec.update(log.record())
         return rec
@@ -523,9 +539,10 @@ class PTI:
             bar = progress.bar(total=self.settings.steps, desc=desc, unit="step")
             try:
                 log = tune_generator(gen, codes[j:j + 1].clone(), targets[j:j + 1], self.lpips,
-                                     settings=self.settings, crop=crop, impl=self.impl,
+                                     settings=self.settings, crop=crop, impl=self.tune_impl,
                                      on_step=lambda i, l: (bar.update(1), bar.set_postfix_str(f"lpips {l[1]:.4f}")),
-                                     base=base, w_avg=self.w_avg() if base is not None else None)
+                                     base=base, w_avg=self.w_avg() if base is not None else None,
+                                     dtype=self.tune_dtype)
             finally:
                 bar.close()
             diff = difference(gen, self.model.generator, precision=self.settings.precision)
@@ -543,7 +560,7 @@ class PTI:
             bar = progress.bar(total=self.settings.pivot_steps, desc="projecting into W", unit="step")
             try:
                 code, _ = project_w(self.model.generator, targets[j:j + 1], self.lpips, steps=self.settings.pivot_steps,
-                                    seed=self.settings.seed, crop=crop, impl=self.impl,
+                                    seed=self.settings.seed, crop=crop, impl=self.tune_impl, dtype=self.tune_dtype,
                                     on_step=lambda i, d: (bar.update(1), bar.set_postfix_str(f"lpips {d:.4f}")))
             finally:
                 bar.close()

@@ -163,3 +163,24 @@ def test_invert_with_a_w_pivot_and_locality(church, parity_dir, tmp_path, lpips_
     rec = json.loads((d / "meta.json").read_text())["refine"]
     assert rec["pivot"] == "w" and rec["pivot_steps"] == 1 and rec["locality"] is True and rec["steps_run"] == 1
     assert rec["locality_alpha"] == 30.0
+
+
+def test_bf16_tuning_follows_fp32():
+    """`--precision bf16` (what `auto` picks on a CPU with native bf16) tunes with bfloat16
+    convolutions under float32 parameters and Adam: the same losses within bf16's precision, and
+    the parameters stay float32."""
+    from e4e_cli.pti import PTISettings, tune_generator
+
+    base = tiny_generator(size=16)
+    torch.manual_seed(4)
+    code = torch.randn(1, base.n_styles, base.style_dim)
+    target = torch.rand(1, 3, 16, 16) * 2 - 1
+    logs = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        gen = copy.deepcopy(base)
+        logs[name] = tune_generator(gen, code, target, l2_distance, settings=PTISettings(steps=4, lr=1e-3, lpips_stop=0.0),
+                                    dtype=dtype, impl="fast")
+        assert all(p.dtype == torch.float32 for p in gen.parameters())
+    a, b = np.array(logs["fp32"].losses), np.array(logs["bf16"].losses)
+    assert np.allclose(a, b, rtol=3e-2, atol=1e-3), (a, b)
+    assert not np.array_equal(a, b)  # the convolutions did run in bfloat16
