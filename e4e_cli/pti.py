@@ -83,6 +83,7 @@ class PTISettings:
     pivot: str = "e4e"  # or "w": the W projection
     pivot_steps: int = PROJECTION_STEPS
     locality: bool = False
+    resolution: Optional[int] = None  # the faster variant: tune the blocks up to this size only
     seed: int = 0  # of the projection's and the locality samples' random numbers
 
     def check(self) -> "PTISettings":
@@ -96,6 +97,9 @@ class PTISettings:
         if self.precision not in DIFF_PRECISIONS:
             raise E4EError(f"--offsets-precision must be one of {', '.join(DIFF_PRECISIONS)}, got {self.precision!r}",
                            exit_code=USAGE)
+        r = self.resolution
+        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 8 or r & (r - 1)):
+            raise E4EError(f"--pti-resolution must be a power of two >= 8, got {r!r}", exit_code=USAGE)
         if self.pivot not in PIVOTS:
             raise E4EError(f"--pivot must be one of {', '.join(PIVOTS)}, got {self.pivot!r}", exit_code=USAGE)
         if isinstance(self.pivot_steps, bool) or not isinstance(self.pivot_steps, int) or self.pivot_steps < 1:
@@ -114,6 +118,8 @@ class PTISettings:
                        locality_lpips_weight=LOCALITY_LPIPS_WEIGHT, locality_truncation=LOCALITY_TRUNCATION)
         if self.pivot == "w" or self.locality:
             rec["seed"] = self.seed
+        if self.resolution is not None:
+            rec["resolution"] = self.resolution
         return rec
 
 
@@ -177,19 +183,23 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
     opt = torch.optim.Adam(list(params.values()), lr=settings.lr)
     codes = codes.detach().float()
     target = target.detach().float()
+    stop_at = tuned_resolution(generator, settings.resolution)
+    if stop_at is not None:  # the faster variant: the skip image at that size against the photo's
+        crop = None if crop is None else (crop[0] * stop_at // generator.size, crop[1] * stop_at // generator.size)
+        target = downsample(target, stop_at / generator.size)
     log = TuneLog()
     t0 = time.perf_counter()
     try:
         for _ in range(settings.steps):
             with torch.enable_grad():
-                img = generator.synthesize(codes, impl=impl, dtype=dtype).float()
+                img = generator.synthesize(codes, impl=impl, dtype=dtype, stop_at=stop_at).float()
                 if crop is not None:
                     img = img[:, :, crop[0]:crop[1], :]
                 l2 = F.mse_loss(img, target)
                 lp = lpips(img, target).mean()
                 loss = L2_WEIGHT * l2 + LPIPS_WEIGHT * lp
                 if ball is not None:  # logged losses stay the photo's (the early stop reads its LPIPS)
-                    loss = loss + ball.loss(generator, impl=impl)
+                    loss = loss + ball.loss(generator, impl=impl, stop_at=stop_at)
                 log.losses.append((l2.item(), lp.item(), loss.item()))
                 if on_step is not None:
                     on_step(log.steps, log.losses[-1])
@@ -206,6 +216,20 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
             p.grad = None
         log.seconds = time.perf_counter() - t0
     return log
+
+
+def tuned_resolution(generator, resolution: Optional[int]) -> Optional[int]:
+    """The size at which a tuning with `resolution` compares (None: the full decode). Only the
+    blocks up to that size get a gradient, so only they move (the difference holds only them)."""
+    if resolution is None or resolution >= generator.size:
+        return None
+    return int(resolution)
+
+
+def downsample(img: torch.Tensor, factor: float) -> torch.Tensor:
+    """[N,C,H,W] -> [N,C,H*factor,W*factor] by box averaging ('area'), factor a power of 1/2."""
+    h, w = round(img.shape[2] * factor), round(img.shape[3] * factor)
+    return F.interpolate(img, size=(h, w), mode="area")
 
 
 def _check_dtype(dtype: Optional[torch.dtype], impl: str) -> None:
@@ -240,11 +264,11 @@ class LocalityBall:
         towards = w[:, None, :].expand_as(self.pivot) - self.pivot
         return self.pivot + LOCALITY_ALPHA * towards / towards.norm(p=2)
 
-    def loss(self, generator, *, impl: str = "ref") -> torch.Tensor:
+    def loss(self, generator, *, impl: str = "ref", stop_at: Optional[int] = None) -> torch.Tensor:
         w = self.code()
-        new = generator.synthesize(w, noise=self.zeros, impl=impl, dtype=self.dtype).float()
+        new = generator.synthesize(w, noise=self.zeros, impl=impl, dtype=self.dtype, stop_at=stop_at).float()
         with torch.no_grad():
-            old = self.base.synthesize(w, noise=self.zeros, impl=impl, dtype=self.dtype).float()
+            old = self.base.synthesize(w, noise=self.zeros, impl=impl, dtype=self.dtype, stop_at=stop_at).float()
         return LOCALITY_L2_WEIGHT * F.mse_loss(old, new) + LOCALITY_LPIPS_WEIGHT * self.lpips(old, new).mean()
 
 
@@ -483,6 +507,9 @@ class PTI:
         self.model = model
         self.lpips = lpips.to(model.device)
         self.settings = settings.check()
+        if settings.resolution is not None and settings.resolution > model.size:
+            raise E4EError(f"--pti-resolution {settings.resolution} is larger than the generator ({model.size} px)",
+                           exit_code=USAGE)
         self.impl = impl
         self.base_sha256 = base_sha256(model)
         # bfloat16 convolutions where the model runs in it (`auto` on a CPU with native bf16, or

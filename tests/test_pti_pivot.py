@@ -184,3 +184,26 @@ def test_bf16_tuning_follows_fp32():
     a, b = np.array(logs["fp32"].losses), np.array(logs["bf16"].losses)
     assert np.allclose(a, b, rtol=3e-2, atol=1e-3), (a, b)
     assert not np.array_equal(a, b)  # the convolutions did run in bfloat16
+
+
+def test_lower_resolution_tuning_moves_only_the_blocks_up_to_it():
+    """The faster variant (`--pti-resolution`): the skip image at 8 px of a 16 px generator against
+    the photo box-averaged to 8 px. Its loss falls, the blocks above 8 px keep their weights (the
+    stored difference holds none of them), the blocks up to it move."""
+    from e4e_cli.pti import PTISettings, difference, tune_generator
+
+    base = tiny_generator(size=16)
+    torch.manual_seed(6)
+    code = torch.randn(1, base.n_styles, base.style_dim)
+    target = torch.rand(1, 3, 16, 16) * 2 - 1
+    gen = copy.deepcopy(base)
+    log = tune_generator(gen, code, target, l2_distance, settings=PTISettings(steps=6, lr=3e-3, lpips_stop=0.0,
+                                                                              resolution=8))
+    assert log.losses[-1][0] < log.losses[0][0]
+    low = torch.nn.functional.interpolate(target, size=(8, 8), mode="area")
+    with torch.no_grad():
+        first = base.synthesize(code, stop_at=8)
+    assert log.losses[0][0] == pytest.approx(float(((first - low) ** 2).mean()), rel=1e-5)  # compared at 8 px
+    moved = set(difference(gen, base))
+    top = {k for k in moved if k.startswith(("convs.2.", "convs.3.", "to_rgbs.1."))}  # the 16 px block
+    assert not top and any(k.startswith("convs.0.") for k in moved) and "conv1.conv.weight" in moved

@@ -39,6 +39,7 @@ def evaluate_command(
     lpips_stop: Optional[float] = options.lpips_stop_option(),
     pivot: Optional[str] = options.pivot_option(),
     pivot_steps: Optional[int] = options.pivot_steps_option(),
+    pti_resolution: Optional[int] = options.pti_resolution_option(),
     locality: bool = options.locality_option(),
 ):
     """Distortion (MSE/PSNR/SSIM/LPIPS) and editability (LEC) of inversions across delta scales;
@@ -66,7 +67,7 @@ def evaluate_command(
     strength = check_strength(strength)
     kinds = [k.strip() for k in refine.split(",")] if refine else []
     pti_settings = options.check_pti("pti" if "pti" in kinds else None, pti_steps, pti_lr, lpips_stop,
-                                     pivot, locality, pivot_steps)
+                                     pivot, locality, pivot_steps, pti_resolution)
     others = [k for k in kinds if k != "pti"]
     if len(others) > 1:
         raise E4EError(f"unknown --refine {refine!r}: choose hyperstyle, pti or hyperstyle,pti", exit_code=2)

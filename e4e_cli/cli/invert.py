@@ -46,6 +46,7 @@ def invert_command(
     lpips_stop: Optional[float] = options.lpips_stop_option(),
     pivot: Optional[str] = options.pivot_option(),
     pivot_steps: Optional[int] = options.pivot_steps_option(),
+    pti_resolution: Optional[int] = options.pti_resolution_option(),
     locality: bool = options.locality_option(),
 ):
     """Invert photos into StyleGAN's latent space with the e4e encoder (or refine with HyperStyle or PTI)."""
@@ -70,7 +71,7 @@ def invert_command(
                          overwrite=overwrite, face=face, report=report, refine_steps=refine_steps,
                          offsets_precision=offsets_precision)
     check_delta_scale(delta_scale)
-    pti = options.check_pti(refine, pti_steps, pti_lr, lpips_stop, pivot, locality, pivot_steps)
+    pti = options.check_pti(refine, pti_steps, pti_lr, lpips_stop, pivot, locality, pivot_steps, pti_resolution)
     if pti is not None:
         model = _pti(pti, refine_steps, refiner, w_encoder, offsets_precision, domain=domain, checkpoint=checkpoint,
                      delta_scale=delta_scale, report=report, device=device, precision=precision,

@@ -119,18 +119,26 @@ def pivot_steps_option():
     return typer.Option(None, "--pivot-steps", help="With --pivot w: the projection's steps (default 450, PTI's).")
 
 
+def pti_resolution_option():
+    return typer.Option(None, "--pti-resolution", help="With --refine pti: the faster variant: tune only the "
+                        "generator's blocks up to this size (e.g. 256 of a 1024 generator), compared with the photo "
+                        "at that size. Each step costs less; fine detail is left to the untuned top blocks.")
+
+
 def locality_option():
     return typer.Option(False, "--locality", help="With --refine pti: PTI's locality regularizer (keeps the tuned "
                         "generator unchanged away from the photo; each step costs about twice as much).")
 
 
 def check_pti(refine: Optional[str], steps: Optional[int], lr: Optional[float], lpips_stop: Optional[float],
-              pivot: Optional[str] = None, locality: bool = False, pivot_steps: Optional[int] = None):
+              pivot: Optional[str] = None, locality: bool = False, pivot_steps: Optional[int] = None,
+              resolution: Optional[int] = None):
     """pti.PTISettings when `--refine pti` is asked for, else None; one usage-error line for a
     PTI option without it or a value out of range."""
     if refine != "pti":
-        if (steps, lr, lpips_stop, pivot, pivot_steps) != (None,) * 5 or locality:
-            raise E4EError("--pti-steps, --pti-lr, --lpips-stop, --pivot, --pivot-steps and --locality need --refine pti",
+        if (steps, lr, lpips_stop, pivot, pivot_steps, resolution) != (None,) * 6 or locality:
+            raise E4EError("--pti-steps, --pti-lr, --lpips-stop, --pivot, --pivot-steps, --pti-resolution and "
+                           "--locality need --refine pti",
                            exit_code=USAGE)
         return None
     from ..pti import DEFAULT_LPIPS_STOP, DEFAULT_LR, DEFAULT_STEPS, PROJECTION_STEPS, PTISettings
@@ -140,7 +148,8 @@ def check_pti(refine: Optional[str], steps: Optional[int], lr: Optional[float], 
     return PTISettings(steps=DEFAULT_STEPS if steps is None else steps, lr=DEFAULT_LR if lr is None else lr,
                        lpips_stop=DEFAULT_LPIPS_STOP if lpips_stop is None else lpips_stop,
                        pivot="e4e" if pivot is None else pivot, locality=locality,
-                       pivot_steps=PROJECTION_STEPS if pivot_steps is None else pivot_steps).check()
+                       pivot_steps=PROJECTION_STEPS if pivot_steps is None else pivot_steps,
+                       resolution=resolution).check()
 
 
 def check_refine(refine: Optional[str], steps: Optional[int], refiner: Optional[Path],
