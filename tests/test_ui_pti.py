@@ -149,3 +149,52 @@ def test_at_most_two_tuned_generators_stay_alive(editor, latents):
     editor.render(sids[1], EDIT, 1.0, False)  # copy2's decoder is the oldest now: dropped
     with pytest.raises(E4EError, match="changed on disk"):
         editor.render(sids[2], EDIT, 1.0, False)
+
+
+def test_the_http_api_opens_a_pti_result_and_refuses_the_refine_switch(editor, latents):
+    """The same through the page's API: /api/latent says `tuned`, a full preview at strength 0 is
+    inversion.png, /api/refine and a refined preview are one-line refusals, and the latent
+    download is named as the pivot it is."""
+    import socket
+    import threading
+    import time
+
+    import requests
+    import uvicorn
+
+    from e4e_cli.ui.server import create_app, new_token
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = new_token()
+    srv = uvicorn.Server(uvicorn.Config(create_app(editor, token=token, host="127.0.0.1", port=port),
+                                        host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    http = requests.Session()
+    http.headers.update({"Authorization": f"token {token}", "Origin": url})
+    try:
+        for _ in range(100):
+            try:
+                http.get(url + "/api/info", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        r = http.post(url + "/api/latent", json={"path": "tuned/church_img/latent.npy"}, timeout=120).json()
+        assert r["tuned"] is True and r["refined"] is False
+        sid = r["session"]
+        p = http.post(url + "/api/preview", json={"session": sid, "strengths": {}, "size": "full"}, timeout=120).json()
+        want = _pixels(Image.open(latents / "tuned" / "church_img" / "inversion.png"))
+        got = _pixels(Image.open(io.BytesIO(base64.b64decode(p["image"].split(",", 1)[1]))))
+        assert np.abs(got - want).max() <= 1
+        for path, body in (("/api/refine", {"session": sid}),
+                           ("/api/preview", {"session": sid, "strengths": EDIT, "refined": True})):
+            a = http.post(url + path, json=body, timeout=120)
+            assert a.status_code == 400 and "PTI result" in a.json()["error"] and "\n" not in a.json()["error"]
+        d = http.get(url + "/api/download/latent", params={"session": sid, "strengths": json.dumps(EDIT)}, timeout=120)
+        assert d.status_code == 200 and "church_img_edit_pti_pivot.npy" in d.headers["content-disposition"]
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
