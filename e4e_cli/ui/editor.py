@@ -12,8 +12,9 @@ block boundary when it happened during the decode (`should_stop`). The latent pi
 only files under the folder given on the command line.
 
 A picked HyperStyle result is decoded with its offsets (the refine switch on); a picked PTI
-result (`e4e invert --refine pti`) with its own tuned generator, for every render, preview,
-paste-back and text edit of its session, so that strength 0 gives back its inversion.png. The
+result (`e4e invert --refine pti`) with its own tuned generator, for every preview, full
+decode, image download and text edit of its session, so that strength 0 gives back its
+inversion.png (a picked latent has no photo to paste back into). The
 refine switch does not apply to a PTI session (refused in one line), and its latent download is
 the edited pivot, `<name>_edit_pti_pivot.npy`: the base generator alone does not decode it to
 the tuned result (`e4e edit FOLDER` does).

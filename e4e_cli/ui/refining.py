@@ -71,7 +71,8 @@ class PageRefiner:
 
 
 # A tuned generator is a full copy of the generator (121 MB in float32 at 256 px, 133 MB at
-# 1024): the page keeps at most this many alive, whatever the number of PTI sessions.
+# 1024): the page keeps at most this many alive, whatever the number of PTI sessions (plus,
+# briefly, one being built and those a decode in flight still holds).
 KEEP_TUNED = 2
 PTI_NO_REFINE = ("this latent is a PTI result: its own tuned generator decodes it, and HyperStyle's refinement "
                  "does not apply to it (switch refine off)")
@@ -90,6 +91,7 @@ class TunedDecoders:
         self.model, self.keep = model, keep
         self._lru: "OrderedDict[str, object]" = OrderedDict()  # SHA-256 -> decode-only E4E, oldest use first
         self._lock = threading.Lock()
+        self._building = threading.Lock()  # one tuned copy built at a time, whatever the requests
 
     def open_folder(self, folder: Path) -> Optional[tuple]:
         """(key, decoder, record) of a PTI result folder (None for any other folder); refused in one
@@ -125,12 +127,14 @@ class TunedDecoders:
         if want is not None and sha != want:
             raise E4EError("the tuned generator of this latent changed on disk since it was opened: pick the latent "
                            "again")
-        with self._lock:
-            decoder = self._lru.get(sha)
-        if decoder is None:
-            decoder, _ = load_tuned(path, self.model)
-            if sha256_file(path) != sha:
-                raise E4EError("the tuned generator of that latent changed while it was read: pick the latent again")
+        with self._building:
+            with self._lock:
+                decoder = self._lru.get(sha)  # built meanwhile by another request?
+            if decoder is None:
+                decoder, _ = load_tuned(path, self.model)
+                if sha256_file(path) != sha:
+                    raise E4EError("the tuned generator of that latent changed while it was read: pick the latent "
+                                   "again")
         with self._lock:
             self._lru[sha] = decoder
             self._lru.move_to_end(sha)
