@@ -10,6 +10,14 @@ and when it rests for `"full"`. A request that a newer one of the same session h
 gets None: without decoding when that happened before it reached the model, and at the next
 block boundary when it happened during the decode (`should_stop`). The latent picker lists
 only files under the folder given on the command line.
+
+A picked HyperStyle result is decoded with its offsets (the refine switch on); a picked PTI
+result (`e4e invert --refine pti`) with its own tuned generator, for every preview, full
+decode, image download and text edit of its session, so that strength 0 gives back its
+inversion.png (a picked latent has no photo to paste back into). The
+refine switch does not apply to a PTI session (refused in one line), and its latent download is
+the edited pivot, `<name>_edit_pti_pivot.npy`: the base generator alone does not decode it to
+the tuned result (`e4e edit FOLDER` does).
 """
 
 import contextlib
@@ -24,7 +32,7 @@ import numpy as np
 from ..errors import E4EError
 from .limits import MAX_PREPARES, MAX_UPLOAD, Busy, TooLarge
 from .previews import PASTE_SIDES, PREVIEW_SIDE, data_url, paste, png
-from .refining import PageRefiner, refined_latent_bytes
+from .refining import PTI_NO_REFINE, PageRefiner, TunedDecoders, refined_latent_bytes
 from .sessions import Session, Sessions, kept_photo
 from .uploads import read_upload, shown_name
 
@@ -42,6 +50,7 @@ class Editor:
 
         self.model, self.synthetic = model, synthetic
         self.refiner = PageRefiner(refiner_files, model)  # the page's "refine" switch
+        self.tuned = TunedDecoders(model)  # picked PTI results' tuned generators (at most two kept)
         self.latents_dir = Path(latents_dir).resolve() if latents_dir else None
         self.lock = threading.Lock()  # the model: one encode or decode at a time
         self.sessions = Sessions()
@@ -205,18 +214,23 @@ class Editor:
             raise E4EError(f"that latent has {arr.shape[0]} layers; this checkpoint needs {self.model.n_styles}")
         codes = torch.from_numpy(arr)[None].to(self.model.device)
         base = codes[:, :1] + (self.model.latent_avg - self.model.latent_avg[:1])[None]
-        found = self.refiner.open_folder(path.parent)  # (offsets, record) of a HyperStyle result
+        tuned = self.tuned.open_folder(path.parent)  # (key, decoder, record) of a PTI result
+        found = None if tuned is not None else self.refiner.open_folder(path.parent)  # HyperStyle: (offsets, record)
         with self.lock, torch.inference_mode():
-            if found is None:
+            if tuned is not None:  # a PTI invert: its pivot decoded by its tuned generator
+                inversion = self.model.to_pil(tuned[1].decode(codes))[0]
+            elif found is None:
                 inversion = self.model.to_pil(self.model.decode(codes))[0]
             else:  # a HyperStyle invert: its code and offsets, decoded by the refiner's generator
                 inversion = self.model.to_pil(self.refiner.get().decode(codes, offsets=found[0]))[0]
         s = Session(codes=codes, w0_codes=base, name=path.parent.name)
         if found is not None:
             s.refined, s.refine_record = (codes, found[0]), found[1]
+        if tuned is not None:
+            s.tuned, s.tuned_record = tuned[0], tuned[2]
         sid = self.sessions.add(s)
         return {"session": sid, "aligned": None, "inversion": data_url(png(inversion, PREVIEW_SIDE)),
-                "refined": found is not None}
+                "refined": found is not None, "tuned": tuned is not None}
 
     # ---- HyperStyle refinement ------------------------------------------------------------------
 
@@ -226,6 +240,8 @@ class Editor:
         import torch
 
         s = self.session(sid)
+        if s.tuned is not None:
+            raise E4EError(PTI_NO_REFINE)
         if s.refined is None:
             if s.aligned is None:
                 raise E4EError("refining needs the photo: upload it (a plain latent picked from the folder has none)")
@@ -249,6 +265,8 @@ class Editor:
         (one W vector on every row: the delta scale has nothing to scale)."""
         from ..editing import check_delta_scale, rescale_codes
 
+        if refined and s.tuned is not None:
+            raise E4EError(PTI_NO_REFINE)
         if refined and s.refined is None:
             raise E4EError("this photo is not refined yet: switch refine on first")
         codes = s.refined[0] if refined else s.codes
@@ -266,14 +284,16 @@ class Editor:
     def latent_file(self, sid: str, strengths: dict, delta_scale: float, *, refined: bool = False) -> tuple[bytes, str]:
         """(bytes, file name) of the edited latent: plain, `<name>_edit.npy` ([n,512] float32);
         refined, `<name>_edit_refined.npz`, the edited code with the session's offsets and refine
-        record (`refine.load_refined_latent` reads it; `e4e edit` takes it)."""
+        record (`refine.load_refined_latent` reads it; `e4e edit` takes it); a PTI session's,
+        `<name>_edit_pti_pivot.npy`, the edited pivot alone (its tuned generator stays in the
+        result folder: decoded by the base generator it is not what the page shows)."""
         s = self.session(sid)
         code = self.edited_codes(s, strengths, delta_scale, refined=refined)[0].detach().float().cpu().numpy()
         if refined:
             return refined_latent_bytes(code, s.refined[1], s.refine_record), f"{s.name}_edit_refined.npz"
         buf = io.BytesIO()
         np.save(buf, code.astype(np.float32), allow_pickle=False)
-        return buf.getvalue(), f"{s.name}_edit.npy"
+        return buf.getvalue(), f"{s.name}_edit{'_pti_pivot' if s.tuned is not None else ''}.npy"
 
     def preview_size(self, kind: str) -> Optional[int]:
         """The decode's resolution for a page request: "preview" stops the synthesis after the
@@ -300,7 +320,10 @@ class Editor:
                 s.seq = max(s.seq, seq)
         codes = self.edited_codes(s, strengths, delta_scale, refined=refined)
         styles = self.text_offsets(text)
-        decoder, offsets = (self.refiner.get().decoder, s.refined[1]) if refined else (self.model, None)
+        if refined:
+            decoder, offsets = self.refiner.get().decoder, s.refined[1]
+        else:  # a PTI session: its tuned generator (rebuilt here, outside the model lock, if it was dropped)
+            decoder, offsets = (self.model if s.tuned is None else self.tuned.get(s.tuned)), None
         stale = None if seq is None else (lambda: seq < s.seq)
         if stale is not None and stale():  # overtaken already: do not even wait for the model
             return None

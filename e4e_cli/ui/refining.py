@@ -1,8 +1,13 @@
 """The page's HyperStyle switch: the refiner (loaded at its first use), the record of what
 refined a session, and the refined latent the page downloads: one `.npz` with the edited code
-beside the session's offsets (`refine.save_offsets(latent=)`), which `e4e edit` takes back."""
+beside the session's offsets (`refine.save_offsets(latent=)`), which `e4e edit` takes back.
+
+And PTI results (`e4e invert --refine pti`) picked from the latent folder: their tuned
+generators (`TunedDecoders`), which decode every edit of such a session."""
 
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -56,16 +61,86 @@ class PageRefiner:
         from ..refine import load_offsets
 
         rec = refine_record(folder)
-        if rec is None:
+        if rec is None or rec.get("method") == "pti":  # PTI: TunedDecoders.open_folder
             return None
-        if rec.get("method") == "pti":
-            raise E4EError("that latent is a PTI result (e4e invert --refine pti): the page does not decode tuned "
-                           "generators yet; edit it with `e4e edit`")
         hs = self.get()
         if hs.sha256() != rec.get("refiner_sha256"):
             raise E4EError("that latent was refined with another HyperStyle checkpoint than this page's refiner")
         offsets, _ = load_offsets(folder / "weight_offsets.npz", generator=hs.decoder.generator)
         return offsets, {k: rec.get(k) for k in RECORD_KEYS}
+
+
+# A tuned generator is a full copy of the generator (121 MB in float32 at 256 px, 133 MB at
+# 1024): the page keeps at most this many alive, whatever the number of PTI sessions (plus,
+# briefly, one being built and those a decode in flight still holds).
+KEEP_TUNED = 2
+PTI_NO_REFINE = ("this latent is a PTI result: its own tuned generator decodes it, and HyperStyle's refinement "
+                 "does not apply to it (switch refine off)")
+
+
+class TunedDecoders:
+    """The tuned generators of PTI results opened on the page, for one page's model.
+
+    A session keeps only the key of its tuned decoder: (the difference file's path, its content
+    SHA-256). The decoders live here, in an LRU of at most KEEP_TUNED keyed by the SHA-256 (two
+    copies of one result share one decoder): a session whose decoder was dropped meanwhile gets
+    it rebuilt from its file at its next decode, refused when that file's content is no longer
+    the one it opened (a result inverted again since)."""
+
+    def __init__(self, model, keep: int = KEEP_TUNED):
+        self.model, self.keep = model, keep
+        self._lru: "OrderedDict[str, object]" = OrderedDict()  # SHA-256 -> decode-only E4E, oldest use first
+        self._lock = threading.Lock()
+        self._building = threading.Lock()  # one tuned copy built at a time, whatever the requests
+
+    def open_folder(self, folder: Path) -> Optional[tuple]:
+        """(key, decoder, record) of a PTI result folder (None for any other folder); refused in one
+        line when it was tuned from another checkpoint than the page's (`pti.load_tuned`)."""
+        from ..jobs.outputs import refine_record
+        from ..pti import DIFF_NAME
+
+        rec = refine_record(folder)
+        if rec is None or rec.get("method") != "pti":
+            return None
+        key, decoder = self._load(folder / DIFF_NAME)
+        return key, decoder, dict(rec)
+
+    def get(self, key: tuple):
+        """The decode-only E4E of a session's key (rebuilt from its file when it was dropped)."""
+        return self._load(Path(key[0]), want=key[1])[1]
+
+    def _load(self, path: Path, *, want: Optional[str] = None) -> tuple:
+        """((path, SHA-256), decoder) of a difference file: the kept decoder of that content, or a
+        new one (`pti.load_tuned`: one line for another base checkpoint or a damaged file).
+        `want`: the content a session opened (refused when the file holds another now)."""
+        from ..digests import sha256_file
+        from ..pti import load_tuned
+
+        with self._lock:
+            if want is not None and want in self._lru:
+                self._lru.move_to_end(want)
+                return (str(path), want), self._lru[want]
+        try:
+            sha = sha256_file(path)
+        except OSError as exc:
+            raise E4EError(f"cannot read the tuned generator of that latent: {exc.strerror or exc}") from None
+        if want is not None and sha != want:
+            raise E4EError("the tuned generator of this latent changed on disk since it was opened: pick the latent "
+                           "again")
+        with self._building:
+            with self._lock:
+                decoder = self._lru.get(sha)  # built meanwhile by another request?
+            if decoder is None:
+                decoder, _ = load_tuned(path, self.model)
+                if sha256_file(path) != sha:
+                    raise E4EError("the tuned generator of that latent changed while it was read: pick the latent "
+                                   "again")
+        with self._lock:
+            self._lru[sha] = decoder
+            self._lru.move_to_end(sha)
+            while len(self._lru) > self.keep:  # a decode in flight keeps its own reference meanwhile
+                self._lru.popitem(last=False)
+        return (str(path), sha), decoder
 
 
 def refined_latent_bytes(code, offsets: dict, record: dict) -> bytes:

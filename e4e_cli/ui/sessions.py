@@ -33,6 +33,11 @@ class Session:
     shrunk: dict = field(default_factory=dict)  # longest side -> (photo, quad, landmarks) for display paste-backs
     refined: Optional[tuple] = None  # HyperStyle: (codes [1,n,512], {layer: offsets}), once refined
     refine_record: Optional[dict] = None  # what refined it (the record a downloaded .npz carries)
+    # PTI (a picked `e4e invert --refine pti` result): the key of its tuned decoder in the page's
+    # refining.TunedDecoders (difference file, its SHA-256), and meta.json's "refine" record. The
+    # decoder is not counted in the session's bytes: TunedDecoders bounds those on its own.
+    tuned: Optional[tuple] = None
+    tuned_record: Optional[dict] = None
 
 
 def kept_photo(photo, alignment: Optional[dict]):
