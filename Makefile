@@ -9,6 +9,8 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 LOCAL_WHEELS ?= /opt/wheels
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# two pytest-xdist workers (a file's tests stay together, so its module fixtures are built once); 0: one process
+TEST_WORKERS ?= 2
 
 .PHONY: install test test-fast demo bench clean help
 
@@ -30,7 +32,7 @@ $(STAMP): setup.cfg setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=30 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=30 -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)

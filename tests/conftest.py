@@ -42,8 +42,19 @@ def _no_parity() -> None:
 # opens or hands a child process a path under the fixtures or the checkpoints built from them:
 # found by what it does, so a test that reads the folder directly is not missed.
 
-_RECORD = os.environ.pop("E4E_RECORD_FIXTURE_USERS", "")  # popped: pytest runs that tests start are not recorded
-_ONLY = os.environ.pop("E4E_ONLY_TESTS", "")
+# Under pytest-xdist (`make test` runs two workers) the controller hands the file name to its
+# workers under another name; each worker records into FILE.<worker> and the controller merges them.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if _WORKER:
+    _RECORD = os.environ.pop("E4E_RECORD_FIXTURE_USERS_WORKERS", "")
+    _ONLY = os.environ.pop("E4E_ONLY_TESTS_WORKERS", "")
+else:
+    _RECORD = os.environ.pop("E4E_RECORD_FIXTURE_USERS", "")  # popped: pytest runs that tests start are not recorded
+    _ONLY = os.environ.pop("E4E_ONLY_TESTS", "")
+    if _RECORD:
+        os.environ["E4E_RECORD_FIXTURE_USERS_WORKERS"] = _RECORD
+    if _ONLY:
+        os.environ["E4E_ONLY_TESTS_WORKERS"] = _ONLY
 _users: set = set()
 _current: list = []  # [nodeid] while a test is set up, run or torn down
 
@@ -90,8 +101,16 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _RECORD:
-        Path(_RECORD).write_text("".join(f"{n}\n" for n in sorted(_users)))
+    if not _RECORD:
+        return
+    if _WORKER:
+        Path(f"{_RECORD}.{_WORKER}").write_text("".join(f"{n}\n" for n in sorted(_users)))
+        return
+    parts = sorted(Path(_RECORD).parent.glob(Path(_RECORD).name + ".gw*"))
+    for part in parts:
+        _users.update(n for n in part.read_text().split("\n") if n)
+        part.unlink()
+    Path(_RECORD).write_text("".join(f"{n}\n" for n in sorted(_users)))
 
 
 @pytest.fixture(scope="session")
