@@ -140,12 +140,15 @@ def test_pivot_options_need_refine_pti_and_sane_values(tmp_path):
     assert not out.exists()
     for args, needle in (((None, None, None, None, "w"), "need --refine pti"),
                          (("pti", None, None, None, "z"), "--pivot must be one of e4e, w"),
-                         (("pti", None, None, None, "w", False, 0), "--pivot-steps must be")):
+                         (("pti", None, None, None, "w", False, 0), "--pivot-steps must be"),
+                         (("pti", None, None, None, None, False, None, 100), "--pti-resolution must be a power of two"),
+                         ((None, None, None, None, None, False, None, 64), "need --refine pti")):
         with pytest.raises(E4EError, match=needle) as err:
             check_pti(*args)
         assert err.value.exit_code == 2
-    s = check_pti("pti", None, None, None, "w", True, 7)
-    assert (s.pivot, s.pivot_steps, s.locality) == ("w", 7, True)
+    s = check_pti("pti", None, None, None, "w", True, 7, 64)
+    assert (s.pivot, s.pivot_steps, s.locality, s.resolution) == ("w", 7, True, 64)
+    assert s.record()["resolution"] == 64 and "resolution" not in check_pti("pti", None, None, None).record()
 
 
 @pytest.mark.slow
@@ -207,3 +210,14 @@ def test_lower_resolution_tuning_moves_only_the_blocks_up_to_it():
     moved = set(difference(gen, base))
     top = {k for k in moved if k.startswith(("convs.2.", "convs.3.", "to_rgbs.1."))}  # the 16 px block
     assert not top and any(k.startswith("convs.0.") for k in moved) and "conv1.conv.weight" in moved
+
+
+def test_pti_resolution_larger_than_the_generator_is_refused(church, lpips_dir, tmp_path):
+    from PIL import Image
+
+    photo = tmp_path / "p.png"
+    Image.new("RGB", (64, 64), (90, 120, 150)).save(photo)
+    proc = run_e4e("invert", photo, "--refine", "pti", "--pti-resolution", "512", "--checkpoint", church,
+                   "--weights-dir", lpips_dir, "--device", "cpu", "--out", tmp_path / "o")
+    assert_one_line_error(proc, "--pti-resolution 512 is larger than the generator (256 px)", code=2)
+    assert not (tmp_path / "o").exists()
