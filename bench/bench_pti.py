@@ -159,8 +159,6 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        import torch
-
         from e4e_cli.nn.runtime import configure_threads
 
         configure_threads()

@@ -1,6 +1,7 @@
 """Shared test helpers: where the parity fixtures live and how to drive the installed CLI."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -306,3 +307,41 @@ def lpips_dir(parity_dir, tmp_path_factory) -> Path:
         assert proc.returncode == 0, proc.stderr[-2000:]
     (out / "alex.pth").rename(out / "lpips_alex_v0.1.pth")
     return out
+
+
+@contextlib.contextmanager
+def serve_page(editor):
+    """`e4e ui`'s app for `editor` on a free loopback port, in a thread: yields (url, token,
+    client), the client sending the token and the page's Origin as a script may."""
+    import socket
+    import threading
+    import time
+
+    import requests
+    import uvicorn
+
+    from e4e_cli.ui.server import create_app, new_token
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    token = new_token()
+    srv = uvicorn.Server(uvicorn.Config(create_app(editor, token=token, host="127.0.0.1", port=port),
+                                        host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    http = requests.Session()
+    http.headers.update({"Authorization": f"token {token}", "Origin": url})
+    try:
+        for _ in range(100):
+            try:
+                requests.get(url + "/api/info", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        yield url, token, http
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+

@@ -27,7 +27,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import assert_one_line_error, e4e_executable, run_e4e
+from conftest import assert_one_line_error, e4e_executable, run_e4e, serve_page
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.slow
@@ -42,30 +42,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(case_checkpoint, tmp_path_factory):
     """The page for the synthetic ffhq checkpoint (float32), served on a free loopback port."""
-    import uvicorn
-
     from e4e_cli.model import E4E
-    from e4e_cli.ui.server import Editor, create_app, new_token
+    from e4e_cli.ui.server import Editor
 
     ckpt = case_checkpoint("ffhq_1024_s1")
     model = E4E.from_checkpoint(ckpt, device="cpu", precision="fp32")
     latents = tmp_path_factory.mktemp("latents")
     editor = Editor(model, latents_dir=latents, synthetic=True)
-    port, token = _free_port(), new_token()
-    app = create_app(editor, token=token, host="127.0.0.1", port=port)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            requests.get(url + "/api/info", timeout=1)
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    yield {"url": url, "editor": editor, "ckpt": ckpt, "port": port, "latents": latents, "token": token}
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serve_page(editor) as (url, token, _):
+        port = int(url.rsplit(":", 1)[1])
+        yield {"url": url, "editor": editor, "ckpt": ckpt, "port": port, "latents": latents, "token": token}
 
 
 def _client(server) -> requests.Session:

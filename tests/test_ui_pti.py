@@ -15,34 +15,19 @@ import base64
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_e4e
+from conftest import run_e4e, serve_page
 
 pytest.importorskip("fastapi")
 pytestmark = pytest.mark.slow
 
 FP32 = ("--device", "cpu", "--precision", "fp32")
 EDIT = {"sefa-0": 4.0}
-
-
-@pytest.fixture(scope="module")
-def lpips_dir(parity_dir, tmp_path_factory) -> Path:
-    """A weights folder holding only LPIPS-alex's two files (the parity fixtures' writer, seed 1)."""
-    out = tmp_path_factory.mktemp("ui-pti-lpips")
-    script = Path(parity_dir) / "lossnets" / "make_lossnets.py"
-    for only in ("alexnet", "lpips_alex"):
-        proc = subprocess.run([sys.executable, str(script), "--seed", "1", "--only", only, str(out)],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    (out / "alex.pth").rename(out / "lpips_alex_v0.1.pth")
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -162,33 +147,7 @@ def test_the_http_api_opens_a_pti_result_and_refuses_the_refine_switch(editor, l
     """The same through the page's API: /api/latent says `tuned`, a full preview at strength 0 is
     inversion.png, /api/refine and a refined preview are one-line refusals, and the latent
     download is named as the pivot it is."""
-    import socket
-    import threading
-    import time
-
-    import requests
-    import uvicorn
-
-    from e4e_cli.ui.server import create_app, new_token
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    token = new_token()
-    srv = uvicorn.Server(uvicorn.Config(create_app(editor, token=token, host="127.0.0.1", port=port),
-                                        host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    http = requests.Session()
-    http.headers.update({"Authorization": f"token {token}", "Origin": url})
-    try:
-        for _ in range(100):
-            try:
-                http.get(url + "/api/info", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.1)
+    with serve_page(editor) as (url, _, http):
         r = http.post(url + "/api/latent", json={"path": "tuned/church_img/latent.npy"}, timeout=120).json()
         assert r["tuned"] is True and r["refined"] is False
         sid = r["session"]
@@ -202,6 +161,3 @@ def test_the_http_api_opens_a_pti_result_and_refuses_the_refine_switch(editor, l
             assert a.status_code == 400 and "PTI result" in a.json()["error"] and "\n" not in a.json()["error"]
         d = http.get(url + "/api/download/latent", params={"session": sid, "strengths": json.dumps(EDIT)}, timeout=120)
         assert d.status_code == 200 and "church_img_edit_pti_pivot.npy" in d.headers["content-disposition"]
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
