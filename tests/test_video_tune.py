@@ -178,7 +178,7 @@ def test_one_difference_per_clip_recorded_and_reloadable(tuned, church, church_m
     assert "tuned the generator" in proc.stderr and "s/step" in proc.stderr
 
 
-def test_rerun_reuses_the_tuning_and_other_settings_tune_again(tuned, church, lpips_dir, tmp_path):
+def test_rerun_reuses_the_tuning(tuned, church, lpips_dir):
     clip, folder, _, _ = tuned
     path = folder / "tuned_generator.npz"
     before, data = path.stat(), path.read_bytes()
@@ -188,16 +188,25 @@ def test_rerun_reuses_the_tuning_and_other_settings_tune_again(tuned, church, lp
     after = path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns) and path.read_bytes() == data
     assert (folder / "talk_sefa-0_+1.mp4").is_file()
-    # another learning rate (STIT's default): the record does not match, so the clip is tuned again
-    other = tmp_path / "o"
-    shutil.copytree(folder, other / "talk")
-    for p in (other / "talk").glob("*.mp4"):
-        p.unlink()
-    proc = tune_edit(clip, other, church, lpips_dir, "--tune", "1", strength="1")
-    assert proc.returncode == 0, proc.stderr
-    assert "tuned the generator" in proc.stderr
-    assert (other / "talk" / "tuned_generator.npz").read_bytes() != data
-    assert json.loads((other / "talk" / "video.json").read_text())["tune"]["lr"] == 3e-5
+
+
+def test_a_tuning_made_another_way_is_not_reused(tuned, church_model, tmp_path):
+    """The record decides: other settings, codes, clip or base checkpoint tune again, and so does a
+    damaged file."""
+    from e4e_cli.jobs.video import reusable_tuning
+    from e4e_cli.pti import load_diff
+
+    _, folder, _, _ = tuned
+    path = folder / "tuned_generator.npz"
+    key = load_diff(path)[1]["key"]
+    assert reusable_tuning(path, church_model, key) is not None
+    for change in ({"lr": 3e-5}, {"steps": 2}, {"codes_sha256": "0" * 64}, {"video_sha256": "1" * 64},
+                   {"center_sigma": 0.0}, {"face": "1"}, {"base_sha256": "2" * 64}):
+        assert reusable_tuning(path, church_model, {**key, **change}) is None, change
+    cut = tmp_path / "tuned_generator.npz"
+    cut.write_bytes(path.read_bytes()[:-200])
+    assert reusable_tuning(cut, church_model, key) is None
+    assert reusable_tuning(tmp_path / "absent.npz", church_model, key) is None
 
 
 def test_interrupted_tuning_leaves_no_file(tuned, church, lpips_dir, tmp_path):

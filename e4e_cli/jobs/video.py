@@ -12,6 +12,10 @@ Three passes over the clip, each streaming frames (memory does not grow with its
    that differs in any of these computes its own. With `--refine hyperstyle` these are the
    HyperStyle W-encoder's codes: the hypernetwork's weight offsets (megabytes per frame) are
    not kept but recomputed in pass 3, frame by frame;
+2b. tune (`--tune N`, one process only): STIT's tuning of one generator on every face frame's
+   code and crop (`pti_clip.tune_on_frames`); its float16 difference from the base generator is
+   `tuned_generator.npz` (`pti.save_diff`, written under a temporary name and renamed), reused
+   by a rerun whose settings, checkpoint and codes match its record; pass 3 decodes with it;
 3. edit: per strength, apply the direction, decode (with a frame's offsets when refined), paste
    back (the ellipse mask of the smoothed crop: it moves as smoothly as the crop, never with
    each frame's landmarks) and encode with libx264 under a temporary name
@@ -25,7 +29,8 @@ encodes after its own, in order, so there is one encoder and the output equals o
 Outputs in OUT/<stem>/: `<stem>_<direction>_<strength>.mp4` with a `.json` record beside it
 (written last: it marks the video done, and a rerun made the same way skips it), `video.json`
 (the source, checkpoint, direction, strengths, smoothing, precision and one entry per frame:
-index, time, status `edited`/`no_face`, reason, quad), `track.json`, `latents.npy`.
+index, time, status `edited`/`no_face`, reason, quad), `track.json`, `latents.npy` and with
+`--tune` `tuned_generator.npz`.
 """
 from __future__ import annotations
 
@@ -307,6 +312,22 @@ def tune_settings(job: VideoEditJob):
     return ClipTuneSettings(steps=job.tune, lr=DEFAULT_LR if job.tune_lr is None else job.tune_lr).check()
 
 
+def reusable_tuning(path: Path, model, key: dict):
+    """(decoder with the tuned generator, record) of the clip's difference at `path` when its
+    record says it was made with `key` (settings, base checkpoint, codes' content hash, clip,
+    smoothing, face); None when it is absent, made another way, from another base generator or
+    damaged (then the clip is tuned again)."""
+    from .. import pti
+
+    if not path.is_file():
+        return None
+    try:
+        decoder, meta = pti.load_tuned(path, model)
+    except E4EError:
+        return None
+    return (decoder, meta) if meta.get("key") == key else None
+
+
 def _tuned(job: VideoEditJob, folder: Path, model, settings, lpips, codes: np.ndarray, quads: list,
            made_from: dict):
     """(decoder with the clip's tuned generator, the tuning's record, reused?): the difference in
@@ -325,13 +346,9 @@ def _tuned(job: VideoEditJob, folder: Path, model, settings, lpips, codes: np.nd
     key = {**settings.record(), "base_sha256": pti.base_sha256(model), "codes_sha256": codes_sha256(pivots, idx),
            **made_from}
     path = folder / pti.DIFF_NAME
-    if path.is_file():
-        try:
-            decoder, meta = pti.load_tuned(path, model)
-        except E4EError:
-            meta = None  # another base generator, or damaged: tuned again
-        if meta is not None and meta.get("key") == key:
-            return decoder, meta, True
+    have = reusable_tuning(path, model, key)
+    if have is not None:
+        return (*have, True)
     size = model.size
     top, bottom = domains.crop_rows(model.domain, size)
     crop = None if (top, bottom) == (0, size) else (top, bottom)
