@@ -238,4 +238,8 @@ def test_tune_refusals_are_one_line(parity_dir, church, tmp_path):
     torchrun = run_e4e(*base[:1], clip, *base[1:], "--tune", "1", "--checkpoint", church,
                        env={"WORLD_SIZE": "2", "RANK": "0"})
     assert_one_line_error(torchrun, "torchrun", code=2)
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    missing = run_e4e(*base[:1], clip, *base[1:], "--tune", "1", "--checkpoint", church, "--weights-dir", empty)
+    assert_one_line_error(missing, "e4e download-weights lpips", code=3)
     assert not list((tmp_path / "o").rglob("*.mp4")) and not list((tmp_path / "o").rglob("*.npz"))
