@@ -75,6 +75,11 @@ def edit_command(
     smooth_codes: Optional[float] = typer.Option(None, "--smooth-codes", metavar="SIGMA", help="Videos: Gaussian "
                                                  "sigma (frames) smoothing the codes over time before the edit "
                                                  "(0 = off, the default, as STIT)."),
+    tune: Optional[int] = typer.Option(None, "--tune", metavar="N", help="Videos: tune one generator on all the "
+                                       "clip's face frames for N steps (STIT; 300 in the paper, each step one pass "
+                                       "over every frame; slow on a CPU) and decode the edits with it; 0 = off."),
+    tune_lr: Optional[float] = typer.Option(None, "--tune-lr", help="Videos, with --tune: Adam's learning rate "
+                                            "(default 3e-5, STIT's)."),
 ):
     """Edit inverted latents with InterFaceGAN, GANSpace or SeFa directions, or from words (--text,
     StyleCLIP); or the face in a video (.mp4 .mov .m4v .mkv .webm .avi:
@@ -105,8 +110,13 @@ def edit_command(
     sweep_values = parse_sweep(sweep) if sweep else None
     if refine == "pti":
         raise E4EError("e4e edit refines photos with hyperstyle only: tune with `e4e invert PHOTO --refine pti`, "
-                       "then edit its folder (clips: per-clip tuning is not built yet)", exit_code=USAGE)
+                       "then edit its folder (clips: --tune N)", exit_code=USAGE)
     refining = options.check_refine(refine, refine_steps, refiner, w_encoder)
+    if tune is not None and tune < 0:
+        raise E4EError(f"--tune must be a whole number of steps >= 0, got {tune}", exit_code=USAGE)
+    if tune and refining:
+        raise E4EError("--tune tunes the generator for e4e's codes; it does not go with --refine hyperstyle",
+                       exit_code=USAGE)
     if delta_scale is not None:
         check_delta_scale(delta_scale)
     options.check_batch_size(batch_size)
@@ -119,9 +129,10 @@ def edit_command(
                           side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
                           smooth_codes=smooth_codes, domain=domain, checkpoint=checkpoint, pca=pca, device=device,
                           precision=precision, batch_size=batch_size, weights_dir=weights_dir, overwrite=overwrite,
-                          refine=refining, refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder)
+                          refine=refining, refine_steps=refine_steps, refiner=refiner, w_encoder=w_encoder,
+                          tune=tune or 0, tune_lr=tune_lr)
     photo_refusals(face=face, side_by_side=side_by_side, smooth_center=smooth_center, smooth_axes=smooth_axes,
-                   smooth_codes=smooth_codes)
+                   smooth_codes=smooth_codes, tune=tune, tune_lr=tune_lr)
     job = EditJob(
         sources=list(sources or []), direction=direction, strengths=strengths, sweep=sweep_values, out=out,
         domain=domain, checkpoint=checkpoint, pca=pca, device=device, precision=precision, batch_size=batch_size,

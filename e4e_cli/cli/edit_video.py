@@ -42,11 +42,16 @@ def video_resume_note(kwargs: dict) -> str:
 
 
 def photo_refusals(*, face: Optional[str], side_by_side: bool, smooth_center: Optional[float],
-                   smooth_axes: Optional[float], smooth_codes: Optional[float] = None) -> None:
+                   smooth_axes: Optional[float], smooth_codes: Optional[float] = None, tune: Optional[int] = None,
+                   tune_lr: Optional[float] = None) -> None:
     """The video options mean nothing to photos and latents: refused there rather than ignored."""
     given = [name for name, v in (("--face", face), ("--side-by-side", side_by_side or None),
                                   ("--smooth-center", smooth_center), ("--smooth-axes", smooth_axes),
-                                  ("--smooth-codes", smooth_codes)) if v is not None]
+                                  ("--smooth-codes", smooth_codes), ("--tune", tune), ("--tune-lr", tune_lr))
+             if v is not None]
+    if given and given[0] in ("--tune", "--tune-lr"):
+        raise E4EError(f"{given[0]} is for videos (e4e edit CLIP.mp4); photos are tuned with "
+                       "`e4e invert PHOTO --refine pti`", exit_code=USAGE)
     if given:
         raise E4EError(f"{given[0]} is for videos (e4e edit CLIP.mp4); photos take --face in `e4e invert`",
                        exit_code=USAGE)
@@ -81,6 +86,12 @@ def edit_video(video: Path, *, direction: str, strengths: list, sweep: Optional[
         return
     for note in r.notes:
         typer.echo(f"e4e: note: {note}", err=True)
+    if r.tune is not None:
+        t = r.tune
+        typer.echo(f"e4e: note: {'reused the tuned generator' if t['reused'] else 'tuned the generator'} in "
+                   f"{t['file']} ({t['steps_run']} steps over {t['frames']} frames"
+                   + ("" if t["reused"] or not t.get("seconds_per_step") else f", {t['seconds_per_step']:.2f} s/step")
+                   + ")", err=True)
     secs = sum(r.seconds.values())
     fps = f"; {r.frames * max(1, len(r.videos)) / secs:.2f} frames/s" if secs > 0 and r.videos else ""
     msg = (f"{video.name}: {r.edited} of {r.frames} frames have the face; {len(r.videos)} video(s) written in "

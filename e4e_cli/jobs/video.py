@@ -12,6 +12,10 @@ Three passes over the clip, each streaming frames (memory does not grow with its
    that differs in any of these computes its own. With `--refine hyperstyle` these are the
    HyperStyle W-encoder's codes: the hypernetwork's weight offsets (megabytes per frame) are
    not kept but recomputed in pass 3, frame by frame;
+2b. tune (`--tune N`, one process only): STIT's tuning of one generator on every face frame's
+   code and crop (`pti_clip.tune_on_frames`); its float16 difference from the base generator is
+   `tuned_generator.npz` (`pti.save_diff`, written under a temporary name and renamed), reused
+   by a rerun whose settings, checkpoint and codes match its record; pass 3 decodes with it;
 3. edit: per strength, apply the direction, decode (with a frame's offsets when refined), paste
    back (the ellipse mask of the smoothed crop: it moves as smoothly as the crop, never with
    each frame's landmarks) and encode with libx264 under a temporary name
@@ -25,7 +29,8 @@ encodes after its own, in order, so there is one encoder and the output equals o
 Outputs in OUT/<stem>/: `<stem>_<direction>_<strength>.mp4` with a `.json` record beside it
 (written last: it marks the video done, and a rerun made the same way skips it), `video.json`
 (the source, checkpoint, direction, strengths, smoothing, precision and one entry per frame:
-index, time, status `edited`/`no_face`, reason, quad), `track.json`, `latents.npy`.
+index, time, status `edited`/`no_face`, reason, quad), `track.json`, `latents.npy` and with
+`--tune` `tuned_generator.npz`.
 """
 from __future__ import annotations
 
@@ -74,6 +79,8 @@ class VideoEditJob:
     refine_steps: Optional[int] = None
     refiner: Optional[Path] = None
     w_encoder: Optional[Path] = None
+    tune: int = 0  # `--tune N`: STIT's tuning of one generator on all face frames, N passes; 0: off
+    tune_lr: Optional[float] = None  # `--tune-lr` (STIT's 3e-5 when None)
 
 
 @dataclass
@@ -84,7 +91,8 @@ class VideoResult:
     notes: list = field(default_factory=list)
     frames: int = 0
     edited: int = 0
-    seconds: dict = field(default_factory=dict)  # stage -> wall seconds: align, invert, edit
+    seconds: dict = field(default_factory=dict)  # stage -> wall seconds: align, invert, tune, edit
+    tune: Optional[dict] = None  # the clip's tuning record (with "reused": True when an earlier run's was used)
     parts: dict = field(default_factory=dict)  # edit's parts: generate, paste, encode (with reading frames: the rest)
 
 
@@ -271,6 +279,129 @@ def _latents(job: VideoEditJob, folder: Path, key: dict, model, quads: list, chu
     return np.load(final, mmap_mode="r")
 
 
+# ---- pass 2b: one generator tuned on the clip (--tune) ----------------------------------------------
+
+TUNE_TARGETS = ".tune-targets.npy.part"
+
+
+class _Targets:
+    """The face frames' aligned crops (uint8 [F,H,W,3], on disk) as the photo path's tensors [3,H,W]."""
+
+    def __init__(self, arr: np.ndarray, size_hw: tuple):
+        self.arr, self.size_hw = arr, size_hw
+
+    def __len__(self) -> int:
+        return len(self.arr)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        from ..model import preprocess_images
+
+        return preprocess_images(Image.fromarray(np.asarray(self.arr[i])), self.size_hw)[0]
+
+
+def tune_settings(job: VideoEditJob):
+    """pti_clip.ClipTuneSettings for `--tune N` (None when off); one usage line for a value out of range."""
+    from ..pti_clip import DEFAULT_LR, ClipTuneSettings
+
+    if job.tune == 0 and not isinstance(job.tune, bool):
+        if job.tune_lr is not None:
+            raise E4EError("--tune-lr needs --tune N (N > 0)", exit_code=USAGE)
+        return None
+    return ClipTuneSettings(steps=job.tune, lr=DEFAULT_LR if job.tune_lr is None else job.tune_lr).check()
+
+
+def reusable_tuning(path: Path, model, key: dict):
+    """(decoder with the tuned generator, record) of the clip's difference at `path` when its
+    record says it was made with `key` (settings, base checkpoint, codes' content hash, clip,
+    smoothing, face); None when it is absent, made another way, from another base generator or
+    damaged (then the clip is tuned again)."""
+    from .. import pti
+
+    if not path.is_file():
+        return None
+    try:
+        decoder, meta = pti.load_tuned(path, model)
+    except E4EError:
+        return None
+    return (decoder, meta) if meta.get("key") == key else None
+
+
+def _tuned(job: VideoEditJob, folder: Path, model, settings, lpips, codes: np.ndarray, quads: list,
+           made_from: dict):
+    """(decoder with the clip's tuned generator, the tuning's record, reused?): the difference in
+    `tuned_generator.npz` is reused when its record matches these settings, the base checkpoint and
+    the codes' content; otherwise the generator is tuned on every face frame and the difference
+    written (under a temporary name, then renamed: an interrupted tuning leaves nothing)."""
+    import copy
+
+    import torch
+
+    from .. import domains, pti
+    from ..pti_clip import codes_sha256, tune_on_frames
+
+    idx = [i for i, q in enumerate(quads) if q is not None]
+    pivots = np.asarray(codes[idx], dtype=np.float32)
+    key = {**settings.record(), "base_sha256": pti.base_sha256(model), "codes_sha256": codes_sha256(pivots, idx),
+           **made_from}
+    path = folder / pti.DIFF_NAME
+    have = reusable_tuning(path, model, key)
+    if have is not None:
+        return (*have, True)
+    size = model.size
+    top, bottom = domains.crop_rows(model.domain, size)
+    crop = None if (top, bottom) == (0, size) else (top, bottom)
+    h, w = model.output_size
+    tmp = folder / TUNE_TARGETS
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(idx), h, w, 3))
+        row = {i: k for k, i in enumerate(idx)}
+        with progress.bar(total=len(idx), desc="tune: crops", unit="frame") as bar:
+            frames = read_frames(job.video, start=idx[0])
+            try:
+                for fr in frames:
+                    if fr.index in row:
+                        img = crop_face(fr.rgb, quads[fr.index], size)
+                        arr[row[fr.index]] = np.asarray(img.resize((w, h), _bilinear()) if img.size != (w, h) else img)
+                        bar.update(1)
+                    if fr.index >= idx[-1]:
+                        break
+            finally:
+                frames.close()
+        arr.flush()
+        gen = copy.deepcopy(model.generator).float()
+        n = settings.steps * len(idx)
+        with progress.bar(total=n, desc="tune", unit="update") as bar:
+            def on_frame(step, f, losses):
+                bar.update(1)
+                bar.set_postfix_str(f"step {step + 1}/{settings.steps} lpips {losses[1]:.4f}")
+
+            log = tune_on_frames(gen, torch.from_numpy(pivots).to(model.device), _Targets(arr, (h, w)),
+                                 lpips.to(model.device), settings=settings, crop=crop, on_frame=on_frame)
+        del arr
+    finally:
+        tmp.unlink(missing_ok=True)
+    diff = pti.difference(gen, model.generator, precision=settings.precision)
+    del gen
+    meta = {"key": key, **key, "checkpoint": str(Path(model.path).resolve()), **log.record()}
+    pti.save_diff(path, diff, meta=meta)
+    decoder, meta = pti.load_tuned(path, model)  # the edits decode the stored (float16) difference
+    return decoder, meta, False
+
+
+def _diff_name() -> str:
+    from ..pti import DIFF_NAME
+
+    return DIFF_NAME
+
+
+def _bilinear():
+    from PIL import Image
+
+    return Image.BILINEAR
+
+
 # ---- pass 3: edit, paste back, encode -----------------------------------------------------------
 
 def _edited_frames(job: VideoEditJob, model, direction, strength: float, codes: np.ndarray, quads: list,
@@ -431,7 +562,20 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     from ..editing import resolve_direction
 
     video = Path(job.video)
+    settings = tune_settings(job)
+    lpips = None
+    if settings is not None:
+        if job.refine:
+            raise E4EError("--tune tunes the generator for e4e's codes; it does not go with --refine hyperstyle",
+                           exit_code=USAGE)
+        if dist.world_size() > 1:
+            raise E4EError("--tune runs in one process (one generator tuned on every frame): run it without "
+                           "torchrun", exit_code=USAGE)
     info = probe(video)  # a file that is not a video fails here, before any model is loaded
+    if settings is not None:  # before the model: missing LPIPS weights are said first (exit 3)
+        from ..train.lossnets import load_lpips
+
+        lpips = load_lpips(weights_dir=job.weights_dir)
     model = _load(job)
     # SeFa reads the generator's weights: a HyperStyle model's are its decoder's
     direction = resolve_direction(job.direction, model.decoder if _refining(model) else model, pca_file=job.pca,
@@ -444,12 +588,12 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     strengths = list(dict.fromkeys(float(s) for s in strengths))
     group = dist.Group(backend="gloo")
     try:
-        return _run(job, video, info, model, direction, strengths, group)
+        return _run(job, video, info, model, direction, strengths, group, tune=settings, lpips=lpips)
     finally:
         group.close()
 
 
-def _run(job, video, info, model, direction, strengths, group) -> VideoResult:
+def _run(job, video, info, model, direction, strengths, group, *, tune=None, lpips=None) -> VideoResult:
     from ..digests import content_sha256
 
     stem = safe_name(video.stem, "video")
@@ -495,6 +639,16 @@ def _run(job, video, info, model, direction, strengths, group) -> VideoResult:
     result.frames, result.edited = len(frames), sum(q is not None for q in quads)
     _check_disk_for_shares(folder, chunks, info, job, group.world)
 
+    decoder, tune_rec = model, None
+    if tune is not None:  # one process only (run_video_edit refuses --tune under torchrun)
+        t0 = time.perf_counter()
+        decoder, meta, reused = _tuned(job, folder, model, tune, lpips, codes, quads,
+                                       {"video_sha256": source["sha256"], **smoothing, "face": str(job.face)})
+        result.seconds["tune"] = time.perf_counter() - t0
+        tune_rec = {k: meta[k] for k in meta["key"]}  # what decides the tuned generator: the outputs' record
+        result.tune = dict(meta, file=str(folder / _diff_name()), reused=reused)
+        result.tune.pop("key", None)
+
     label = slug(direction.label)
     parts: dict = {}
     t0 = time.perf_counter()
@@ -506,6 +660,8 @@ def _run(job, video, info, model, direction, strengths, group) -> VideoResult:
                "side_by_side": job.side_by_side, "crf": job.crf}
         if refine:
             rec["refine"] = refine
+        if tune_rec:
+            rec["tune"] = tune_rec
         group.barrier()  # every process sees the same files when it decides
         if dest.is_file() and not job.overwrite:
             have = _read_json(rec_path)
@@ -516,7 +672,7 @@ def _run(job, video, info, model, direction, strengths, group) -> VideoResult:
         group.barrier()
         if group.rank == 0:
             rec_path.unlink(missing_ok=True)
-        note = _write_edit(job, dest, model, direction, s, codes, quads, chunks, info, frames, parts, group)
+        note = _write_edit(job, dest, decoder, direction, s, codes, quads, chunks, info, frames, parts, group)
         if group.rank == 0:
             if note and note not in result.notes:
                 result.notes.append(note)
@@ -535,6 +691,7 @@ def _run(job, video, info, model, direction, strengths, group) -> VideoResult:
         {"spec": direction.label}, "strength": strengths[0] if len(strengths) == 1 else None, "strengths": strengths,
         "smoothing": {**smoothing, "codes_sigma": job.smooth_codes}, "face": str(job.face), "precision": precision,
         "crf": job.crf, "refine": refine,
+        "tune": None if result.tune is None else {k: v for k, v in result.tune.items() if k != "reused"},
         "processes": group.world, "size": [info.width, info.height], "rotation": info.rotation,
         "time_base": str(info.time_base), "outputs": [p.name for p in result.videos + result.skipped], "read": read,
         "notes": result.notes, "latents": "latents.npy", "frames": statuses})
