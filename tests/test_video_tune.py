@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +23,6 @@ from test_video import decode_all, make_clip
 
 FP32 = ("--device", "cpu", "--precision", "fp32")
 N_FRAMES = 2
-
-
-@pytest.fixture(scope="module")
-def lpips_dir(parity_dir, tmp_path_factory) -> Path:
-    """A weights folder holding only LPIPS-alex's two files (the parity fixtures' writer, seed 1)."""
-    out = tmp_path_factory.mktemp("tune-lpips")
-    script = Path(parity_dir) / "lossnets" / "make_lossnets.py"
-    for only in ("alexnet", "lpips_alex"):
-        proc = subprocess.run([sys.executable, str(script), "--seed", "1", "--only", only, str(out)],
-                              capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    (out / "alex.pth").rename(out / "lpips_alex_v0.1.pth")
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from typing import Optional
 import typer
 
 from ..errors import USAGE, E4EError
-from . import options
 
 
 def video_sources(sources, *, unsupported: dict) -> list:
