@@ -181,3 +181,29 @@ class FaceTracker:
         quad, _ = face_quad(lm)
         self.last = quad
         return Sighting(quad, None, tuple(int(v) for v in rect))
+
+
+def crop_face(rgb: np.ndarray, quad: np.ndarray, size: int):
+    """The square `quad` [4,2] of a frame [H,W,3] warped to size x size (PIL RGB): the frame is
+    padded by reflection where the quad reaches past it, and shrunk by a whole factor first when
+    the face is over twice `size` (as the photo alignment does, against aliasing)."""
+    from PIL import Image
+
+    q = np.asarray(quad, dtype=np.float64)
+    h, w = rgb.shape[:2]
+    lo, hi = np.floor(q.min(axis=0)).astype(int) - 2, np.ceil(q.max(axis=0)).astype(int) + 2
+    pads = (max(0, -lo[1]), max(0, hi[1] - h + 1)), (max(0, -lo[0]), max(0, hi[0] - w + 1))
+    x0, y0 = max(0, lo[0]), max(0, lo[1])
+    x1, y1 = min(w, hi[0] + 1), min(h, hi[1] + 1)
+    part = rgb[y0:y1, x0:x1]
+    if any(p for pair in pads for p in pair):
+        part = np.pad(part, (*pads, (0, 0)), mode="symmetric")
+    q = q - [x0 - pads[1][0], y0 - pads[0][0]]
+    img = Image.fromarray(np.ascontiguousarray(part))
+    side = float(np.hypot(*(q[3] - q[0])))
+    factor = int(np.floor(side / size * 0.5))
+    if factor > 1:
+        img = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
+                         Image.Resampling.LANCZOS)
+        q = (q + 0.5) * [img.width / part.shape[1], img.height / part.shape[0]] - 0.5
+    return img.transform((size, size), Image.Transform.QUAD, tuple((q + 0.5).flatten()), Image.Resampling.BILINEAR)

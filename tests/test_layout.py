@@ -31,7 +31,7 @@ LAYERS = [
      ["jobs", "jobs.*", "train", "train.*"]),
     ("library", "the model and what is done with codes and images",
      ["model", "devices", "editing", "boundaries", "analysis", "charts", "compositing", "alignment", "metrics", "synthetic",
-      "refine", "pti", "video", "facetrack",
+      "refine", "pti", "pti_clip", "projection", "video", "facetrack",
       "styleclip", "textedit"]),
     ("networks and weights", "reference modules, fast paths, checkpoints, the weights folder",
      ["nn", "nn.*", "checkpoint", "hyperstyle_ckpt", "weights", "weights.*",

@@ -21,7 +21,7 @@ def test_projection_learning_rate_follows_the_reference_schedule():
     """The projector's schedule: 0 at the first step, a cosine warm-up over 5% of the steps to
     0.01 (not PTI's first_inv_lr 5e-3, which the first step overwrites), a cosine ramp-down over
     the last 25%."""
-    from e4e_cli.pti import projection_lr
+    from e4e_cli.projection import projection_lr
 
     assert projection_lr(0, 400) == 0.0
     assert math.isclose(projection_lr(10, 400), 0.005, rel_tol=1e-9)  # half-way up the warm-up
@@ -31,7 +31,7 @@ def test_projection_learning_rate_follows_the_reference_schedule():
 
 
 def test_noise_regularization_sums_shifted_products_over_the_pyramid():
-    from e4e_cli.pti import noise_regularization
+    from e4e_cli.projection import noise_regularization
 
     ones = torch.ones(1, 1, 16, 16)  # every product's mean is 1: two terms per level, levels 16 and 8
     assert float(noise_regularization([ones])) == pytest.approx(4.0)
@@ -45,7 +45,7 @@ def test_projection_finds_the_w_of_a_generated_image():
     """The target is the decode of a known w: the projection returns one w for every layer, the
     distance falls, the code ends nearer the known w than the mean it started from, and the
     caller's generator keeps its fixed noise."""
-    from e4e_cli.pti import project_w
+    from e4e_cli.projection import project_w
 
     gen = tiny_generator(size=16, noise=0.0)
     noise_before = [b.clone() for b in gen.fixed_noise()]

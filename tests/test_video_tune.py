@@ -178,7 +178,7 @@ def test_rerun_reuses_the_tuning(tuned, church, lpips_dir):
 def test_a_tuning_made_another_way_is_not_reused(tuned, church_model, tmp_path):
     """The record decides: other settings, codes, clip or base checkpoint tune again, and so does a
     damaged file."""
-    from e4e_cli.jobs.video import reusable_tuning
+    from e4e_cli.jobs.video_tune import reusable_tuning
     from e4e_cli.pti import load_diff
 
     _, folder, _, _ = tuned

@@ -44,10 +44,12 @@ import numpy as np
 
 from .. import progress
 from ..errors import USAGE, E4EError
-from ..facetrack import DEFAULT_AXES_SIGMA, DEFAULT_CENTER_SIGMA, FaceTracker, runs, smooth_quads, smooth_rows
+from ..facetrack import (DEFAULT_AXES_SIGMA, DEFAULT_CENTER_SIGMA, FaceTracker, crop_face, runs, smooth_quads,
+                         smooth_rows)
 from ..fsutil import child_path, ensure_dir, safe_name, slug
 from ..video import DEFAULT_CRF, ReadReport, VideoWriter, probe, read_frames
 from .outputs import checkpoint_identity, fmt_strength, write_json
+from .video_tune import tuned_decoder, tune_settings
 
 TRACK_VERSION = 1
 LATENTS_VERSION = 2  # 2: written batch by batch of `plan_chunks`, with a per-frame done mask
@@ -109,32 +111,6 @@ def _read_json(path: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def crop_face(rgb: np.ndarray, quad: np.ndarray, size: int):
-    """The square `quad` [4,2] of a frame [H,W,3] warped to size x size (PIL RGB): the frame is
-    padded by reflection where the quad reaches past it, and shrunk by a whole factor first when
-    the face is over twice `size` (as the photo alignment does, against aliasing)."""
-    from PIL import Image
-
-    q = np.asarray(quad, dtype=np.float64)
-    h, w = rgb.shape[:2]
-    lo, hi = np.floor(q.min(axis=0)).astype(int) - 2, np.ceil(q.max(axis=0)).astype(int) + 2
-    pads = (max(0, -lo[1]), max(0, hi[1] - h + 1)), (max(0, -lo[0]), max(0, hi[0] - w + 1))
-    x0, y0 = max(0, lo[0]), max(0, lo[1])
-    x1, y1 = min(w, hi[0] + 1), min(h, hi[1] + 1)
-    part = rgb[y0:y1, x0:x1]
-    if any(p for pair in pads for p in pair):
-        part = np.pad(part, (*pads, (0, 0)), mode="symmetric")
-    q = q - [x0 - pads[1][0], y0 - pads[0][0]]
-    img = Image.fromarray(np.ascontiguousarray(part))
-    side = float(np.hypot(*(q[3] - q[0])))
-    factor = int(np.floor(side / size * 0.5))
-    if factor > 1:
-        img = img.resize((max(1, round(img.width / factor)), max(1, round(img.height / factor))),
-                         Image.Resampling.LANCZOS)
-        q = (q + 0.5) * [img.width / part.shape[1], img.height / part.shape[0]] - 0.5
-    return img.transform((size, size), Image.Transform.QUAD, tuple((q + 0.5).flatten()), Image.Resampling.BILINEAR)
 
 
 # ---- pass 1: the face's track ----------------------------------------------------------------
@@ -277,129 +253,6 @@ def _latents(job: VideoEditJob, folder: Path, key: dict, model, quads: list, chu
         done_path.unlink(missing_ok=True)
     group.barrier()
     return np.load(final, mmap_mode="r")
-
-
-# ---- pass 2b: one generator tuned on the clip (--tune) ----------------------------------------------
-
-TUNE_TARGETS = ".tune-targets.npy.part"
-
-
-class _Targets:
-    """The face frames' aligned crops (uint8 [F,H,W,3], on disk) as the photo path's tensors [3,H,W]."""
-
-    def __init__(self, arr: np.ndarray, size_hw: tuple):
-        self.arr, self.size_hw = arr, size_hw
-
-    def __len__(self) -> int:
-        return len(self.arr)
-
-    def __getitem__(self, i: int):
-        from PIL import Image
-
-        from ..model import preprocess_images
-
-        return preprocess_images(Image.fromarray(np.asarray(self.arr[i])), self.size_hw)[0]
-
-
-def tune_settings(job: VideoEditJob):
-    """pti_clip.ClipTuneSettings for `--tune N` (None when off); one usage line for a value out of range."""
-    from ..pti_clip import DEFAULT_LR, ClipTuneSettings
-
-    if job.tune == 0 and not isinstance(job.tune, bool):
-        if job.tune_lr is not None:
-            raise E4EError("--tune-lr needs --tune N (N > 0)", exit_code=USAGE)
-        return None
-    return ClipTuneSettings(steps=job.tune, lr=DEFAULT_LR if job.tune_lr is None else job.tune_lr).check()
-
-
-def reusable_tuning(path: Path, model, key: dict):
-    """(decoder with the tuned generator, record) of the clip's difference at `path` when its
-    record says it was made with `key` (settings, base checkpoint, codes' content hash, clip,
-    smoothing, face); None when it is absent, made another way, from another base generator or
-    damaged (then the clip is tuned again)."""
-    from .. import pti
-
-    if not path.is_file():
-        return None
-    try:
-        decoder, meta = pti.load_tuned(path, model)
-    except E4EError:
-        return None
-    return (decoder, meta) if meta.get("key") == key else None
-
-
-def _tuned(job: VideoEditJob, folder: Path, model, settings, lpips, codes: np.ndarray, quads: list,
-           made_from: dict):
-    """(decoder with the clip's tuned generator, the tuning's record, reused?): the difference in
-    `tuned_generator.npz` is reused when its record matches these settings, the base checkpoint and
-    the codes' content; otherwise the generator is tuned on every face frame and the difference
-    written (under a temporary name, then renamed: an interrupted tuning leaves nothing)."""
-    import copy
-
-    import torch
-
-    from .. import domains, pti
-    from ..pti_clip import codes_sha256, tune_on_frames
-
-    idx = [i for i, q in enumerate(quads) if q is not None]
-    pivots = np.asarray(codes[idx], dtype=np.float32)
-    key = {**settings.record(), "base_sha256": pti.base_sha256(model), "codes_sha256": codes_sha256(pivots, idx),
-           **made_from}
-    path = folder / pti.DIFF_NAME
-    have = reusable_tuning(path, model, key)
-    if have is not None:
-        return (*have, True)
-    size = model.size
-    top, bottom = domains.crop_rows(model.domain, size)
-    crop = None if (top, bottom) == (0, size) else (top, bottom)
-    h, w = model.output_size
-    tmp = folder / TUNE_TARGETS
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(idx), h, w, 3))
-        row = {i: k for k, i in enumerate(idx)}
-        with progress.bar(total=len(idx), desc="tune: crops", unit="frame") as bar:
-            frames = read_frames(job.video, start=idx[0])
-            try:
-                for fr in frames:
-                    if fr.index in row:
-                        img = crop_face(fr.rgb, quads[fr.index], size)
-                        arr[row[fr.index]] = np.asarray(img.resize((w, h), _bilinear()) if img.size != (w, h) else img)
-                        bar.update(1)
-                    if fr.index >= idx[-1]:
-                        break
-            finally:
-                frames.close()
-        arr.flush()
-        gen = copy.deepcopy(model.generator).float()
-        n = settings.steps * len(idx)
-        with progress.bar(total=n, desc="tune", unit="update") as bar:
-            def on_frame(step, f, losses):
-                bar.update(1)
-                bar.set_postfix_str(f"step {step + 1}/{settings.steps} lpips {losses[1]:.4f}")
-
-            log = tune_on_frames(gen, torch.from_numpy(pivots).to(model.device), _Targets(arr, (h, w)),
-                                 lpips.to(model.device), settings=settings, crop=crop, on_frame=on_frame)
-        del arr
-    finally:
-        tmp.unlink(missing_ok=True)
-    diff = pti.difference(gen, model.generator, precision=settings.precision)
-    del gen
-    meta = {"key": key, **key, "checkpoint": str(Path(model.path).resolve()), **log.record()}
-    pti.save_diff(path, diff, meta=meta)
-    decoder, meta = pti.load_tuned(path, model)  # the edits decode the stored (float16) difference
-    return decoder, meta, False
-
-
-def _diff_name() -> str:
-    from ..pti import DIFF_NAME
-
-    return DIFF_NAME
-
-
-def _bilinear():
-    from PIL import Image
-
-    return Image.BILINEAR
 
 
 # ---- pass 3: edit, paste back, encode -----------------------------------------------------------
@@ -562,7 +415,7 @@ def run_video_edit(job: VideoEditJob) -> VideoResult:
     from ..editing import resolve_direction
 
     video = Path(job.video)
-    settings = tune_settings(job)
+    settings = tune_settings(job.tune, job.tune_lr)
     lpips = None
     if settings is not None:
         if job.refine:
@@ -641,12 +494,14 @@ def _run(job, video, info, model, direction, strengths, group, *, tune=None, lpi
 
     decoder, tune_rec = model, None
     if tune is not None:  # one process only (run_video_edit refuses --tune under torchrun)
+        from ..pti import DIFF_NAME
+
         t0 = time.perf_counter()
-        decoder, meta, reused = _tuned(job, folder, model, tune, lpips, codes, quads,
+        decoder, meta, reused = tuned_decoder(video, folder, model, tune, lpips, codes, quads,
                                        {"video_sha256": source["sha256"], **smoothing, "face": str(job.face)})
         result.seconds["tune"] = time.perf_counter() - t0
         tune_rec = {k: meta[k] for k in meta["key"]}  # what decides the tuned generator: the outputs' record
-        result.tune = dict(meta, file=str(folder / _diff_name()), reused=reused)
+        result.tune = dict(meta, file=str(folder / DIFF_NAME), reused=reused)
         result.tune.pop("key", None)
 
     label = slug(direction.label)

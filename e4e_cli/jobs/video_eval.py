@@ -24,7 +24,7 @@ from .. import progress
 from ..errors import E4EError
 from ..facetrack import DEFAULT_AXES_SIGMA, DEFAULT_CENTER_SIGMA, FaceTracker, smooth_quads
 from ..video import probe, read_frames
-from .video import crop_face
+from ..facetrack import crop_face
 
 CROP = 256  # the identity network's input (it crops rows 35:223, columns 32:220 and pools to 112)
 
