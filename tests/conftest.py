@@ -12,8 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from e4e_cli import synthetic
-from e4e_cli.synthetic import parity_available
+# `make test` runs two pytest-xdist workers on the machine's cores: one thread each, and the same
+# for the processes they start (two-thread OpenMP teams sharing two cores with another worker
+# spend most of their time waiting for each other: a training test took 7x longer)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+from e4e_cli import synthetic  # noqa: E402
+from e4e_cli.synthetic import parity_available  # noqa: E402
 
 ROOT = synthetic.ROOT
 PARITY = synthetic.parity_dir()

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _python(code: str, **env) -> str:
     """Run `code` in a fresh interpreter (THP_MEM_ALLOC_ENABLE unset unless given); its stdout."""
-    full = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    # nor the thread counts the test workers run under (conftest): each test says its own
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("THP_MEM_ALLOC_ENABLE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "E4E_NUM_THREADS")}
     full.update(env)
     out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
