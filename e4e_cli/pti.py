@@ -22,6 +22,7 @@ lpips=train.lossnets.load_lpips())`), so this module imports nothing above the l
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -146,6 +147,23 @@ def tuned_parameters(generator) -> dict[str, torch.nn.Parameter]:
     return {k: p for k, p in generator.named_parameters() if not k.startswith("style.")}
 
 
+@contextlib.contextmanager
+def trainable(generator):
+    """The parameters PTI moves (`tuned_parameters`) with gradients on and every other one off,
+    for a tuning loop; on the way out all are off again and their gradients dropped."""
+    params = tuned_parameters(generator)
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    try:
+        yield params
+    finally:
+        for p in generator.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+
+
 def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, *, settings: PTISettings,
                    crop: Optional[tuple[int, int]] = None, impl: str = "ref",
                    on_step: Optional[Callable[[int, tuple], None]] = None,
@@ -163,12 +181,6 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
         if base is None or w_avg is None:
             raise ValueError("the locality regularizer needs the original generator (base=) and W's mean (w_avg=)")
         ball = LocalityBall(base, codes.detach().float(), w_avg, lpips, seed=settings.seed, dtype=dtype)
-    params = tuned_parameters(generator)
-    for p in generator.parameters():
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(list(params.values()), lr=settings.lr)
     codes = codes.detach().float()
     target = target.detach().float()
     stop_at = tuned_resolution(generator, settings.resolution)
@@ -176,33 +188,32 @@ def tune_generator(generator, codes: torch.Tensor, target: torch.Tensor, lpips, 
         crop = None if crop is None else (crop[0] * stop_at // generator.size, crop[1] * stop_at // generator.size)
         target = downsample(target, stop_at / generator.size)
     log = TuneLog()
-    t0 = time.perf_counter()
-    try:
-        for _ in range(settings.steps):
-            with torch.enable_grad():
-                img = generator.synthesize(codes, impl=impl, dtype=dtype, stop_at=stop_at).float()
-                if crop is not None:
-                    img = img[:, :, crop[0]:crop[1], :]
-                l2 = F.mse_loss(img, target)
-                lp = lpips(img, target).mean()
-                loss = L2_WEIGHT * l2 + LPIPS_WEIGHT * lp
-                if ball is not None:  # logged losses stay the photo's (the early stop reads its LPIPS)
-                    loss = loss + ball.loss(generator, impl=impl, stop_at=stop_at)
-                log.losses.append((l2.item(), lp.item(), loss.item()))
-                if on_step is not None:
-                    on_step(log.steps, log.losses[-1])
-                if log.losses[-1][1] <= settings.lpips_stop:
-                    log.stopped_early = True
-                    break
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-            log.steps += 1
-    finally:
-        for p in generator.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        log.seconds = time.perf_counter() - t0
+    with trainable(generator) as params:
+        opt = torch.optim.Adam(list(params.values()), lr=settings.lr)
+        t0 = time.perf_counter()
+        try:
+            for _ in range(settings.steps):
+                with torch.enable_grad():
+                    img = generator.synthesize(codes, impl=impl, dtype=dtype, stop_at=stop_at).float()
+                    if crop is not None:
+                        img = img[:, :, crop[0]:crop[1], :]
+                    l2 = F.mse_loss(img, target)
+                    lp = lpips(img, target).mean()
+                    loss = L2_WEIGHT * l2 + LPIPS_WEIGHT * lp
+                    if ball is not None:  # logged losses stay the photo's (the early stop reads its LPIPS)
+                        loss = loss + ball.loss(generator, impl=impl, stop_at=stop_at)
+                    log.losses.append((l2.item(), lp.item(), loss.item()))
+                    if on_step is not None:
+                        on_step(log.steps, log.losses[-1])
+                    if log.losses[-1][1] <= settings.lpips_stop:
+                        log.stopped_early = True
+                        break
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                opt.step()
+                log.steps += 1
+        finally:
+            log.seconds = time.perf_counter() - t0
     return log
 
 

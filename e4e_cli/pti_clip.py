@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import USAGE, E4EError
-from .pti import DIFF_PRECISIONS, tuned_parameters
+from .pti import DIFF_PRECISIONS, trainable
 
 # rotemtzaban/STIT train.py's defaults
 DEFAULT_STEPS = 300
@@ -106,42 +106,35 @@ def tune_on_frames(generator, codes: torch.Tensor, targets, lpips, *, settings: 
     n = int(codes.shape[0])
     if len(targets) != n:
         raise ValueError(f"{n} codes and {len(targets)} targets")
-    params = tuned_parameters(generator)
-    for p in generator.parameters():
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
-    opt = torch.optim.Adam(list(params.values()), lr=settings.lr, betas=(0.9, 0.999))
-    device = next(iter(params.values())).device
     log = ClipTuneLog(frames=n)
-    t0 = time.perf_counter()
-    try:
-        for step in range(settings.steps if n else 0):
-            sums = np.zeros(3)
-            for f in range(n):
-                target = torch.as_tensor(targets[f]).detach().float().to(device).clone()
-                if target.ndim == 3:
-                    target = target[None]
-                with torch.enable_grad():
-                    img = generator.synthesize(codes[f:f + 1].to(device), impl=impl)
-                    if crop is not None:
-                        img = img[:, :, crop[0]:crop[1], :]
-                    l2 = F.mse_loss(img, target)
-                    lp = lpips(img, target).mean()
-                    loss = L2_WEIGHT * l2 + LPIPS_WEIGHT * lp
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                opt.step()
-                log.updates += 1
-                vals = (l2.item(), lp.item(), loss.item())
-                sums += vals
-                if on_frame is not None:
-                    on_frame(step, f, vals)
-            log.losses.append(tuple(float(v) for v in sums / n))
-            log.steps += 1
-    finally:
-        for p in generator.parameters():
-            p.requires_grad_(False)
-            p.grad = None
-        log.seconds = time.perf_counter() - t0
+    with trainable(generator) as params:
+        opt = torch.optim.Adam(list(params.values()), lr=settings.lr, betas=(0.9, 0.999))
+        device = next(iter(params.values())).device
+        t0 = time.perf_counter()
+        try:
+            for step in range(settings.steps if n else 0):
+                sums = np.zeros(3)
+                for f in range(n):
+                    target = torch.as_tensor(targets[f]).detach().float().to(device).clone()
+                    if target.ndim == 3:
+                        target = target[None]
+                    with torch.enable_grad():
+                        img = generator.synthesize(codes[f:f + 1].to(device), impl=impl)
+                        if crop is not None:
+                            img = img[:, :, crop[0]:crop[1], :]
+                        l2 = F.mse_loss(img, target)
+                        lp = lpips(img, target).mean()
+                        loss = L2_WEIGHT * l2 + LPIPS_WEIGHT * lp
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                    opt.step()
+                    log.updates += 1
+                    vals = (l2.item(), lp.item(), loss.item())
+                    sums += vals
+                    if on_frame is not None:
+                        on_frame(step, f, vals)
+                log.losses.append(tuple(float(v) for v in sums / n))
+                log.steps += 1
+        finally:
+            log.seconds = time.perf_counter() - t0
     return log
