@@ -115,8 +115,7 @@ def one(size: int, *, steps: int, impl: str, precision: str, weights: Path, reso
     codes = model.encode(model.preprocess([image]))
     t_pivot = time.perf_counter() - t0
     target = preprocess_images([image], model.output_size)
-    top, bottom = domains.crop_rows(model.domain, model.size)
-    crop = None if (top, bottom) == (0, model.size) else (top, bottom)
+    crop = domains.partial_rows(model.domain, model.size)
     gen = copy.deepcopy(model.generator).float()
     gflop = step_flops(gen, codes, target, lpips, crop=crop, impl=impl, dtype=dtype, resolution=resolution)
     stamps = []

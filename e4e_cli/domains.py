@@ -117,6 +117,13 @@ def crop_rows(name: str, side: int) -> Tuple[int, int]:
     return d.crop_rows(side) if d else (0, int(side))
 
 
+def partial_rows(name: str, side: int) -> Optional[Tuple[int, int]]:
+    """`crop_rows`, or None where every row is kept: the slice a loss takes of the decode
+    (`img[:, :, top:bottom, :]`) only where there is one (cars)."""
+    top, bottom = crop_rows(name, side)
+    return None if (top, bottom) == (0, int(side)) else (top, bottom)
+
+
 def identity_loss(name: str) -> str:
     """The identity network training uses: "arcface" for faces, "moco" for anything else."""
     d = DOMAINS.get(name)

@@ -444,8 +444,7 @@ class PTI:
         of the STORED difference (float16 by default), so an edit at strength 0 gives them back."""
         if steps is not None:
             raise E4EError("--refine-steps is HyperStyle's; pivotal tuning takes --pti-steps", exit_code=USAGE)
-        top, bottom = domains.crop_rows(self.domain, self.size)
-        crop = None if (top, bottom) == (0, self.size) else (top, bottom)
+        crop = domains.partial_rows(self.domain, self.size)
         targets = batch.targets.to(self.device)
         codes = self.model.encode(batch.x) if self.settings.pivot == "e4e" else self.project(targets, crop=crop)
         base = None

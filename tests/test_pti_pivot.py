@@ -221,3 +221,11 @@ def test_pti_resolution_larger_than_the_generator_is_refused(church, lpips_dir, 
                    "--weights-dir", lpips_dir, "--device", "cpu", "--out", tmp_path / "o")
     assert_one_line_error(proc, "--pti-resolution 512 is larger than the generator (256 px)", code=2)
     assert not (tmp_path / "o").exists()
+
+
+def test_partial_rows_is_the_cars_crop_and_none_for_square_domains():
+    """The rows a tuning compares: the cars crop (64..448 of 512) and None where all rows are kept."""
+    from e4e_cli.domains import partial_rows
+
+    assert partial_rows("cars", 512) == (64, 448)
+    assert partial_rows("church", 256) is None and partial_rows("ffhq", 1024) is None

@@ -72,6 +72,7 @@ def tuned_decoder(video: Path, folder: Path, model, settings, lpips, codes: np.n
     import copy
 
     import torch
+    from PIL import Image
 
     from .. import domains, pti
     from ..pti_clip import codes_sha256, tune_on_frames
@@ -85,8 +86,7 @@ def tuned_decoder(video: Path, folder: Path, model, settings, lpips, codes: np.n
     if have is not None:
         return (*have, True)
     size = model.size
-    top, bottom = domains.crop_rows(model.domain, size)
-    crop = None if (top, bottom) == (0, size) else (top, bottom)
+    crop = domains.partial_rows(model.domain, size)
     h, w = model.output_size
     tmp = folder / TUNE_TARGETS
     try:
@@ -98,7 +98,7 @@ def tuned_decoder(video: Path, folder: Path, model, settings, lpips, codes: np.n
                 for fr in frames:
                     if fr.index in row:
                         img = crop_face(fr.rgb, quads[fr.index], size)
-                        arr[row[fr.index]] = np.asarray(img.resize((w, h), _bilinear()) if img.size != (w, h) else img)
+                        arr[row[fr.index]] = np.asarray(img.resize((w, h), Image.BILINEAR) if img.size != (w, h) else img)
                         bar.update(1)
                     if fr.index >= idx[-1]:
                         break
@@ -124,8 +124,3 @@ def tuned_decoder(video: Path, folder: Path, model, settings, lpips, codes: np.n
     decoder, meta = pti.load_tuned(path, model)  # the edits decode the stored (float16) difference
     return decoder, meta, False
 
-
-def _bilinear():
-    from PIL import Image
-
-    return Image.BILINEAR
